@@ -1,0 +1,33 @@
+# Two commands for a newcomer: `make demo` and `make test` (each creates .venv on first use).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, pinned: here pip picks the local CPU build of 2.13.0; elsewhere the CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test test-slow lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m mrsr.run stage=pipeline
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow -q
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check mrsr tests experiments
+
+bench: $(VENV)/.installed
+	$(PY) experiments/bench_data.py
+
+clean:
+	rm -rf outputs multirun .pytest_cache

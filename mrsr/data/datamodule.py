@@ -1,0 +1,226 @@
+"""LightningDataModules for IXI, fastMRI and the embedded demo volumes (one shared base)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from mrsr.data.datasets import SliceDataset
+from mrsr.data.degrade import DEGRADATIONS, check_scale
+from mrsr.data.sources import (
+    DEMO_TEST_SUBJECT,
+    SPLITS,
+    list_demo,
+    list_fastmri,
+    list_ixi,
+    split_by_subject,
+)
+from mrsr.data.store import VolumeStore, foreground_slices
+from mrsr.data.types import VolumeRef
+from mrsr.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# A split entry: a volume and, optionally, the fraction range of its slices to keep
+# (``(lo, hi, inside)``: keep slices inside [lo, hi) if inside else outside it).
+Entry = tuple[VolumeRef, tuple[float, float, bool] | None]
+
+
+class MRDataModule(L.LightningDataModule):
+    """Shared base: subclasses only say which volumes belong to which split.
+
+    Samples are :class:`~mrsr.data.types.Sample` ``(lr, hr, meta)``. Training batches are
+    random ``patch_size`` HR patches with flips; validation/test batches are whole slices,
+    deterministic, in volume order.
+    """
+
+    dataset_name = "base"
+
+    def __init__(
+        self,
+        scale: int = 2,
+        degradation: str = "bicubic",
+        axis: int = 2,
+        crop: Sequence[int | None] | None = None,
+        percentile: float = 99.5,
+        min_foreground: float = 0.05,
+        batch_size: int = 16,
+        eval_batch_size: int = 8,
+        patch_size: int | None = 96,
+        num_workers: int = 0,
+        flips: bool = True,
+        seed: int = 42,
+        on_bad_file: str = "error",
+        max_cached_volumes: int | None = None,
+        fastmri_source: str = "auto",
+        fastmri_crop: Sequence[int] = (320, 320),
+    ) -> None:
+        super().__init__()
+        self.scale = check_scale(scale)
+        if degradation not in DEGRADATIONS:
+            raise ConfigError(f"data.degradation={degradation!r} is unknown: choose one of {', '.join(DEGRADATIONS)}")
+        if axis not in (0, 1, 2):
+            raise ConfigError(f"data.axis={axis} is invalid: slices are taken along axis 0, 1 or 2")
+        if on_bad_file not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_file={on_bad_file!r} is invalid: use 'error' or 'skip'")
+        if patch_size is not None and patch_size % self.scale:
+            raise ConfigError(f"patch size {patch_size} does not divide by scale {self.scale}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.patch_size = patch_size
+        self.num_workers = num_workers
+        self.flips = flips
+        self.seed = seed
+        self.on_bad_file = on_bad_file
+        self.min_foreground = min_foreground
+        self.store = VolumeStore(
+            self.scale, degradation, axis, crop, percentile, fastmri_source, fastmri_crop, max_cached_volumes
+        )
+        self.datasets: dict[str, SliceDataset] = {}
+        self.classes: list[str] = []
+
+    # -- what subclasses provide
+    def split_entries(self) -> dict[str, list[Entry]]:
+        raise NotImplementedError
+
+    # -- building
+    def _index(self, entries: list[Entry]) -> list[tuple[int, int]]:
+        index = []
+        for pos, (ref, slab) in enumerate(entries):
+            hr, _ = self.store.get(ref)
+            if min(hr.shape[-2:]) < 2 * self.scale:
+                raise DataError(ref.path, f"in-plane size {tuple(hr.shape[-2:])} is too small for scale {self.scale}")
+            keep = foreground_slices(hr, self.min_foreground)
+            if slab is not None:
+                n = hr.shape[0]
+                lo, hi, inside = int(slab[0] * n), int(slab[1] * n), slab[2]
+                gap = 2  # slices next to the slab are used by neither side
+                keep = [s for s in keep if (lo <= s < hi) == inside and (inside or not lo - gap <= s < hi + gap)]
+            index.extend((pos, s) for s in keep)
+        return index
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        entries = self.split_entries()
+        self.classes = sorted({ref.cls for split in entries.values() for ref, _ in split})
+        labels = {c: i for i, c in enumerate(self.classes)}
+        for split in SPLITS:
+            refs = [ref for ref, _ in entries.get(split, [])]
+            index = self._index(entries.get(split, []))
+            train = split == "train"
+            self.datasets[split] = SliceDataset(
+                self.store, refs, index, labels, self.patch_size if train else None, self.flips and train
+            )
+            log.info("%s %s: %d volumes, %d slices", self.dataset_name, split, len(refs), len(index))
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        if len(ds) == 0:
+            raise DataError(None, f"the {self.dataset_name} {split} split has no slices")
+        shapes = {tuple(self.store.get(r)[0].shape[-2:]) for r in ds.refs}
+        batch = self.batch_size if train else (self.eval_batch_size if len(shapes) == 1 else 1)
+        return DataLoader(
+            ds,
+            batch_size=batch,
+            shuffle=train,
+            drop_last=train and len(ds) >= batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class IXIDataModule(MRDataModule):
+    """IXI brain volumes (``IXI<id>-<site>-<nr>-<PD|T1|T2>.nii.gz``), split by subject."""
+
+    dataset_name = "IXI"
+
+    def __init__(
+        self,
+        root: str,
+        contrasts: Sequence[str] = ("T1",),
+        split: Sequence[int] = (500, 70, 6),
+        crop: Sequence[int | None] | None = (240, 240, 96),
+        **kwargs,
+    ) -> None:
+        super().__init__(crop=crop, **kwargs)
+        self.root = root
+        self.contrasts = list(contrasts)
+        self.split = list(split)
+
+    def split_entries(self) -> dict[str, list[Entry]]:
+        refs = list_ixi(self.root, self.contrasts, self.on_bad_file)
+        return {k: [(r, None) for r in v] for k, v in split_by_subject(refs, self.split, self.seed).items()}
+
+
+class FastMRIDataModule(MRDataModule):
+    """fastMRI knee HDF5 files, filtered by ``acquisition`` (PD / PDFS), split by file."""
+
+    dataset_name = "fastMRI"
+
+    def __init__(
+        self,
+        root: str,
+        contrasts: Sequence[str] = ("PD", "PDFS"),
+        split: Sequence[int] = (227, 24, 4),
+        axis: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(axis=axis, **kwargs)
+        self.root = root
+        self.contrasts = list(contrasts)
+        self.split = list(split)
+
+    def split_entries(self) -> dict[str, list[Entry]]:
+        refs = list_fastmri(self.root, self.contrasts, self.store.fastmri_source, self.on_bad_file)
+        return {k: [(r, None) for r in v] for k, v in split_by_subject(refs, self.split, self.seed).items()}
+
+
+class DemoDataModule(MRDataModule):
+    """The embedded real brain volumes: two subjects, no download.
+
+    Test: the whole ``seg3d`` subject (T1), never seen in training. Train/val: the
+    ``stroke`` subject (T1, T2, FLAIR); validation is the slab of slices in
+    ``val_slab`` (fractions along the slicing axis), training the rest of the volume
+    with a 2-slice gap on each side. Two subjects are too few for a subject-level
+    validation split, so this is documented as a slab split.
+    """
+
+    dataset_name = "demo"
+
+    def __init__(
+        self,
+        contrasts: Sequence[str] = ("T1", "T2", "FLAIR"),
+        val_slab: Sequence[float] = (0.55, 0.7),
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.contrasts = list(contrasts)
+        self.val_slab = (float(val_slab[0]), float(val_slab[1]))
+
+    def split_entries(self) -> dict[str, list[Entry]]:
+        refs = list_demo(self.contrasts)
+        lo, hi = self.val_slab
+        test = [(r, None) for r in refs if r.subject == DEMO_TEST_SUBJECT]
+        rest = [r for r in refs if r.subject != DEMO_TEST_SUBJECT]
+        return {
+            "train": [(r, (lo, hi, False)) for r in rest],
+            "val": [(r, (lo, hi, True)) for r in rest],
+            "test": test,
+        }

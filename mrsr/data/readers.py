@@ -1,0 +1,214 @@
+"""Validated readers for NIfTI volumes and fastMRI HDF5 files.
+
+Every failure a user can cause raises :class:`~mrsr.errors.DataError` with the file
+name and the problem on one line. Files are only ever opened read-only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mrsr.errors import DataError
+
+FASTMRI_RECON_KEYS = ("reconstruction_rss", "reconstruction_esc")
+FASTMRI_ACQUISITIONS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "PDFS"}
+MAX_VOXEL_MM = 100.0
+
+
+@dataclass
+class NiftiVolume:
+    """A 3D volume with its voxel-to-world affine (in the file's own axis order)."""
+
+    data: np.ndarray  # float32, 3D
+    affine: np.ndarray  # 4x4
+    zooms: tuple[float, float, float]
+
+
+def _check_path(path: Path) -> None:
+    try:
+        if not path.exists():
+            raise DataError(path, "file not found")
+        if path.is_dir():
+            raise DataError(path, "is a folder, expected a file")
+        with path.open("rb") as fh:
+            fh.read(1)
+    except PermissionError as err:
+        raise DataError(path, "permission denied (file is not readable)") from err
+    except OSError as err:  # symlink loops, broken links
+        raise DataError(path, f"cannot be opened ({err.strerror or err})") from err
+
+
+def check_values(path: Path, data: np.ndarray, what: str = "volume") -> None:
+    """Refuse empty, non-finite or constant data."""
+    if data.size == 0 or 0 in data.shape:
+        raise DataError(path, f"{what} has a zero-sized axis (shape {tuple(data.shape)})")
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise DataError(path, f"{what} contains {bad} NaN/inf voxels")
+    if float(data.max()) == float(data.min()):
+        raise DataError(path, f"{what} has constant intensity {float(data.max()):g}")
+
+
+def _squeeze_to(path: Path, data: np.ndarray, ndims: tuple[int, ...]) -> np.ndarray:
+    while data.ndim > max(ndims) and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in ndims:
+        want = " or ".join(f"{n}D" for n in ndims)
+        raise DataError(path, f"expected a {want} image, got {data.ndim}D shape {tuple(data.shape)}")
+    return data
+
+
+def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,)) -> NiftiVolume:
+    """Read a NIfTI file as float32, validating shape, values, affine and voxel sizes."""
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    path = Path(path)
+    _check_path(path)
+    try:
+        img = nib.load(str(path))
+    except ImageFileError as err:
+        raise DataError(path, "not a NIfTI file (unrecognised header or magic bytes)") from err
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
+        raise DataError(path, f"corrupt or truncated NIfTI header ({err})") from err
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise DataError(path, f"not a NIfTI image ({type(img).__name__})")
+    if np.iscomplexobj(np.empty(0, dtype=img.get_data_dtype())):
+        raise DataError(path, "complex-valued NIfTI is not supported (expected magnitude)")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float64))
+    except (OSError, EOFError, zlib.error, ValueError) as err:
+        raise DataError(path, f"corrupt or truncated image data ({err})") from err
+    data = _squeeze_to(path, data, ndims)
+    check_values(path, data)
+    if np.abs(data).max() > np.finfo(np.float32).max:
+        raise DataError(path, "intensities overflow float32")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(path, "affine is singular or not finite")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
+    if any((not np.isfinite(z)) or z <= 0 or z > MAX_VOXEL_MM for z in zooms):
+        raise DataError(path, f"implausible voxel size {zooms} mm")
+    return NiftiVolume(data=data.astype(np.float32), affine=affine, zooms=zooms)  # type: ignore[arg-type]
+
+
+def read_nifti_canonical(path: str | Path) -> np.ndarray:
+    """Read a 3D NIfTI and reorient it to RAS+ (closest canonical), float32 (x, y, z)."""
+    import nibabel as nib
+
+    vol = read_nifti(path)
+    ornt = nib.orientations.io_orientation(vol.affine)
+    ras = nib.orientations.apply_orientation(vol.data, ornt)
+    return np.ascontiguousarray(ras, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- fastMRI (HDF5)
+
+
+def ifft2c(kspace: np.ndarray) -> np.ndarray:
+    """Centred, orthonormal 2D inverse FFT over the last two axes (fastMRI convention)."""
+    axes = (-2, -1)
+    shifted = np.fft.ifftshift(kspace, axes=axes)
+    return np.fft.fftshift(np.fft.ifft2(shifted, axes=axes, norm="ortho"), axes=axes)
+
+
+def center_crop_2d(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre crop the last two axes to ``size`` (clipped to what is there)."""
+    h, w = x.shape[-2:]
+    ch, cw = min(size[0], h), min(size[1], w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top : top + ch, left : left + cw]
+
+
+def kspace_to_image(kspace: np.ndarray, crop: tuple[int, int] = (320, 320)) -> np.ndarray:
+    """Magnitude image from k-space: inverse FFT, root-sum-of-squares over coils, crop.
+
+    ``kspace`` is (slices, coils, H, W) for multi-coil or (slices, H, W) single-coil.
+    """
+    img = np.abs(ifft2c(kspace))
+    if kspace.ndim == 4:
+        img = np.sqrt((img**2).sum(axis=1))
+    return center_crop_2d(img, crop).astype(np.float32)
+
+
+@dataclass
+class FastMRIInfo:
+    """What the slice index needs from a fastMRI file, read without the pixel data."""
+
+    n_slices: int
+    source: str  # the HDF5 key the image comes from
+    contrast: str | None  # "PD", "PDFS" or None if the attribute is absent
+
+
+def _open_h5(path: Path):
+    import h5py
+
+    _check_path(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(path, f"not a readable HDF5 file ({err})") from err
+
+
+def _pick_source(path: Path, f, source: str) -> str:
+    keys = set(f.keys())
+    if source == "auto":
+        for key in (*FASTMRI_RECON_KEYS, "kspace"):
+            if key in keys:
+                return key
+        raise DataError(
+            path, f"has none of the keys {', '.join((*FASTMRI_RECON_KEYS, 'kspace'))} (found: {sorted(keys)})"
+        )
+    if source not in keys:
+        raise DataError(path, f"missing HDF5 key '{source}' (found: {sorted(keys)})")
+    return source
+
+
+def fastmri_info(path: str | Path, source: str = "auto") -> FastMRIInfo:
+    """Inspect a fastMRI file: slice count, image source and acquisition contrast."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        key = _pick_source(path, f, source)
+        ds = f[key]
+        shape = tuple(ds.shape)
+        if key == "kspace":
+            if ds.ndim not in (3, 4):
+                raise DataError(path, f"'kspace' has shape {shape}, expected (slices, [coils,] H, W)")
+            if ds.dtype.kind != "c":
+                raise DataError(path, f"'kspace' has dtype {ds.dtype}, expected complex")
+        elif ds.ndim != 3:
+            raise DataError(path, f"'{key}' has shape {shape}, expected (slices, H, W)")
+        if 0 in shape:
+            raise DataError(path, f"'{key}' has a zero-sized axis (shape {shape})")
+        acq = f.attrs.get("acquisition")
+        if isinstance(acq, bytes):
+            acq = acq.decode()
+        contrast = FASTMRI_ACQUISITIONS.get(str(acq)) if acq is not None else None
+        return FastMRIInfo(n_slices=shape[0], source=key, contrast=contrast)
+
+
+def read_fastmri(
+    path: str | Path, source: str = "auto", crop: tuple[int, int] = (320, 320)
+) -> np.ndarray:
+    """Read a fastMRI volume as float32 (slices, H, W) magnitude images."""
+    path = Path(path)
+    info = fastmri_info(path, source)
+    with _open_h5(path) as f:
+        try:
+            raw = f[info.source][()]
+        except (OSError, KeyError) as err:
+            raise DataError(path, f"corrupt or truncated dataset '{info.source}' ({err})") from err
+    if info.source == "kspace":
+        if not np.isfinite(raw).all():
+            raise DataError(path, "'kspace' contains NaN/inf values")
+        img = kspace_to_image(raw, crop)
+    else:
+        img = center_crop_2d(np.asarray(raw, dtype=np.float32), crop)
+    check_values(path, img)
+    return np.ascontiguousarray(img, dtype=np.float32)

@@ -1,0 +1,148 @@
+"""Finding volumes on disk and splitting them by subject: IXI, fastMRI and the demo set."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from mrsr.data.readers import fastmri_info
+from mrsr.data.types import VolumeRef
+from mrsr.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+IXI_PATTERN = re.compile(r"^IXI(?P<id>\d{3})-(?P<site>[A-Za-z]+)-(?P<nr>\d{4})-(?P<contrast>[A-Za-z0-9-]+)\.nii(\.gz)?$")
+IXI_CONTRASTS = ("PD", "T1", "T2")
+
+
+def _folder(root: str | Path) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(root, "data folder not found")
+    if not root.is_dir():
+        raise DataError(root, "is not a folder")
+    return root
+
+
+def bad_file(path: Path, problem: str, on_bad_file: str) -> None:
+    """Apply the ``data.on_bad_file`` policy: raise (``error``) or log and skip (``skip``)."""
+    if on_bad_file == "skip":
+        log.warning("skipping %s: %s", path, problem)
+        return
+    raise DataError(path, problem)
+
+
+def split_counts(n: int, wanted: Sequence[int]) -> tuple[int, int, int]:
+    """(train, test, val) subject counts.
+
+    With at least ``sum(wanted)`` subjects the wanted counts are used and extra subjects
+    are left out. With fewer, test and val keep their share of ``n`` (at least one each)
+    and train gets the rest; fewer than 3 subjects cannot be split.
+    """
+    n_train, n_test, n_val = (int(c) for c in wanted)
+    total = n_train + n_test + n_val
+    if n >= total:
+        return n_train, n_test, n_val
+    if n < 3:
+        raise DataError(None, f"only {n} subject(s) found: at least 3 are needed for train/test/val splits")
+    n_test = max(1, round(n * n_test / total))
+    n_val = max(1, round(n * n_val / total))
+    return n - n_test - n_val, n_test, n_val
+
+
+def split_by_subject(refs: Sequence[VolumeRef], wanted: Sequence[int], seed: int) -> dict[str, list[VolumeRef]]:
+    """Deterministic subject-level split: no subject appears in two splits."""
+    subjects = sorted({r.subject for r in refs})
+    n_train, n_test, n_val = split_counts(len(subjects), wanted)
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    shuffled = [subjects[i] for i in order]
+    groups = {
+        "train": set(shuffled[:n_train]),
+        "test": set(shuffled[n_train : n_train + n_test]),
+        "val": set(shuffled[n_train + n_test : n_train + n_test + n_val]),
+    }
+    return {s: sorted((r for r in refs if r.subject in groups[s]), key=lambda r: r.name) for s in SPLITS}
+
+
+def list_ixi(root: str | Path, contrasts: Sequence[str], on_bad_file: str = "error") -> list[VolumeRef]:
+    """IXI volumes of the chosen contrasts, e.g. ``IXI002-Guys-0828-T1.nii.gz``."""
+    root = _folder(root)
+    bad = [c for c in contrasts if c not in IXI_CONTRASTS]
+    if bad:
+        raise DataError(root, f"unknown IXI contrast(s) {bad}: choose from {list(IXI_CONTRASTS)}")
+    refs: dict[tuple[str, str], VolumeRef] = {}
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        m = IXI_PATTERN.match(path.name)
+        if m is None:
+            if path.name.endswith((".nii", ".nii.gz")):
+                bad_file(path, "file name does not match IXI<id>-<site>-<nr>-<PD|T1|T2>.nii.gz", on_bad_file)
+            continue
+        contrast = m["contrast"]
+        if contrast not in contrasts:
+            continue
+        subject = f"IXI{m['id']}"
+        key = (subject, contrast)
+        if key in refs:
+            raise DataError(path, f"duplicate {contrast} volume for subject {subject} (also {refs[key].path.name})")
+        name = path.name.split(".nii")[0]
+        refs[key] = VolumeRef(path, name, subject, contrast, f"IXI-{contrast}", "nifti")
+    if not refs:
+        raise DataError(root, f"no IXI volumes of contrast {list(contrasts)} found (expected IXI<id>-<site>-<nr>-<contrast>.nii.gz)")
+    return sorted(refs.values(), key=lambda r: r.name)
+
+
+def list_fastmri(
+    root: str | Path, contrasts: Sequence[str], source: str = "auto", on_bad_file: str = "error"
+) -> list[VolumeRef]:
+    """fastMRI knee ``.h5`` files whose ``acquisition`` attribute matches ``contrasts``."""
+    root = _folder(root)
+    refs = []
+    for path in sorted(root.glob("*.h5")):
+        try:
+            info = fastmri_info(path, source)
+        except DataError as err:
+            bad_file(path, err.problem, on_bad_file)
+            continue
+        if info.contrast is None:
+            bad_file(path, "missing or unknown 'acquisition' attribute (expected CORPD_FBK or CORPDFS_FBK)", on_bad_file)
+            continue
+        if info.contrast in contrasts:
+            refs.append(VolumeRef(path, path.stem, path.stem, info.contrast, f"fastMRI-{info.contrast}", "fastmri"))
+    if not refs:
+        raise DataError(root, f"no fastMRI .h5 files of contrast {list(contrasts)} found")
+    return refs
+
+
+DEMO_FILES = {
+    # name: (subject, contrast)
+    "seg3d_T1": ("seg3d", "T1"),
+    "stroke_T1": ("stroke", "T1"),
+    "stroke_T2": ("stroke", "T2"),
+    "stroke_FLAIR": ("stroke", "FLAIR"),
+}
+DEMO_TEST_SUBJECT = "seg3d"
+
+
+def demo_dir() -> Path:
+    return Path(str(resources.files("mrsr.assets") / "demo"))
+
+
+def list_demo(contrasts: Sequence[str]) -> list[VolumeRef]:
+    """The embedded real brain MRI volumes (see ``mrsr/assets/demo/LICENSE``)."""
+    root = demo_dir()
+    refs = [
+        VolumeRef(root / f"{name}.nii.gz", name, subject, contrast, f"demo-{contrast}", "nifti")
+        for name, (subject, contrast) in DEMO_FILES.items()
+        if contrast in contrasts
+    ]
+    if not any(r.subject == DEMO_TEST_SUBJECT for r in refs):
+        raise DataError(root, "demo contrasts must include T1 (the held-out test subject is T1 only)")
+    return refs

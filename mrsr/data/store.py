@@ -1,0 +1,93 @@
+"""Volumes read once, normalised, cropped and degraded, then kept in memory."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume
+from mrsr.data.readers import read_fastmri, read_nifti_canonical
+from mrsr.data.types import VolumeRef
+
+
+def center_crop_nd(vol: np.ndarray, crop: Sequence[int | None] | None) -> np.ndarray:
+    """Centre crop each axis to ``min(size, crop)``; ``None`` keeps an axis whole."""
+    if crop is None:
+        return vol
+    index = []
+    for size, want in zip(vol.shape, crop, strict=True):
+        keep = size if want is None else min(size, int(want))
+        start = (size - keep) // 2
+        index.append(slice(start, start + keep))
+    return vol[tuple(index)]
+
+
+class VolumeStore:
+    """Turns a :class:`VolumeRef` into cached ``(hr, lr)`` tensors shaped (S, 1, H, W).
+
+    Preprocessing, in order: read (NIfTI reoriented to RAS+; fastMRI from its stored
+    reconstruction or from k-space), per-volume normalisation to [0, 1], centre crop
+    (``crop`` is per RAS axis for NIfTI, ``[H, W]`` in-plane for fastMRI), slicing along
+    ``axis``, in-plane crop to a multiple of the scale, then the LR degradation of every
+    slice. ``max_volumes`` bounds memory (least recently used volumes are dropped).
+    """
+
+    def __init__(
+        self,
+        scale: int,
+        degradation: str = "bicubic",
+        axis: int = 2,
+        crop: Sequence[int | None] | None = None,
+        percentile: float = 99.5,
+        fastmri_source: str = "auto",
+        fastmri_crop: Sequence[int] = (320, 320),
+        max_volumes: int | None = None,
+    ) -> None:
+        self.scale = scale
+        self.degradation = degradation
+        self.axis = axis
+        self.crop = crop
+        self.percentile = percentile
+        self.fastmri_source = fastmri_source
+        self.fastmri_crop = tuple(fastmri_crop)
+        self.max_volumes = max_volumes
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def read_slices(self, ref: VolumeRef) -> np.ndarray:
+        """Normalised, cropped volume as (slices, H, W) float32."""
+        if ref.reader == "fastmri":
+            vol = normalise_volume(read_fastmri(ref.path, self.fastmri_source, self.fastmri_crop), self.percentile)
+            return vol  # already slices-first
+        vol = normalise_volume(read_nifti_canonical(ref.path), self.percentile)
+        vol = center_crop_nd(vol, self.crop)
+        return np.moveaxis(vol, self.axis, 0)
+
+    def _build(self, ref: VolumeRef) -> tuple[torch.Tensor, torch.Tensor]:
+        hr = torch.from_numpy(np.ascontiguousarray(self.read_slices(ref)))[:, None]
+        hr = crop_to_multiple(hr, self.scale).contiguous()
+        lr = torch.cat([degrade(chunk, self.scale, self.degradation) for chunk in hr.split(64)])
+        return hr, lr.contiguous()
+
+    def get(self, ref: VolumeRef) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(ref.path)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        pair = self._build(ref)
+        self._cache[key] = pair
+        if self.max_volumes is not None:
+            while len(self._cache) > self.max_volumes:
+                self._cache.popitem(last=False)
+        return pair
+
+
+def foreground_slices(hr: torch.Tensor, min_fraction: float, threshold: float = 0.05) -> list[int]:
+    """Slices whose fraction of voxels above ``threshold`` is at least ``min_fraction``."""
+    frac = (hr > threshold).flatten(1).float().mean(1)
+    return [int(i) for i in torch.nonzero(frac >= min_fraction).flatten()]
+
+
+SliceFilter = Callable[[int, int], bool]

@@ -1,0 +1,39 @@
+"""User-facing errors: one line, naming the file and what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MrsrError(Exception):
+    """An expected failure caused by the user's input or configuration.
+
+    The command line prints ``str(err)`` on one line and exits with status 2,
+    without a traceback.
+    """
+
+
+class DataError(MrsrError):
+    """A data file or folder that cannot be used."""
+
+    def __init__(self, path: str | Path | None, problem: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{problem}")
+
+
+class ConfigError(MrsrError):
+    """A configuration value that cannot work."""
+
+
+class CheckpointError(MrsrError):
+    """A checkpoint that is missing, unsafe, corrupt or from another stage."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {problem}")
+
+
+class NumericalError(MrsrError):
+    """A NaN/inf loss or gradient under the 'stop' policy."""

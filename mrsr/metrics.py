@@ -1,0 +1,113 @@
+"""Image-quality metrics and the one evaluation protocol used for every number.
+
+Protocol (also in the README):
+- Images are on the per-volume normalised scale [0, 1] (see ``normalise_volume``);
+  predictions are clamped to [0, 1]; ``data_range = 1``.
+- Whole slices are scored, background included, no border crop.
+- Per-slice figures: PSNR, SSIM (Gaussian window 11, sigma 1.5, torchmetrics) and
+  NMSE = ||y - y_hat||^2 / ||y||^2 per slice, averaged over all test slices.
+- Per-volume figures (fastMRI style): PSNR and NMSE from the volume's summed squared
+  error, SSIM as the mean over the volume's slices; then mean and std over volumes.
+Each (volume, slice) pair counts once, also when distributed samplers repeat samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+DATA_RANGE = 1.0
+
+
+def psnr(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
+    """PSNR per image (dB) for (N, C, H, W) batches."""
+    return peak_signal_noise_ratio(pred, target, data_range=data_range, reduction="none", dim=(1, 2, 3))
+
+
+def ssim(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
+    """SSIM per image for (N, C, H, W) batches (Gaussian 11x11, sigma 1.5)."""
+    return structural_similarity_index_measure(pred, target, data_range=data_range, reduction="none")
+
+
+def nmse(pred: Tensor, target: Tensor) -> Tensor:
+    """||target - pred||^2 / ||target||^2 per image."""
+    err = (target - pred).pow(2).flatten(1).sum(1)
+    return err / target.pow(2).flatten(1).sum(1).clamp_min(1e-12)
+
+
+class SRMetrics(Metric):
+    """Accumulates per-slice statistics; ``compute`` returns slice and volume summaries."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("vol", "sl"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        for name in ("sse", "n", "y2", "ssim", "psnr"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: Tensor, target: Tensor, volume_idx: Tensor, slice_idx: Tensor) -> None:
+        pred = pred.detach().float().clamp(0.0, 1.0)
+        target = target.detach().float()
+        self.vol.append(volume_idx.detach().long().reshape(-1).to(self.device))
+        self.sl.append(slice_idx.detach().long().reshape(-1).to(self.device))
+        self.sse.append((pred - target).pow(2).flatten(1).sum(1).double())
+        self.n.append(torch.full((pred.shape[0],), float(pred[0].numel()), dtype=torch.float64, device=pred.device))
+        self.y2.append(target.pow(2).flatten(1).sum(1).double())
+        self.ssim.append(ssim(pred, target).double())
+        self.psnr.append(psnr(pred, target).double())
+
+    def _gathered(self) -> dict[str, Tensor]:
+        def cat(x):
+            return torch.cat(x) if isinstance(x, list) else x
+
+        state = {k: cat(getattr(self, k)) for k in ("vol", "sl", "sse", "n", "y2", "ssim", "psnr")}
+        if state["vol"].numel() == 0:
+            return state
+        key = state["vol"] * 1_000_000 + state["sl"]
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        first = torch.full_like(uniq, key.numel()).scatter_reduce(
+            0, inverse, torch.arange(key.numel(), device=key.device), reduce="amin"
+        )
+        return {k: v[first] for k, v in state.items()}
+
+    def compute(self) -> dict[str, float]:
+        s = self._gathered()
+        if s["vol"].numel() == 0:
+            return {}
+        out = {
+            "psnr": s["psnr"].mean().item(),
+            "ssim": s["ssim"].mean().item(),
+            "nmse": (s["sse"] / s["y2"].clamp_min(1e-12)).mean().item(),
+            "n_slices": float(s["vol"].numel()),
+        }
+        per_vol = self.per_volume(s)
+        for name in ("psnr", "ssim", "nmse"):
+            vals = torch.tensor([v[name] for v in per_vol.values()], dtype=torch.float64)
+            out[f"{name}_vol"] = vals.mean().item()
+            out[f"{name}_vol_std"] = vals.std(unbiased=False).item()
+        out["n_volumes"] = float(len(per_vol))
+        return out
+
+    @staticmethod
+    def per_volume(s: dict[str, Tensor]) -> dict[int, dict[str, float]]:
+        result = {}
+        for v in torch.unique(s["vol"]).tolist():
+            m = s["vol"] == v
+            mse = (s["sse"][m].sum() / s["n"][m].sum()).item()
+            result[int(v)] = {
+                "psnr": 10 * math.log10(DATA_RANGE**2 / max(mse, 1e-20)),
+                "ssim": s["ssim"][m].mean().item(),
+                "nmse": (s["sse"][m].sum() / s["y2"][m].sum().clamp_min(1e-12)).item(),
+                "n_slices": int(m.sum().item()),
+            }
+        return result

@@ -1,0 +1,25 @@
+"""Interpolation baselines as modules, so ``model=bicubic`` evaluates like a network."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mrsr.data.degrade import check_scale, upsample
+
+MODES = ("nearest", "bilinear", "bicubic")
+
+
+class Interpolation(nn.Module):
+    """Nearest, bilinear or bicubic up-sampling by ``scale`` (output clamped to [0, 1])."""
+
+    trainable = False
+
+    def __init__(self, scale: int, mode: str = "bicubic") -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.scale = check_scale(scale)
+        self.mode = mode
+
+    def forward(self, lr: Tensor) -> Tensor:
+        return upsample(lr, self.scale, self.mode)

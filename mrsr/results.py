@@ -1,0 +1,69 @@
+"""Result tables: printed with rich, written as CSV and JSON (atomically) in the run folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+METRIC_COLUMNS = ("psnr", "ssim", "nmse", "psnr_vol", "ssim_vol", "nmse_vol", "psnr_vol_std", "ssim_vol_std", "nmse_vol_std")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_results(out_dir: str | Path, rows: Sequence[dict], name: str = "results") -> tuple[Path, Path]:
+    """Write ``rows`` as ``<name>.csv`` and ``<name>.json`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path, json_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(json_path, json.dumps(list(rows), indent=2) + "\n")
+    return csv_path, json_path
+
+
+def print_table(rows: Sequence[dict], title: str) -> None:
+    """Print PSNR/SSIM/NMSE (slice means and volume means) as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("method", "PSNR", "SSIM", "NMSE", "PSNR (vol)", "SSIM (vol)", "NMSE (vol)"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for r in rows:
+        table.add_row(
+            str(r["method"]),
+            f"{r['psnr']:.2f}",
+            f"{r['ssim']:.4f}",
+            f"{r['nmse']:.4f}",
+            f"{r['psnr_vol']:.2f} ± {r['psnr_vol_std']:.2f}",
+            f"{r['ssim_vol']:.4f} ± {r['ssim_vol_std']:.4f}",
+            f"{r['nmse_vol']:.4f} ± {r['nmse_vol_std']:.4f}",
+        )
+    Console().print(table)

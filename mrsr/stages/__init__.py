@@ -1,0 +1,1 @@
+"""LightningModules: training logic for the three stages (networks live in ``mrsr.nets``)."""

@@ -1,0 +1,87 @@
+"""What every stage's LightningModule shares: checkpoint metadata, NaN policy, image grids."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+import mrsr
+from mrsr.errors import NumericalError
+from mrsr.viz import save_grid
+
+log = logging.getLogger("mrsr")
+
+
+class StageModule(L.LightningModule):
+    """Base for the ``vit``, ``disent`` and ``sr`` modules.
+
+    Subclasses set ``stage`` and pass their (plain-container) config to ``__init__``; it is
+    stored in every checkpoint under ``checkpoint["mrsr"]`` with the scale and package
+    version, which :func:`mrsr.checkpoint.load_checkpoint` checks.
+    """
+
+    stage = "base"
+
+    def __init__(self, config: dict[str, Any], scale: int | None = None, nan_policy: str = "skip") -> None:
+        super().__init__()
+        if nan_policy not in ("skip", "stop"):
+            raise ValueError("nan_policy must be 'skip' or 'stop'")
+        self.config = config
+        self.scale = scale
+        self.nan_policy = nan_policy
+        self.skipped_steps = 0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mrsr"] = {
+            "stage": self.stage,
+            "scale": self.scale,
+            "version": mrsr.__version__,
+            "config": self.config,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("mrsr", {}).get("skipped_steps", 0))
+
+    def losses_finite(self, terms: dict[str, Tensor]) -> bool:
+        """Apply the NaN policy to a step's loss terms; False means: skip this step."""
+        bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+        if not bad:
+            return True
+        msg = f"stage {self.stage}, step {self.global_step}: non-finite loss term(s) {', '.join(bad)}"
+        if self.nan_policy == "stop":
+            raise NumericalError(msg + " (nan_policy=stop; the last good checkpoint is kept)")
+        self.skipped_steps += 1
+        log.warning("%s: step skipped (nan_policy=skip, %d skipped so far)", msg, self.skipped_steps)
+        return False
+
+    def grads_finite(self, module: torch.nn.Module, name: str) -> bool:
+        """Apply the NaN policy to gradients of ``module`` (call before ``optimizer.step``)."""
+        ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in module.parameters())
+        return ok or self.losses_finite({f"grad({name})": torch.tensor(math.nan)})
+
+    def log_grid(self, key: str, columns: list[tuple[str, Tensor]], max_rows: int = 4) -> Path | None:
+        """Save an image grid PNG in the run folder and send it to the loggers (rank zero)."""
+        if not self.trainer.is_global_zero:
+            return None
+        out = Path(self.trainer.default_root_dir) / "images" / f"{key.replace('/', '_')}_step{self.global_step:07d}.png"
+        image = save_grid(columns, out, max_rows=max_rows)
+        for logger in self.loggers:
+            send_image(logger, key, image, self.global_step)
+        return out
+
+
+def send_image(logger: Any, key: str, image: np.ndarray, step: int) -> None:
+    """Log an (H, W) uint8 image to a wandb or TensorBoard logger; other loggers skip."""
+    name = type(logger).__name__
+    if name == "WandbLogger":
+        logger.log_image(key=key, images=[image], step=step)
+    elif name == "TensorBoardLogger":
+        logger.experiment.add_image(key, image[None], step)

@@ -1,0 +1,72 @@
+"""Plain task functions behind the command line, one per ``stage.name``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mrsr.errors import MrsrError
+
+log = logging.getLogger("mrsr")
+
+TASKS = {
+    "vit": "mrsr.tasks.train:train_vit",
+    "disent": "mrsr.tasks.train:train_disent",
+    "sr": "mrsr.tasks.train:train_sr",
+    "eval": "mrsr.tasks.evaluate:evaluate",
+    "predict": "mrsr.tasks.predict:predict",
+    "pipeline": "mrsr.tasks.pipeline:pipeline",
+}
+
+
+def get_task(name: str):
+    if name not in TASKS:
+        raise MrsrError(f"unknown stage {name!r} (choose from: {', '.join(TASKS)})")
+    module, func = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    """Run ``cfg.stage.name``. Expected errors become one line on stderr and exit status 2.
+
+    In a multirun sweep a failing job writes ``FAILED`` (with the reason) into its run
+    folder and returns, so the other jobs still run.
+    """
+    multirun = _in_multirun()
+    try:
+        result = get_task(cfg.stage.name)(cfg)
+    except MrsrError as err:
+        msg = f"mrsr: {err}"
+        if not multirun:
+            print(msg, file=sys.stderr)
+            raise SystemExit(2) from None
+        _mark_failed(cfg, msg)
+        return None
+    except Exception:
+        if not multirun:
+            raise
+        _mark_failed(cfg, traceback.format_exc())
+        return None
+    return result.get("score") if isinstance(result, dict) else None
+
+
+def _mark_failed(cfg: DictConfig, msg: str) -> None:
+    log.error("job failed: %s", msg.strip().splitlines()[-1])
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "FAILED").write_text(msg)

@@ -1,0 +1,61 @@
+"""``stage=eval``: score an interpolation baseline or a trained SR checkpoint on the test split."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from mrsr.data.degrade import upsample
+from mrsr.errors import ConfigError
+from mrsr.metrics import SRMetrics
+from mrsr.results import print_table, write_results
+from mrsr.tasks.common import build_datamodule, output_dir
+
+log = logging.getLogger("mrsr")
+
+
+def load_model(cfg: DictConfig) -> tuple[nn.Module, str]:
+    """The network to evaluate and its name: a checkpoint's EMA generator or a baseline."""
+    if cfg.get("ckpt"):
+        from mrsr.stages.sr import load_generator
+
+        return load_generator(cfg.ckpt, scale=int(cfg.scale)), "sr"
+    model = instantiate(cfg.model)
+    if getattr(model, "trainable", True):
+        raise ConfigError(
+            f"model={cfg.model._target_.rsplit('.', 1)[-1]} is a trainable network: pass ckpt=<stage-sr checkpoint>, "
+            "or evaluate a baseline with model=bicubic|bilinear|nearest"
+        )
+    return model, model.mode
+
+
+@torch.inference_mode()
+def score(model: nn.Module, loader, scale: int, device: torch.device) -> tuple[dict, dict]:
+    """Metrics of ``model`` and of bicubic up-sampling over a loader."""
+    ours, bicubic = SRMetrics().to(device), SRMetrics().to(device)
+    model.eval().to(device)
+    for lr, hr, meta in loader:
+        lr, hr = lr.to(device), hr.to(device)
+        ours.update(model(lr), hr, meta.volume_idx, meta.slice)
+        bicubic.update(upsample(lr, scale), hr, meta.volume_idx, meta.slice)
+    return ours.compute(), bicubic.compute()
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    model, name = load_model(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup("test")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ours, bicubic = score(model, dm.test_dataloader(), dm.scale, device)
+    info = {"dataset": dm.dataset_name, "scale": dm.scale, "degradation": dm.store.degradation}
+    rows = [{"method": name, **info, **ours}]
+    if name != "bicubic":
+        rows.append({"method": "bicubic", **info, **bicubic})
+    print_table(rows, f"{dm.dataset_name} x{dm.scale} ({dm.store.degradation}), test split")
+    csv_path, _ = write_results(output_dir(cfg), rows)
+    log.info("results written to %s", csv_path)
+    return {"score": ours["psnr"], "rows": rows}

@@ -1,0 +1,77 @@
+"""``stage=vit|disent|sr``: one training flow for the three stages.
+
+Each stage module ``mrsr.stages.<stage>`` provides ``build(cfg, datamodule) -> StageModule``.
+A finished run writes ``FINISHED.json`` (best and last checkpoint, test metrics) in its
+folder, which the pipeline uses to hand checkpoints on and to skip finished stages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+
+from mrsr.errors import ConfigError
+from mrsr.results import atomic_write_text
+from mrsr.tasks.common import build_datamodule, build_trainer, output_dir
+
+log = logging.getLogger("mrsr")
+FINISHED = "FINISHED.json"
+
+
+def resolve_resume(cfg: DictConfig, out: Path) -> str | None:
+    """``ckpt_path=last`` means this run folder's ``checkpoints/last.ckpt`` (if present)."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, ""):
+        return None
+    if ckpt == "last":
+        last = out / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            log.info("no %s yet: starting from scratch", last)
+            return None
+        return str(last)
+    if not Path(ckpt).exists():
+        raise ConfigError(f"ckpt_path={ckpt}: checkpoint not found")
+    return str(ckpt)
+
+
+def train_stage(cfg: DictConfig, stage: str, out: Path | None = None) -> dict[str, Any]:
+    """Fit, then test the best checkpoint, for ``stage`` in ``out`` (the run folder)."""
+    out = out or output_dir(cfg)
+    L.seed_everything(int(cfg.seed), workers=True)
+    stage_cfg = cfg[stage]
+    dm = build_datamodule(cfg, stage_cfg.batch_size, stage_cfg.train_crop)
+    dm.setup("fit")
+    module = importlib.import_module(f"mrsr.stages.{stage}").build(cfg, dm)
+    trainer = build_trainer(cfg, stage_cfg, default_root_dir=str(out))
+    for cb in trainer.checkpoint_callbacks:
+        cb.dirpath = str(out / "checkpoints")
+    trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, out), weights_only=True)
+    if trainer.fast_dev_run:
+        return {"score": None}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True, verbose=False)
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    last = out / "checkpoints" / "last.ckpt"
+    record = {"stage": stage, "best": best or str(last), "last": str(last), "test": metrics}
+    if trainer.is_global_zero:
+        atomic_write_text(out / FINISHED, json.dumps(record, indent=2) + "\n")
+    score = metrics.get("test/score")
+    return {"score": score, **record}
+
+
+def train_vit(cfg: DictConfig) -> dict[str, Any]:
+    return train_stage(cfg, "vit")
+
+
+def train_disent(cfg: DictConfig) -> dict[str, Any]:
+    return train_stage(cfg, "disent")
+
+
+def train_sr(cfg: DictConfig) -> dict[str, Any]:
+    return train_stage(cfg, "sr")
