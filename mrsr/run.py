@@ -45,7 +45,29 @@ def check_group_choices(argv: list[str]) -> str | None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from mrsr.tasks import run_task
 
-    return run_task(cfg)
+    try:
+        return run_task(cfg)
+    except Exception as err:
+        # An expected error wrapped by Hydra's instantiate (e.g. a bad scale for a model).
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"mrsr: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The :class:`~mrsr.errors.MrsrError` in ``err``'s chain of causes, if any."""
+    from mrsr.errors import MrsrError
+
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, MrsrError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def main() -> None:

@@ -66,6 +66,16 @@ def upsample(lr: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tenso
     return F.interpolate(lr, scale_factor=scale, mode=mode, **kwargs).clamp(0.0, 1.0)
 
 
+def intensity_range(vol: np.ndarray, percentile: float = 99.5) -> tuple[float, float]:
+    """The ``(lo, hi)`` that :func:`normalise_volume` maps to 0 and 1."""
+    lo = float(vol.min())
+    fg = vol[vol > lo]
+    hi = float(np.percentile(fg, percentile)) if fg.size else lo
+    if hi <= lo:
+        hi = float(vol.max())
+    return lo, hi
+
+
 def normalise_volume(vol: np.ndarray, percentile: float = 99.5) -> np.ndarray:
     """Per-volume intensity normalisation to [0, 1].
 
@@ -73,10 +83,6 @@ def normalise_volume(vol: np.ndarray, percentile: float = 99.5) -> np.ndarray:
     minimum (the foreground), then clipped to [0, 1]. Background therefore stays 0 and
     the brightest 0.5 % of foreground voxels saturate at 1.
     """
-    lo = float(vol.min())
-    fg = vol[vol > lo]
-    hi = float(np.percentile(fg, percentile)) if fg.size else lo
-    if hi <= lo:
-        hi = float(vol.max())
+    lo, hi = intensity_range(vol, percentile)
     out = (vol.astype(np.float32) - lo) / max(hi - lo, 1e-12)
     return np.clip(out, 0.0, 1.0, out=out)

@@ -32,6 +32,8 @@ class NiftiVolume:
 def _check_path(path: Path) -> None:
     try:
         if not path.exists():
+            if path.is_symlink():
+                raise DataError(path, "broken symbolic link or symlink loop")
             raise DataError(path, "file not found")
         if path.is_dir():
             raise DataError(path, "is a folder, expected a file")
@@ -92,10 +94,22 @@ def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,)) -> NiftiVolume:
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError(path, "affine is singular or not finite")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
+    zooms = tuple(float(z) for z in _raw_pixdim(path, img)[: data.ndim])
     if any((not np.isfinite(z)) or z <= 0 or z > MAX_VOXEL_MM for z in zooms):
         raise DataError(path, f"implausible voxel size {zooms} mm")
     return NiftiVolume(data=data.astype(np.float32), affine=affine, zooms=zooms)  # type: ignore[arg-type]
+
+
+def _raw_pixdim(path: Path, img) -> np.ndarray:
+    """Voxel sizes as stored (nibabel silently replaces zero sizes by 1 when loading)."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fh:
+            raw = type(img.header).from_fileobj(fh, check=False)
+        return np.abs(np.asarray(raw["pixdim"][1:4], dtype=np.float64))
+    except Exception:  # the checked header was readable, so fall back to it
+        return np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
 
 
 def read_nifti_canonical(path: str | Path) -> np.ndarray:

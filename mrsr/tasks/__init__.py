@@ -62,6 +62,10 @@ def run_task(cfg: DictConfig) -> float | None:
             raise
         _mark_failed(cfg, traceback.format_exc())
         return None
+    finally:
+        from mrsr.tasks.common import finish_wandb
+
+        finish_wandb()  # one wandb run per job: multirun jobs must not merge
     return result.get("score") if isinstance(result, dict) else None
 
 

@@ -18,7 +18,13 @@ from omegaconf import DictConfig
 
 from mrsr.errors import ConfigError
 from mrsr.results import atomic_write_text
-from mrsr.tasks.common import build_datamodule, build_trainer, output_dir
+from mrsr.tasks.common import (
+    build_datamodule,
+    build_trainer,
+    finish_wandb,
+    log_results_table,
+    output_dir,
+)
 
 log = logging.getLogger("mrsr")
 FINISHED = "FINISHED.json"
@@ -41,8 +47,31 @@ def resolve_resume(cfg: DictConfig, out: Path) -> str | None:
 
 
 def train_stage(cfg: DictConfig, stage: str, out: Path | None = None) -> dict[str, Any]:
-    """Fit, then test the best checkpoint, for ``stage`` in ``out`` (the run folder)."""
-    out = out or output_dir(cfg)
+    """Fit, then test the best checkpoint, for ``stage`` in ``out`` (the run folder).
+
+    The stage's wandb run (``logger=wandb``) is finished on return, so every stage and
+    every multirun job gets its own run.
+    """
+    try:
+        return _train_stage(cfg, stage, out or output_dir(cfg))
+    finally:
+        finish_wandb()
+
+
+def _test_rows(out: Path, metrics: dict[str, float]) -> list[dict[str, Any]]:
+    """The stage's result rows: ``results.json`` written by its test step, else its test metrics."""
+    path = out / "results.json"
+    if path.is_file():
+        try:
+            rows = json.loads(path.read_text())
+            if isinstance(rows, list):
+                return rows
+        except ValueError:
+            pass
+    return [metrics] if metrics else []
+
+
+def _train_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     stage_cfg = cfg[stage]
     dm = build_datamodule(cfg, stage_cfg.batch_size, stage_cfg.train_crop)
@@ -57,6 +86,7 @@ def train_stage(cfg: DictConfig, stage: str, out: Path | None = None) -> dict[st
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True, verbose=False)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    log_results_table(trainer, _test_rows(out, metrics), key=f"{stage}/results")
     last = out / "checkpoints" / "last.ckpt"
     record = {"stage": stage, "best": best or str(last), "last": str(last), "test": metrics}
     if trainer.is_global_zero:

@@ -1,0 +1,47 @@
+"""Feature losses through frozen extractors: 1 - cosine similarity of flattened features."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Mean over the batch of ``1 - cos(flatten(a_i), flatten(b_i))``."""
+    return (1 - F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1, eps=1e-8)).mean()
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Parameters without gradients, eval mode; returns the module."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+class FeatureLoss(nn.Module):
+    """Cosine feature distance through a frozen extractor.
+
+    The extractor maps images (N, 1, H, W) to a tensor, or to a tuple of tensors (the
+    disentanglement encoder's ``(z_s, z_t)``); ``forward`` returns one distance per output.
+    Its parameters never get gradients and it stays in eval mode (``train()`` is a no-op
+    for it), but gradients flow to the input image.
+    """
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.extractor = freeze(extractor)
+
+    def train(self, mode: bool = True) -> FeatureLoss:
+        super().train(mode)
+        self.extractor.eval()
+        return self
+
+    def features(self, x: Tensor) -> tuple[Tensor, ...]:
+        out = self.extractor(x)
+        return tuple(out) if isinstance(out, tuple | list) else (out,)
+
+    def forward(self, x: Tensor, ref: Tensor) -> tuple[Tensor, ...]:
+        """Distances between features of ``x`` (gets gradients) and of ``ref`` (detached)."""
+        fx = self.features(x)
+        fr = tuple(f.detach() for f in self.features(ref.detach()))
+        return tuple(cosine_distance(a, b) for a, b in zip(fx, fr, strict=True))

@@ -1,0 +1,74 @@
+"""The SPEC's SR generator: SRResNet layout (conv+ReLU, residual blocks, pixel shuffle)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mrsr.data.degrade import check_scale
+
+
+class ResidualBlock(nn.Module):
+    """3x3 conv, (BN), ReLU, 3x3 conv, (BN), plus the identity."""
+
+    def __init__(self, n_feats: int, batch_norm: bool = True) -> None:
+        super().__init__()
+
+        def norm() -> nn.Module:
+            return nn.BatchNorm2d(n_feats) if batch_norm else nn.Identity()
+
+        self.body = nn.Sequential(
+            nn.Conv2d(n_feats, n_feats, 3, padding=1, bias=not batch_norm),
+            norm(),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(n_feats, n_feats, 3, padding=1, bias=not batch_norm),
+            norm(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class SRResNet(nn.Module):
+    """Generator: head conv+ReLU, ``n_blocks`` residual blocks, a conv (+BN) closing the
+    global skip from the head, one conv+pixel-shuffle(x2)+ReLU stage per factor of two,
+    and a final conv.
+
+    With ``residual_bicubic=True`` the network predicts a residual that is added to the
+    bicubic up-sampling of the input (not in the SPEC; off by default).
+    Any ``(N, C, h, w)`` input gives ``(N, C, h*scale, w*scale)``.
+    """
+
+    trainable = True
+
+    def __init__(
+        self,
+        scale: int,
+        n_blocks: int = 16,
+        n_feats: int = 64,
+        batch_norm: bool = True,
+        in_channels: int = 1,
+        residual_bicubic: bool = False,
+    ) -> None:
+        super().__init__()
+        self.scale = check_scale(scale)
+        self.residual_bicubic = residual_bicubic
+        self.head = nn.Sequential(nn.Conv2d(in_channels, n_feats, 9, padding=4), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*[ResidualBlock(n_feats, batch_norm) for _ in range(n_blocks)])
+        self.body_tail = nn.Sequential(
+            nn.Conv2d(n_feats, n_feats, 3, padding=1, bias=not batch_norm),
+            nn.BatchNorm2d(n_feats) if batch_norm else nn.Identity(),
+        )
+        ups: list[nn.Module] = []
+        for _ in range(self.scale.bit_length() - 1):
+            ups += [nn.Conv2d(n_feats, 4 * n_feats, 3, padding=1), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
+        self.upsample = nn.Sequential(*ups)
+        self.tail = nn.Conv2d(n_feats, in_channels, 9, padding=4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feat = self.head(x)
+        feat = feat + self.body_tail(self.body(feat))
+        out = self.tail(self.upsample(feat))
+        if self.residual_bicubic:
+            out = out + F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return out

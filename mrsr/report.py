@@ -1,0 +1,274 @@
+"""Collect a sweep's finished SR runs into Table-1/2-style Markdown and CSV and a figure.
+
+``python -m mrsr.report <sweep folder> [--out DIR] [--no-figure]``
+
+Every ``results.json`` below the folder (a ``stage=sr`` job folder, or the ``sr/`` folder
+of a ``stage=pipeline`` job) is one finished run; the job's ``.hydra`` folder tells its
+loss preset. Rows: bicubic, the ``l1`` baseline, the default ``paired`` preset, the paper's
+full method and each ablation; columns: scale x PSNR / SSIM / NMSE, mean ± std over the
+test volumes (``psnr_vol ± psnr_vol_std``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mrsr.results import atomic_write_text
+
+# Row order and labels (the paper's naming of the loss terms).
+PRESETS: dict[str, str] = {
+    "bicubic": "bicubic",
+    "l1": "SRResNet, L1 (baseline)",
+    "paired": "paired: L1 + small L_adv/L_ViT/L_str/L_tex vs HR",
+    "paper": "full method: L_adv + L_ViT + L_str + L_tex",
+    "tex_vit": "ablation: L_tex + L_ViT",
+    "str_vit": "ablation: L_str + L_ViT",
+    "vit": "ablation: L_ViT",
+    "tex_str": "ablation: L_tex + L_str",
+}
+METRICS = ("psnr", "ssim", "nmse")
+DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4}
+
+
+class ReportError(Exception):
+    """A sweep folder that cannot be reported on (one line)."""
+
+
+@dataclass
+class Run:
+    """One finished run: its results rows and what the job folder says about it."""
+
+    folder: Path  # where results.json is
+    job: Path  # the Hydra job folder (has .hydra/), or ``folder``
+    rows: list[dict[str, Any]]
+    preset: str
+    choices: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _job_folder(folder: Path, top: Path) -> Path:
+    for cand in (folder, *folder.parents):
+        if (cand / ".hydra").is_dir():
+            return cand
+        if cand == top:
+            break
+    return folder
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def collect(sweep: str | Path) -> list[Run]:
+    """The finished runs below ``sweep`` (folders with a ``results.json``), in path order."""
+    sweep = Path(sweep)
+    if not sweep.is_dir():
+        raise ReportError(f"{sweep}: not a folder")
+    runs = []
+    for path in sorted(sweep.rglob("results.json")):
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(rows, list) or not rows:
+            continue
+        job = _job_folder(path.parent, sweep)
+        hydra = _load_yaml(job / ".hydra" / "hydra.yaml").get("hydra", {})
+        choices = (hydra.get("runtime") or {}).get("choices") or {}
+        preset = choices.get("loss") or rows[0].get("loss") or rows[0].get("loss_preset") or "?"
+        runs.append(Run(path.parent, job, rows, str(preset), choices, _load_yaml(job / ".hydra" / "config.yaml")))
+    if not runs:
+        raise ReportError(f"{sweep}: no finished runs (no results.json below it)")
+    return runs
+
+
+def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One record per (dataset, degradation, method, scale): the volume mean ± std of each metric.
+
+    SR rows are named by the run's loss preset; bicubic is taken from the first run of each
+    dataset/scale (it is the same for every run). A preset present twice keeps the newest run.
+    """
+    out: dict[tuple, dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: (r.folder / "results.json").stat().st_mtime):
+        for row in run.rows:
+            method = "bicubic" if row.get("method") == "bicubic" else run.preset
+            key = (row.get("dataset"), row.get("degradation"), method, int(row["scale"]))
+            if method == "bicubic" and key in out:
+                continue
+            rec = {"dataset": key[0], "degradation": key[1], "method": method, "scale": key[3], "run": str(run.folder)}
+            for m in METRICS:
+                rec[m] = float(row.get(f"{m}_vol", row[m]))
+                rec[f"{m}_std"] = float(row.get(f"{m}_vol_std", 0.0))
+            out[key] = rec
+    order = {p: i for i, p in enumerate(PRESETS)}
+    return sorted(out.values(), key=lambda r: (str(r["dataset"]), str(r["degradation"]),
+                                               order.get(r["method"], len(order)), r["method"], r["scale"]))
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["degradation"]), []).append(r)
+    return groups
+
+
+def _wide(rows: list[dict[str, Any]]) -> tuple[list[int], list[tuple[str, dict[int, dict[str, Any]]]]]:
+    scales = sorted({r["scale"] for r in rows})
+    methods: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        methods.setdefault(r["method"], {})[r["scale"]] = r
+    return scales, list(methods.items())
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """Markdown tables, one per dataset/degradation: methods x (scale x PSNR/SSIM/NMSE)."""
+    parts = []
+    for (dataset, degradation), group in _groups(rows).items():
+        scales, methods = _wide(group)
+        head = ["method"] + [f"x{s} {m.upper()}" for s in scales for m in METRICS]
+        lines = [f"**{dataset}**, {degradation} degradation (mean ± std over test volumes)", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for method, by_scale in methods:
+            cells = [PRESETS.get(method, method)]
+            for s in scales:
+                r = by_scale.get(s)
+                for m in METRICS:
+                    d = DIGITS[m]
+                    cells.append("—" if r is None else f"{r[m]:.{d}f} ± {r[f'{m}_std']:.{d}f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Long-format CSV: one line per dataset, degradation, method and scale."""
+    buf = io.StringIO()
+    cols = ["dataset", "degradation", "method", "scale"] + [f"{m}{s}" for m in METRICS for s in ("", "_std")] + ["run"]
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _finished_ckpt(run: Run) -> Path | None:
+    path = run.folder / "FINISHED.json"
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        for key in ("best", "last"):
+            if rec.get(key) and Path(rec[key]).is_file():
+                return Path(rec[key])
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run.folder / "checkpoints" / name).is_file():
+            return run.folder / "checkpoints" / name
+    return None
+
+
+def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Figure-2-style PNG: per scale, one test slice (LR, bicubic, each method, HR) and error maps."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+    from PIL import Image, ImageDraw
+
+    from mrsr.data.degrade import upsample
+    from mrsr.stages.sr import load_generator
+    from mrsr.tasks.common import build_datamodule
+    from mrsr.viz import make_grid
+
+    by_folder = {str(r.folder): r for r in runs}
+    blocks = []
+    dataset = rows[0]["dataset"]
+    for scale in sorted({r["scale"] for r in rows if r["dataset"] == dataset}):
+        sr_rows = [r for r in rows if r["dataset"] == dataset and r["scale"] == scale and r["method"] != "bicubic"]
+        models = []
+        for r in sr_rows:
+            run = by_folder[r["run"]]
+            ckpt = _finished_ckpt(run)
+            if ckpt is not None:
+                models.append((r["method"], load_generator(ckpt, scale=scale).eval(), run))
+        if not models:
+            continue
+        cfg = OmegaConf.create(models[0][2].config)
+        dm = build_datamodule(cfg)
+        dm.setup("test")
+        ds = dm.datasets["test"]
+        lr, hr, _ = ds[len(ds) // 2]
+        lr, hr = lr[None].float(), hr[None].float()
+        with torch.inference_mode():
+            outs = [("bicubic", upsample(lr, scale).clamp(0, 1))]
+            outs += [(name, g(lr).clamp(0, 1)) for name, g, _ in models]
+        images = [("LR", lr), *outs, ("HR", hr)]
+        errors = [("|LR", torch.zeros_like(hr)), *[(f"|{n}", o - hr) for n, o in outs], ("|HR", torch.zeros_like(hr))]
+        grid = np.concatenate([make_grid(images, 1), make_grid(errors, 1)[2:]], axis=0)
+        titles = [t for t, _ in images]
+        blocks.append((f"x{scale}", titles, grid))
+    if not blocks:
+        return None
+    width = max(g.shape[1] for _, _, g in blocks)
+    canvas = []
+    for label, titles, grid in blocks:
+        head = Image.new("L", (width, 14), 255)
+        draw = ImageDraw.Draw(head)
+        col = (grid.shape[1] - 2) / len(titles)
+        for i, t in enumerate(titles):
+            draw.text((2 + i * col, 1), (f"{label} " if i == 0 else "") + t[:18], fill=0)
+        pad = np.full((grid.shape[0], width - grid.shape[1]), 255, np.uint8)
+        canvas += [np.asarray(head), np.concatenate([grid, pad], axis=1)]
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(canvas, axis=0)).save(buf, format="PNG")
+    from mrsr.results import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def report(sweep: str | Path, out: str | Path | None = None, figure: bool = True) -> dict[str, Path]:
+    """Write ``table.md``, ``table.csv`` (and ``figure.png``) for the sweep into ``out``."""
+    runs = collect(sweep)
+    rows = table_rows(runs)
+    out = Path(out or sweep)
+    written = {"table.md": out / "table.md", "table.csv": out / "table.csv"}
+    atomic_write_text(written["table.md"], to_markdown(rows))
+    atomic_write_text(written["table.csv"], to_csv(rows))
+    if figure:
+        try:
+            fig = make_figure(runs, rows, out / "figure.png")
+        except Exception as err:  # noqa: BLE001 - the tables are the main product
+            print(f"mrsr.report: figure skipped ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+                  file=sys.stderr)
+            fig = None
+        if fig is not None:
+            written["figure.png"] = fig
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mrsr.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="a multirun sweep folder (or any folder with finished runs)")
+    parser.add_argument("--out", help="where to write table.md, table.csv, figure.png (default: the sweep folder)")
+    parser.add_argument("--no-figure", action="store_true", help="only the tables")
+    args = parser.parse_args(argv)
+    try:
+        written = report(args.sweep, args.out, figure=not args.no_figure)
+    except ReportError as err:
+        print(f"mrsr.report: {err}", file=sys.stderr)
+        return 2
+    print(Path(written["table.md"]).read_text())
+    print("written: " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

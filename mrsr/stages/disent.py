@@ -1,0 +1,325 @@
+"""Stage ``disent``: the structure/texture swapping autoencoder, then a frozen (z_s, z_t) extractor.
+
+``build(cfg, dm)`` makes the LightningModule; :func:`load_extractor` turns its checkpoint into
+the frozen encoder that stage ``sr`` uses for L_str = 1 - cos(z_s(a), z_s(b)) and
+L_tex = 1 - cos(z_t(a), z_t(b)).
+
+Measure of disentanglement (validation and test): for pairs (x1, x2) of evaluation slices,
+s = G(z_s(x1), z_t(x2)). Each image (at ``img_size``) is turned into a Sobel gradient-magnitude
+map; ``corr`` is the Pearson correlation of two such maps over all pixels. The logged
+``swap_struct_margin`` is the mean over pairs of corr(edges(s), edges(x1)) - corr(edges(s),
+edges(x2)): positive means the swap keeps the structure (edges) of x1, the image that gave z_s.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from mrsr.checkpoint import load_checkpoint, sub_state_dict
+from mrsr.errors import CheckpointError, ConfigError
+from mrsr.losses.gan import d_loss_fake, d_loss_real, g_loss
+from mrsr.metrics import psnr, ssim
+from mrsr.nets.swapae import (
+    CooccurrenceDiscriminator,
+    PatchDiscriminator,
+    StructureTextureEncoder,
+    SwapGenerator,
+    random_crops,
+    resize_to,
+)
+from mrsr.stages.base import StageModule
+
+log = logging.getLogger("mrsr")
+
+NET_KEYS = ("img_size", "enc_channels", "structure_channels", "texture_dim")
+MAX_EVAL_IMAGES = 64  # evaluation slices kept (at img_size) for the swap check
+
+
+def swap_partners(labels: Tensor) -> Tensor:
+    """For each batch index i, the index j != i of the next image with the same label (cyclic);
+    where no other image has that label, i + 1 (mod batch size)."""
+    n = labels.numel()
+    out = torch.arange(n).roll(-1)
+    lab = labels.tolist()
+    for i in range(n):
+        for k in range(1, n):
+            j = (i + k) % n
+            if lab[j] == lab[i]:
+                out[i] = j
+                break
+    return out.to(labels.device)
+
+
+def sobel_edges(x: Tensor) -> Tensor:
+    """Sobel gradient magnitude of (N, 1, H, W) images (replicate padding)."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
+    k = torch.stack([kx, kx.t()])[:, None]
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
+    return g.pow(2).sum(1, keepdim=True).add(1e-12).sqrt()
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation per image of two (N, ...) batches."""
+    a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
+    b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
+def swap_struct_margin(swapped: Tensor, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    """Per pair: corr(edges(s), edges(x1)) and corr(edges(s), edges(x2)) (see module docstring)."""
+    es = sobel_edges(swapped.float())
+    return pearson(es, sobel_edges(x1.float())), pearson(es, sobel_edges(x2.float()))
+
+
+class DisentModule(StageModule):
+    """Swapping autoencoder: L = w.rec L1(x, G(E(x))) + w.adv L_adv(rec) + w.swap L_adv(swap)."""
+
+    stage = "disent"
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        weights: dict[str, float] | None = None,
+        disc_channels: int = 64,
+        cooccurrence: bool = False,
+        r1_gamma: float = 10.0,
+        r1_every: int = 16,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.0, 0.99),
+        nan_policy: str = "skip",
+    ) -> None:
+        w = {"rec": 1.0, "adv": 0.7, "swap": 0.7, "cooc": 1.0, **(weights or {})}
+        config = {
+            "net": dict(net), "weights": w, "disc_channels": int(disc_channels), "cooccurrence": bool(cooccurrence),
+            "r1_gamma": float(r1_gamma), "r1_every": int(r1_every), "lr": float(lr), "betas": list(betas),
+        }
+        super().__init__(config=config, nan_policy=nan_policy)
+        if int(r1_every) < 1:
+            raise ConfigError(f"disent.r1_every={r1_every} must be >= 1")
+        self.automatic_optimization = False
+        self.weights = {k: float(v) for k, v in w.items()}
+        self.r1_gamma, self.r1_every = float(r1_gamma), int(r1_every)
+        self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
+        self.img_size = int(net["img_size"])
+        self.encoder = StructureTextureEncoder(**net)
+        self.generator = SwapGenerator(**net)
+        self.discriminator = PatchDiscriminator(channels=int(disc_channels))
+        self.cooc = CooccurrenceDiscriminator(channels=int(disc_channels)) if cooccurrence else None
+        self.patch_size = max(8, self.img_size // 4)
+        self._iter = 0
+        self._eval: dict[str, list[Tensor]] = {}
+
+    # -- networks
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(x)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.generator(*self.encoder(x))
+
+    def discriminators(self) -> list[nn.Module]:
+        return [self.discriminator] + ([self.cooc] if self.cooc is not None else [])
+
+    def configure_optimizers(self):
+        g_params = [*self.encoder.parameters(), *self.generator.parameters()]
+        d_params = [p for d in self.discriminators() for p in d.parameters()]
+        return [torch.optim.Adam(g_params, lr=self.lr, betas=self.betas), torch.optim.Adam(d_params, lr=self.lr, betas=self.betas)]
+
+    # -- training
+    def _cooc_logits(self, images: Tensor, texture_source: Tensor) -> Tensor:
+        """Co-occurrence logits of patches of ``images`` against reference patches of ``texture_source``."""
+        return self.cooc(random_crops(images, self.patch_size, 4), random_crops(texture_source, self.patch_size, 4))
+
+    def _r1(self, real: Tensor) -> Tensor:
+        """Lazy R1 penalty (gamma/2 * E||grad_x D(x)||^2, times r1_every)."""
+        real = real.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.discriminator(real).sum(), real, create_graph=True)
+        return 0.5 * self.r1_gamma * self.r1_every * grad.pow(2).flatten(1).sum(1).mean()
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        _, hr, meta = batch
+        x = resize_to(hr, self.img_size)
+        partner = swap_partners(torch.as_tensor(meta.label))
+        x2 = x[partner.to(x.device)]
+        opt_g, opt_d = self.optimizers()
+        self._iter += 1
+
+        z_s, z_t = self.encoder(x)
+        rec = self.generator(z_s, z_t)
+        swap = self.generator(z_s, z_t[partner.to(x.device)])
+
+        # D step: real vs reconstructed vs swapped (G outputs detached)
+        for d in self.discriminators():
+            d.requires_grad_(True)
+        d_terms = {
+            "d_real": d_loss_real(self.discriminator(x)),
+            "d_fake": 0.5 * (d_loss_fake(self.discriminator(rec.detach())) + d_loss_fake(self.discriminator(swap.detach()))),
+        }
+        if self.cooc is not None:
+            d_terms["d_cooc"] = d_loss_real(self._cooc_logits(x2, x2)) + d_loss_fake(self._cooc_logits(swap.detach(), x2))
+        if self.r1_gamma > 0 and self._iter % self.r1_every == 0:
+            d_terms["r1"] = self._r1(x)
+        if self.losses_finite(d_terms):
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(sum(d_terms.values()))
+            if all(self.grads_finite(d, "D") for d in self.discriminators()):
+                opt_d.step()
+        for d in self.discriminators():
+            d.requires_grad_(False)
+
+        # G step (E and G), D frozen
+        w = self.weights
+        terms = {
+            "rec": F.l1_loss(rec, x),
+            "adv": g_loss(self.discriminator(rec)),
+            "swap": g_loss(self.discriminator(swap)),
+        }
+        if self.cooc is not None:
+            terms["cooc"] = g_loss(self._cooc_logits(swap, x2))
+        total = sum(w[k] * v for k, v in terms.items())
+        if self.losses_finite({**terms, "total": total}):
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(total)
+            if self.grads_finite(self.encoder, "E") and self.grads_finite(self.generator, "G"):
+                opt_g.step()
+            self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in {**terms, **d_terms}.items()}, on_step=True)
+
+    # -- evaluation
+    def _eval_start(self) -> None:
+        self._eval = {"psnr": [], "ssim": [], "images": []}
+
+    @torch.no_grad()
+    def _eval_step(self, batch: Any) -> None:
+        _, hr, _ = batch
+        x = resize_to(hr.float(), self.img_size).clamp(0, 1)
+        rec = self.reconstruct(x).float().clamp(0, 1)
+        self._eval["psnr"].append(psnr(rec, x).cpu())
+        self._eval["ssim"].append(ssim(rec, x).cpu())
+        kept = sum(len(t) for t in self._eval["images"])
+        if kept < MAX_EVAL_IMAGES:
+            self._eval["images"].append(x[: MAX_EVAL_IMAGES - kept])
+
+    @torch.no_grad()
+    def swap_check(self, images: Tensor) -> dict[str, Tensor]:
+        """Swap images i and (i + n//2) mod n; returns per-pair correlations and the grid columns."""
+        n = images.shape[0]
+        x1 = images
+        x2 = images.roll(-(n // 2) if n > 1 else 0, dims=0)
+        zs1, zt1 = self.encoder(x1)
+        zs2, zt2 = self.encoder(x2)
+        rec = self.generator(zs1, zt1).float().clamp(0, 1)
+        s12 = self.generator(zs1, zt2).float().clamp(0, 1)
+        s21 = self.generator(zs2, zt1).float().clamp(0, 1)
+        c1, c2 = swap_struct_margin(s12, x1, x2)
+        return {"x1": x1, "x2": x2, "rec": rec, "s12": s12, "s21": s21, "corr_x1": c1, "corr_x2": c2}
+
+    def _eval_end(self, split: str) -> dict[str, float]:
+        p, s = torch.cat(self._eval["psnr"]), torch.cat(self._eval["ssim"])
+        metrics = {f"{split}/rec_psnr": p.mean(), f"{split}/rec_ssim": s.mean(), f"{split}/score": p.mean()}
+        images = torch.cat(self._eval["images"])
+        if images.shape[0] > 1:
+            sw = self.swap_check(images)
+            metrics[f"{split}/swap_corr_x1"] = sw["corr_x1"].mean().cpu()
+            metrics[f"{split}/swap_corr_x2"] = sw["corr_x2"].mean().cpu()
+            metrics[f"{split}/swap_struct_margin"] = (sw["corr_x1"] - sw["corr_x2"]).mean().cpu()
+            if self.trainer is not None and not self.trainer.sanity_checking:
+                idx = torch.linspace(0, images.shape[0] - 1, min(4, images.shape[0])).long()
+                self.log_grid(
+                    f"{split}/swap",
+                    [("x1", sw["x1"][idx]), ("x2", sw["x2"][idx]), ("rec", sw["rec"][idx]),
+                     ("G(zs1,zt2)", sw["s12"][idx]), ("G(zs2,zt1)", sw["s21"][idx])],
+                )
+        metrics = {k: v.float().to(self.device) for k, v in metrics.items()}
+        self.log_dict(metrics, prog_bar=split == "val", sync_dist=True)
+        if split == "val":
+            log.info(
+                "step %d: rec PSNR %.2f dB, swap structure margin %.3f", self.global_step,
+                float(metrics["val/rec_psnr"]), float(metrics.get("val/swap_struct_margin", float("nan"))),
+            )
+        return {k: float(v) for k, v in metrics.items()}
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+
+def net_config(disent_cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """The encoder/generator arguments from a ``disent`` config group (plain containers)."""
+    out = {k: disent_cfg[k] for k in NET_KEYS if k in disent_cfg}
+    if "enc_channels" in out:
+        out["enc_channels"] = [int(c) for c in out["enc_channels"]]
+    return {k: (int(v) if k != "enc_channels" else v) for k, v in out.items()}
+
+
+def build(cfg: DictConfig, dm: Any) -> DisentModule:
+    d = cfg.disent
+    weights = OmegaConf.to_container(d.weights, resolve=True) if d.get("weights") is not None else None
+    return DisentModule(
+        net=net_config(d),
+        weights=weights,
+        disc_channels=int(d.get("disc_channels", 64)),
+        cooccurrence=bool(d.get("cooccurrence", False)),
+        r1_gamma=float(d.get("r1_gamma", 10.0)),
+        r1_every=int(d.get("r1_every", 16)),
+        lr=float(d.get("lr", 2e-3)),
+        betas=tuple(d.get("betas", (0.0, 0.99))),
+        nan_policy=str(d.get("nan_policy", "skip")),
+    )
+
+
+class DisentExtractor(nn.Module):
+    """Frozen E(images) -> (z_s, z_t) of a trained stage-``disent`` encoder.
+
+    Images of any size are resized to the encoder's ``img_size``. Parameters never require
+    grad and the module stays in eval mode even when a parent calls ``train()``; gradients
+    still flow to the input. Codes are returned in float32.
+    """
+
+    def __init__(self, encoder: StructureTextureEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> DisentExtractor:
+        return super().train(False)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        z_s, z_t = self.encoder(images)
+        return z_s.float(), z_t.float()
+
+
+def load_extractor(path: str | Path) -> DisentExtractor:
+    """Rebuild the encoder of a stage-``disent`` checkpoint and return it as a frozen extractor."""
+    ckpt = load_checkpoint(path, stage="disent")
+    meta = ckpt["mrsr"].get("config") or {}
+    if not isinstance(meta.get("net"), dict):
+        raise CheckpointError(path, "stage-disent checkpoint without its network config")
+    try:
+        encoder = StructureTextureEncoder(**meta["net"])
+        encoder.load_state_dict(sub_state_dict(ckpt["state_dict"], "encoder"))
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise CheckpointError(path, f"weights do not fit the stored encoder config ({str(err).splitlines()[0][:200]})") from err
+    return DisentExtractor(encoder)

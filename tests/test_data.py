@@ -1,0 +1,348 @@
+"""Data modules, degradations and metrics, checked against values computed here."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrsr.data.datamodule import DemoDataModule, FastMRIDataModule, IXIDataModule
+from mrsr.data.degrade import degrade
+from mrsr.data.readers import read_fastmri
+from mrsr.data.sources import list_fastmri, list_ixi, split_by_subject, split_counts
+from mrsr.errors import DataError
+from mrsr.metrics import SRMetrics, nmse, psnr, ssim
+from tests.conftest import make_fastmri_file, make_ixi
+
+
+def _ixi(root: Path, **kw) -> IXIDataModule:
+    kw.setdefault("split", (3, 2, 1))
+    kw.setdefault("crop", None)
+    kw.setdefault("patch_size", 16)
+    kw.setdefault("batch_size", 4)
+    dm = IXIDataModule(root=str(root), **kw)
+    dm.setup()
+    return dm
+
+
+def _fastmri(root: Path, **kw) -> FastMRIDataModule:
+    kw.setdefault("split", (4, 1, 1))
+    kw.setdefault("fastmri_crop", (32, 32))
+    kw.setdefault("patch_size", 16)
+    kw.setdefault("batch_size", 4)
+    dm = FastMRIDataModule(root=str(root), **kw)
+    dm.setup()
+    return dm
+
+
+def _subjects(dm) -> dict[str, set[str]]:
+    return {k: {r.name.split("-")[0] for r in ds.refs} for k, ds in dm.datasets.items()}
+
+
+# ------------------------------------------------------------------ splits
+
+
+def test_ixi_split_disjoint_by_subject_and_stable(tmp_path: Path) -> None:
+    root = make_ixi(tmp_path / "IXI", n_subjects=8, contrasts=("T1", "T2"), shape=(20, 20, 6))
+    refs = list_ixi(root, ["T1", "T2"])
+    a = split_by_subject(refs, (5, 2, 1), seed=1)
+    b = split_by_subject(refs, (5, 2, 1), seed=1)
+    assert {k: [r.name for r in v] for k, v in a.items()} == {k: [r.name for r in v] for k, v in b.items()}
+    subj = {k: {r.subject for r in v} for k, v in a.items()}
+    assert [len(subj[k]) for k in ("train", "test", "val")] == [5, 2, 1]
+    assert not (subj["train"] & subj["test"] or subj["train"] & subj["val"] or subj["test"] & subj["val"])
+    # both contrasts of a subject go to the same split
+    for split, rs in a.items():
+        for r in rs:
+            assert {x.contrast for x in rs if x.subject == r.subject} == {"T1", "T2"}, split
+    others = [split_by_subject(refs, (5, 2, 1), seed=s) for s in range(2, 6)]
+    assert any({r.subject for r in o["test"]} != subj["test"] for o in others)
+
+
+def test_ixi_datamodule_split_disjoint(ixi_dir: Path) -> None:
+    dm1, dm2 = _ixi(ixi_dir, seed=3), _ixi(ixi_dir, seed=3)
+    s1, s2 = _subjects(dm1), _subjects(dm2)
+    assert s1 == s2
+    assert sum(len(v) for v in s1.values()) == 6
+    assert not (s1["train"] & s1["val"] or s1["train"] & s1["test"] or s1["val"] & s1["test"])
+
+
+@pytest.mark.parametrize(
+    ("n", "wanted", "expected"),
+    [(600, (500, 70, 6), (500, 70, 6)), (576, (500, 70, 6), (500, 70, 6)), (10, (500, 70, 6), (8, 1, 1)),
+     (100, (500, 70, 6), (87, 12, 1)), (3, (500, 70, 6), (1, 1, 1)), (6, (3, 2, 1), (3, 2, 1))],
+)
+def test_split_counts_rule(n: int, wanted, expected) -> None:
+    got = split_counts(n, wanted)
+    assert got == expected
+    assert sum(got) <= n and min(got) >= 1
+
+
+def test_split_counts_too_few() -> None:
+    with pytest.raises(DataError, match="at least 3"):
+        split_counts(2, (500, 70, 6))
+
+
+# ------------------------------------------------------------------ shapes and ranges
+
+
+def _check_pairs(dm, scale: int) -> None:
+    for split in ("train", "val", "test"):
+        loader = dm.train_dataloader() if split == "train" else getattr(dm, f"{split}_dataloader")()
+        lr, hr, meta = next(iter(loader))
+        assert lr.ndim == 4 and hr.ndim == 4 and lr.shape[1] == hr.shape[1] == 1
+        assert hr.shape[-2] == lr.shape[-2] * scale and hr.shape[-1] == lr.shape[-1] * scale
+        assert hr.shape[-2] % scale == 0 and hr.shape[-1] % scale == 0
+        assert lr.dtype == hr.dtype == torch.float32
+        for x in (lr, hr):
+            assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+        assert hr.max() > 0.3  # not blank
+        if split == "train":
+            assert hr.shape[-2:] == (dm.patch_size, dm.patch_size)
+        assert len(meta.volume) == lr.shape[0] and meta.label.shape == (lr.shape[0],)
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "kspace"])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_ixi_pairs(ixi_dir: Path, scale: int, degradation: str) -> None:
+    dm = _ixi(ixi_dir, scale=scale, degradation=degradation, crop=(38, 42, None))
+    _check_pairs(dm, scale)
+    hr, _ = dm.store.get(dm.datasets["test"].refs[0])
+    assert hr.shape[-2:] == (38 - 38 % scale, 42 - 42 % scale)
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "kspace"])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_fastmri_pairs(fastmri_dir: Path, scale: int, degradation: str) -> None:
+    dm = _fastmri(fastmri_dir, scale=scale, degradation=degradation, fastmri_crop=(30, 30))
+    _check_pairs(dm, scale)
+    assert dm.classes == ["fastMRI-PD", "fastMRI-PDFS"]
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "kspace"])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_demo_pairs(scale: int, degradation: str) -> None:
+    dm = DemoDataModule(scale=scale, degradation=degradation, patch_size=32, batch_size=4)
+    dm.setup()
+    _check_pairs(dm, scale)
+
+
+def test_hr_size_divisible_by_scale(tmp_path: Path) -> None:
+    root = make_ixi(tmp_path / "IXI", n_subjects=3, contrasts=("T1",), shape=(37, 43, 6))
+    dm = _ixi(root, split=(1, 1, 1), scale=4)
+    hr, lr = dm.store.get(dm.datasets["test"].refs[0])
+    assert hr.shape[-2:] == (36, 40) and lr.shape[-2:] == (9, 10)
+
+
+def test_validation_deterministic(ixi_dir: Path) -> None:
+    dm1, dm2 = _ixi(ixi_dir, seed=0), _ixi(ixi_dir, seed=0)
+    for loader in (dm1.val_dataloader(), dm2.val_dataloader(), dm1.val_dataloader()):
+        batches = [(lr.clone(), hr.clone()) for lr, hr, _ in loader]
+        if "ref" not in locals():
+            ref = batches
+        assert len(batches) == len(ref)
+        for (a, b), (c, d) in zip(batches, ref, strict=True):
+            assert torch.equal(a, c) and torch.equal(b, d)
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "kspace"])
+def test_training_patches_are_paired(ixi_dir: Path, degradation: str) -> None:
+    torch.manual_seed(0)
+    dm = _ixi(ixi_dir, scale=2, degradation=degradation, patch_size=16, flips=True)
+    ds = dm.datasets["train"]
+    errs, shifted = [], []
+    for i in range(0, len(ds), max(1, len(ds) // 20)):
+        lr, hr, _ = ds[i]
+        if hr.mean() < 0.1:
+            continue
+        down = F.interpolate(hr[None], scale_factor=0.5, mode="area")[0]
+        errs.append((down - lr).abs().mean().item())
+        shifted.append((down - lr.roll(3, -1)).abs().mean().item())
+    assert len(errs) >= 5
+    # matches its own downsampled HR far better than a misaligned one
+    assert np.mean(errs) < 0.05
+    assert np.mean(errs) < 0.6 * np.mean(shifted)
+
+
+# ------------------------------------------------------------------ fastMRI
+
+
+@pytest.mark.parametrize("size", [(48, 40), (47, 41)])
+def test_kspace_reconstruction_matches_stored_rss(tmp_path: Path, size) -> None:
+    path = make_fastmri_file(tmp_path / "file1.h5", size=size, crop=(32, 32), seed=5)
+    from_k = read_fastmri(path, "kspace", (32, 32))
+    stored = read_fastmri(path, "reconstruction_rss", (32, 32))
+    assert from_k.shape == stored.shape == (4, 32, 32)
+    np.testing.assert_allclose(from_k, stored, rtol=1e-4, atol=1e-5 * stored.max())
+
+
+def test_kspace_only_file_used_when_no_reconstruction(tmp_path: Path) -> None:
+    root = tmp_path / "fm"
+    root.mkdir()
+    path = make_fastmri_file(root / "file1.h5", store_recon=False)
+    info_src = read_fastmri(path, "auto", (32, 32))
+    assert info_src.shape == (4, 32, 32)
+    path2 = make_fastmri_file(root / "file2.h5")
+    np.testing.assert_allclose(info_src, read_fastmri(path2, "auto", (32, 32)), rtol=1e-4, atol=1e-5)
+
+
+def test_fastmri_acquisition_filter(fastmri_dir: Path) -> None:
+    pd = list_fastmri(fastmri_dir, ["PD"])
+    pdfs = list_fastmri(fastmri_dir, ["PDFS"])
+    assert [r.name for r in pd] == ["file1000", "file1002", "file1004"]
+    assert [r.name for r in pdfs] == ["file1001", "file1003", "file1005"]
+    assert {r.contrast for r in pd} == {"PD"} and {r.contrast for r in pdfs} == {"PDFS"}
+    dm = _fastmri(fastmri_dir, contrasts=["PD"], split=(1, 1, 1))
+    assert dm.classes == ["fastMRI-PD"]
+    assert all(r.contrast == "PD" for ds in dm.datasets.values() for r in ds.refs)
+
+
+# ------------------------------------------------------------------ demo
+
+
+def test_demo_split() -> None:
+    dm = DemoDataModule(scale=2, patch_size=32)
+    dm.setup()
+    test, val, train = dm.datasets["test"], dm.datasets["val"], dm.datasets["train"]
+    assert [r.subject for r in test.refs] == ["seg3d"]
+    assert all(r.subject != "seg3d" for r in train.refs + val.refs)
+    train_slices = {(train.refs[v].name, s) for v, s in train.index}
+    val_slices = {(val.refs[v].name, s) for v, s in val.index}
+    assert val_slices and train_slices and not train_slices & val_slices
+    # a gap of at least two slices on each side of the validation slab
+    for name in {n for n, _ in val_slices}:
+        vs = [s for n, s in val_slices if n == name]
+        ts = [s for n, s in train_slices if n == name]
+        assert min(abs(t - v) for t in ts for v in vs) > 2
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _np_psnr(x: np.ndarray, y: np.ndarray) -> float:
+    return 10 * math.log10(1.0 / np.mean((x.astype(np.float64) - y) ** 2))
+
+
+def _np_nmse(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum((y.astype(np.float64) - x) ** 2) / np.sum(y.astype(np.float64) ** 2))
+
+
+def _np_ssim(x: np.ndarray, y: np.ndarray, win: int = 11, sigma: float = 1.5) -> float:
+    """Reference SSIM (Wang et al. 2004), Gaussian window, data range 1, averaged over the
+    whole image with reflect padding at the borders (the torchmetrics convention)."""
+    t = np.arange(win) - (win - 1) / 2
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    g /= g.sum()
+
+    def filt(a: np.ndarray) -> np.ndarray:
+        a = np.apply_along_axis(lambda r: np.convolve(r, g, mode="valid"), 0, a)
+        return np.apply_along_axis(lambda r: np.convolve(r, g, mode="valid"), 1, a)
+
+    pad = win // 2
+    x = np.pad(x.astype(np.float64), pad, mode="reflect")
+    y = np.pad(y.astype(np.float64), pad, mode="reflect")
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = filt(x), filt(y)
+    sxx, syy, sxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
+def _pair(seed: int, n: int = 3, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(n, 1, size, size, generator=g)
+    x = (y + 0.1 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def test_psnr_nmse_match_numpy() -> None:
+    x, y = _pair(0)
+    for i in range(3):
+        xi, yi = x[i, 0].numpy(), y[i, 0].numpy()
+        assert psnr(x, y)[i].item() == pytest.approx(_np_psnr(xi, yi), abs=1e-3)
+        assert nmse(x, y)[i].item() == pytest.approx(_np_nmse(xi, yi), rel=1e-4)
+
+
+def test_ssim_matches_reference() -> None:
+    x, y = _pair(1, size=40)
+    got = ssim(x, y)
+    for i in range(3):
+        assert got[i].item() == pytest.approx(_np_ssim(x[i, 0].numpy(), y[i, 0].numpy()), abs=1e-4)
+    assert ssim(y, y).tolist() == pytest.approx([1.0] * 3, abs=1e-6)
+    # a known value: a constant offset c only changes the luminance term
+    a = torch.full((1, 1, 24, 24), 0.5)
+    b = torch.full((1, 1, 24, 24), 0.6)
+    c1 = 0.01**2
+    expected = (2 * 0.5 * 0.6 + c1) / (0.25 + 0.36 + c1)
+    assert ssim(a, b).item() == pytest.approx(expected, abs=1e-5)
+
+
+def _metrics_reference(preds, targets, vols, slices) -> dict[str, float]:
+    seen, rows = set(), []
+    for p, t, v, s in zip(preds, targets, vols, slices, strict=True):
+        if (v, s) in seen:
+            continue
+        seen.add((v, s))
+        rows.append((p.numpy(), t.numpy(), v))
+    out = {
+        "psnr": np.mean([_np_psnr(p, t) for p, t, _ in rows]),
+        "ssim": np.mean([_np_ssim(p, t) for p, t, _ in rows]),
+        "nmse": np.mean([_np_nmse(p, t) for p, t, _ in rows]),
+        "n_slices": len(rows),
+    }
+    per = {}
+    for v in sorted({r[2] for r in rows}):
+        ps = [r for r in rows if r[2] == v]
+        sse = sum(np.sum((p.astype(np.float64) - t) ** 2) for p, t, _ in ps)
+        npx = sum(p.size for p, _, _ in ps)
+        y2 = sum(np.sum(t.astype(np.float64) ** 2) for _, t, _ in ps)
+        per[v] = (10 * math.log10(npx / sse), np.mean([_np_ssim(p, t) for p, t, _ in ps]), sse / y2)
+    for k, name in enumerate(("psnr", "ssim", "nmse")):
+        vals = np.array([per[v][k] for v in per])
+        out[f"{name}_vol"] = vals.mean()
+        out[f"{name}_vol_std"] = vals.std()
+    out["n_volumes"] = len(per)
+    return out
+
+
+def test_srmetrics_dedup_and_per_volume() -> None:
+    x, y = _pair(2, n=6, size=24)
+    vols = [0, 0, 0, 1, 1, 2]
+    slices = [0, 1, 2, 0, 1, 0]
+    m = SRMetrics()
+    m.update(x[:4], y[:4], torch.tensor(vols[:4]), torch.tensor(slices[:4]))
+    m.update(x[2:], y[2:], torch.tensor(vols[2:]), torch.tensor(slices[2:]))  # (0,2), (1,0) repeated
+    m.update(x[:1], y[:1], torch.tensor([0]), torch.tensor([0]))
+    got = m.compute()
+    ref = _metrics_reference(list(x[:, 0]), list(y[:, 0]), vols, slices)
+    assert got["n_slices"] == 6 and got["n_volumes"] == 3
+    for k in ("psnr", "nmse", "psnr_vol", "nmse_vol", "psnr_vol_std", "nmse_vol_std"):
+        assert got[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-6), k
+    for k in ("ssim", "ssim_vol", "ssim_vol_std"):
+        assert got[k] == pytest.approx(ref[k], abs=1e-4), k
+    # the duplicates really were dropped: counting them would change the mean
+    m2 = SRMetrics()
+    m2.update(x, y, torch.arange(6), torch.zeros(6, dtype=torch.long))
+    assert m2.compute()["n_volumes"] == 6
+
+
+def test_srmetrics_clamps_predictions() -> None:
+    _, y = _pair(3, n=2)
+    m = SRMetrics()
+    m.update(y + 5.0, y, torch.tensor([0, 0]), torch.tensor([0, 1]))
+    ref = _metrics_reference(list(torch.ones_like(y)[:, 0]), list(y[:, 0]), [0, 0], [0, 1])
+    assert m.compute()["psnr"] == pytest.approx(ref["psnr"], rel=1e-5)
+
+
+def test_degrade_matches_definition() -> None:
+    """k-space truncation equals keeping the central spectrum, computed with numpy."""
+    x, _ = _pair(4, n=1, size=32)
+    lr = degrade(x, 2, "kspace")[0, 0].numpy()
+    spec = np.fft.fftshift(np.fft.fft2(x[0, 0].numpy().astype(np.float64)))
+    c = spec[8:24, 8:24]
+    ref = np.abs(np.fft.ifft2(np.fft.ifftshift(c))) / 4
+    np.testing.assert_allclose(lr, np.clip(ref, 0, 1), atol=1e-5)
