@@ -1,4 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test` (each creates .venv on first use).
+# Tiny CPU models train much faster with one intra-op thread on small machines.
+export OMP_NUM_THREADS ?= 1
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m mrsr.run stage=pipeline
+	$(PY) -m mrsr.run stage=sr scale=2
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" -q
@@ -28,6 +30,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_data.py
+	$(PY) experiments/bench_inference.py
+	$(PY) experiments/bench_train.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

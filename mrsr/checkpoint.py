@@ -8,6 +8,7 @@ pickled objects to load is refused before any of it runs.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,19 @@ def load_checkpoint(path: str | Path, stage: str | None = None, scale: int | Non
         raise CheckpointError(path, "checkpoint not found")
     if path.is_dir():
         raise CheckpointError(path, "is a folder, expected a checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(path, "corrupt or not a PyTorch checkpoint (not a zip archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise CheckpointError(path, f"refused: contains objects that are not plain tensors or containers ({first})") from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(path, f"corrupt or truncated checkpoint ({str(err).splitlines()[0][:200]})") from err
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise CheckpointError(
+                path, f"refused: it would import {found[1]} on loading (only tensors and plain containers are allowed)"
+            ) from err
+        raise CheckpointError(path, f"corrupt checkpoint ({_detail(err)})") from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
+        raise CheckpointError(path, f"corrupt or truncated checkpoint ({_detail(err)})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(path, "not an mrsr checkpoint (no state_dict)")
     meta = ckpt.get("mrsr")
@@ -41,6 +48,14 @@ def load_checkpoint(path: str | Path, stage: str | None = None, scale: int | Non
     if scale is not None and meta.get("scale") is not None and int(meta["scale"]) != int(scale):
         raise CheckpointError(path, f"was trained for scale x{meta['scale']}, expected x{scale}")
     return ckpt
+
+
+def _detail(err: BaseException) -> str:
+    """The informative part of a loading error, on one line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Please file", "Check the doc"))]
+    text = (useful or lines or [type(err).__name__])[0]
+    return text.removeprefix("WeightsUnpickler error:").strip()[:200] or type(err).__name__
 
 
 def sub_state_dict(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -42,46 +42,74 @@ def nmse(pred: Tensor, target: Tensor) -> Tensor:
     return err / target.pow(2).flatten(1).sum(1).clamp_min(1e-12)
 
 
-class SRMetrics(Metric):
-    """Accumulates per-slice statistics; ``compute`` returns slice and volume summaries."""
+class SliceTable(Metric):
+    """Per-slice values keyed by (volume, slice), gathered over processes.
+
+    Each (volume, slice) pair is kept once, so the samples that distributed samplers
+    repeat to even out ranks are never double counted. ``compute`` returns the columns.
+    """
 
     full_state_update = False
-    higher_is_better = True
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, columns: tuple[str, ...] = (), **kwargs) -> None:
         super().__init__(**kwargs)
-        for name in ("vol", "sl"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-        for name in ("sse", "n", "y2", "ssim", "psnr"):
+        self.columns = tuple(columns)
+        for name in ("vol", "sl", *self.columns):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, pred: Tensor, target: Tensor, volume_idx: Tensor, slice_idx: Tensor) -> None:
-        pred = pred.detach().float().clamp(0.0, 1.0)
-        target = target.detach().float()
-        self.vol.append(volume_idx.detach().long().reshape(-1).to(self.device))
-        self.sl.append(slice_idx.detach().long().reshape(-1).to(self.device))
-        self.sse.append((pred - target).pow(2).flatten(1).sum(1).double())
-        self.n.append(torch.full((pred.shape[0],), float(pred[0].numel()), dtype=torch.float64, device=pred.device))
-        self.y2.append(target.pow(2).flatten(1).sum(1).double())
-        self.ssim.append(ssim(pred, target).double())
-        self.psnr.append(psnr(pred, target).double())
+    def add(self, volume_idx: Tensor, slice_idx: Tensor, **values: Tensor) -> None:
+        """Append one batch: a value per slice for every column."""
+        self.vol.append(torch.as_tensor(volume_idx).detach().long().reshape(-1).to(self.device))
+        self.sl.append(torch.as_tensor(slice_idx).detach().long().reshape(-1).to(self.device))
+        for name in self.columns:
+            getattr(self, name).append(values[name].detach().double().reshape(-1).to(self.device))
 
-    def _gathered(self) -> dict[str, Tensor]:
+    def update(self, volume_idx: Tensor, slice_idx: Tensor, **values: Tensor) -> None:
+        self.add(volume_idx, slice_idx, **values)
+
+    def _table(self) -> dict[str, Tensor]:
         def cat(x):
-            return torch.cat(x) if isinstance(x, list) else x
+            if isinstance(x, list):
+                return torch.cat(x) if x else torch.zeros(0, device=self.device)
+            return x
 
-        state = {k: cat(getattr(self, k)) for k in ("vol", "sl", "sse", "n", "y2", "ssim", "psnr")}
+        state = {k: cat(getattr(self, k)) for k in ("vol", "sl", *self.columns)}
         if state["vol"].numel() == 0:
             return state
-        key = state["vol"] * 1_000_000 + state["sl"]
+        key = state["vol"].long() * 1_000_000 + state["sl"].long()
         uniq, inverse = torch.unique(key, return_inverse=True)
         first = torch.full_like(uniq, key.numel()).scatter_reduce(
             0, inverse, torch.arange(key.numel(), device=key.device), reduce="amin"
         )
         return {k: v[first] for k, v in state.items()}
 
-    def compute(self) -> dict[str, float]:
-        s = self._gathered()
+    def compute(self) -> dict[str, Tensor]:
+        return self._table()
+
+
+class SRMetrics(SliceTable):
+    """Accumulates per-slice statistics; ``compute`` returns slice and volume summaries."""
+
+    higher_is_better = True
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(("sse", "n", "y2", "ssim", "psnr"), **kwargs)
+
+    def update(self, pred: Tensor, target: Tensor, volume_idx: Tensor, slice_idx: Tensor) -> None:
+        pred = pred.detach().float().clamp(0.0, 1.0)
+        target = target.detach().float()
+        self.add(
+            volume_idx,
+            slice_idx,
+            sse=(pred - target).pow(2).flatten(1).sum(1),
+            n=torch.full((pred.shape[0],), float(pred[0].numel()), device=pred.device),
+            y2=target.pow(2).flatten(1).sum(1),
+            ssim=ssim(pred, target),
+            psnr=psnr(pred, target),
+        )
+
+    def compute(self) -> dict[str, float]:  # type: ignore[override]
+        s = self._table()
         if s["vol"].numel() == 0:
             return {}
         out = {

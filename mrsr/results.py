@@ -66,4 +66,4 @@ def print_table(rows: Sequence[dict], title: str) -> None:
             f"{r['ssim_vol']:.4f} ± {r['ssim_vol_std']:.4f}",
             f"{r['nmse_vol']:.4f} ± {r['nmse_vol_std']:.4f}",
         )
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)

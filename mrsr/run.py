@@ -70,7 +70,17 @@ def user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def null_groups_to_deletions(argv: list[str]) -> list[str]:
+    """``logger=null`` (or any config group set to null) means: drop that group (``~logger``)."""
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        out.append(f"~{key}" if value == "null" and group_options(key) else arg)
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = null_groups_to_deletions(sys.argv[1:])
     problem = check_group_choices(sys.argv[1:])
     if problem:
         print(problem, file=sys.stderr)

@@ -38,19 +38,32 @@ def make_grid(columns: list[tuple[str, Tensor]], max_rows: int = 4, pad: int = 2
     return grid
 
 
+def titled(grid: np.ndarray, titles: list[str], col_width: int, pad: int = 2) -> np.ndarray:
+    """Add a white header strip with one title centred over each column."""
+    from PIL import Image, ImageDraw
+
+    header = Image.new("L", (grid.shape[1], 14), 255)
+    draw = ImageDraw.Draw(header)
+    for c, title in enumerate(titles):
+        width = draw.textlength(title)
+        x = pad + c * (col_width + pad) + max(0, (col_width - width) / 2)
+        draw.text((x, 1), title, fill=0)
+    return np.concatenate([np.asarray(header, dtype=np.uint8), grid], axis=0)
+
+
 def save_grid(columns: list[tuple[str, Tensor]], path: Path, max_rows: int = 4) -> np.ndarray:
-    """Write the grid as PNG (column titles in the PNG's text metadata) and return it."""
+    """Write the grid as PNG, with column titles, and return the image."""
     import io
 
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
 
     grid = make_grid(columns, max_rows)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("columns", ", ".join(t for t, _ in columns))
+    size = max((tuple(b.shape[-2:]) for _, b in columns), key=lambda s: s[0] * s[1])
+    image = titled(grid, [t for t, _ in columns], size[1])
     buf = io.BytesIO()
-    Image.fromarray(grid).save(buf, format="PNG", pnginfo=info)
+    Image.fromarray(image).save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())
-    return grid
+    return image
 
 
 __all__ = ["make_grid", "save_grid"]

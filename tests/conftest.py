@@ -14,6 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest on small CPUs
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def phantom(shape: tuple[int, ...], seed: int, contrast: float = 1.0) -> np.ndarray:
@@ -72,8 +77,8 @@ def make_fastmri_file(
         if store_recon:
             rss = np.sqrt((np.abs(coil_imgs) ** 2).sum(1))
             h, w = rss.shape[-2:]
-            t, l = (h - crop[0]) // 2, (w - crop[1]) // 2
-            f.create_dataset("reconstruction_rss", data=rss[:, t : t + crop[0], l : l + crop[1]].astype(np.float32))
+            t, left = (h - crop[0]) // 2, (w - crop[1]) // 2
+            f.create_dataset("reconstruction_rss", data=rss[:, t : t + crop[0], left : left + crop[1]].astype(np.float32))
         f.attrs["acquisition"] = acquisition
         f.attrs["patient_id"] = path.stem
     return path

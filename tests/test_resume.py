@@ -19,7 +19,7 @@ import torch
 STAGES = {
     "vit": ["vit.max_steps=10", "vit.val_check_interval=2", "vit.batch_size=8"],
     "disent": ["disent.max_steps=10", "disent.val_check_interval=2", "disent.batch_size=4"],
-    "sr": ["sr.max_steps=10", "sr.val_check_interval=2", "sr.batch_size=4", "sr.train_crop=32"],
+    "sr": ["sr.max_steps=10", "sr.val_check_interval=2", "sr.batch_size=4", "sr.train_crop=32", "loss=l1", "loss.adv=1e-3"],
 }
 COMMON = ["~callbacks.progress_bar", "trainer=cpu", "trainer.deterministic=true", "seed=7"]
 
@@ -85,3 +85,54 @@ def test_kill_and_resume_fast(tmp_path: Path, stage: str) -> None:
 def test_kill_and_resume(tmp_path: Path, stage: str) -> None:
     pytest.importorskip(f"mrsr.stages.{stage}")
     check_resume(tmp_path, stage)
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch) -> None:
+    """A save that dies half-way leaves the previous checkpoint intact and no partial file."""
+    from mrsr.tasks.common import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial checkpoint")
+        raise KeyboardInterrupt  # e.g. a signal during the write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
+    monkeypatch.undo()
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["global_step"] == 1 and torch.equal(ckpt["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_resumable_sampler_and_seeded_dataset() -> None:
+    from mrsr.tasks.resumable import ResumableSampler, SeededDataset
+
+    data = list(range(11))
+    full = list(ResumableSampler(data, seed=5))
+    assert sorted(i for i, _ in full) == data
+    resumed = ResumableSampler(data, seed=5)
+    resumed.start = 4
+    assert list(resumed) == full[4:]  # continues mid-epoch ...
+    assert list(resumed) == full  # ... once, then whole epochs again
+    resumed.set_epoch(1)
+    assert [i for i, _ in resumed] != [i for i, _ in full]
+    ranks = [list(ResumableSampler(data, seed=5, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 6 and {i for r in ranks for i, _ in r} == set(data)
+
+    class Noisy:
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.rand(2) + i
+
+    ds = SeededDataset(Noisy())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a, b = ds[(3, 99)], ds[(3, 99)]
+    assert torch.equal(a, b) and not torch.equal(a, ds[(3, 98)])
+    assert torch.equal(torch.get_rng_state(), before)  # loading data leaves the global RNG alone

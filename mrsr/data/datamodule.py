@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from mrsr.data.datasets import SliceDataset
+from mrsr.data.datasets import SliceDataset, collate_samples
 from mrsr.data.degrade import DEGRADATIONS, check_scale
 from mrsr.data.sources import (
     DEMO_TEST_SUBJECT,
@@ -102,15 +102,40 @@ class MRDataModule(L.LightningDataModule):
             index.extend((pos, s) for s in keep)
         return index
 
+    def _readable(self, entries: list[Entry]) -> list[Entry]:
+        """Under ``on_bad_file=skip``, leave out (and log) volumes that cannot be read."""
+        if self.on_bad_file != "skip":
+            return entries
+        keep = []
+        for ref, slab in entries:
+            try:
+                self.store.get(ref)
+            except DataError as err:
+                log.warning("skipping %s", err)
+                continue
+            keep.append((ref, slab))
+        return keep
+
+    # splits each Lightning stage needs; ``None`` builds all of them
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        """Build the datasets ``stage`` needs (reading and caching only their volumes)."""
+        self._build(self.STAGE_SPLITS.get(stage, SPLITS) if stage is not None else SPLITS)
+
+    def _build(self, splits: Sequence[str]) -> None:
+        todo = [s for s in SPLITS if s in splits and s not in self.datasets]
+        if not todo:
             return
-        entries = self.split_entries()
-        self.classes = sorted({ref.cls for split in entries.values() for ref, _ in split})
+        if not hasattr(self, "_entries"):
+            self._entries = self.split_entries()
+            # class labels from every split, so they do not depend on which splits are built
+            self.classes = sorted({ref.cls for split in self._entries.values() for ref, _ in split})
         labels = {c: i for i, c in enumerate(self.classes)}
-        for split in SPLITS:
-            refs = [ref for ref, _ in entries.get(split, [])]
-            index = self._index(entries.get(split, []))
+        for split in todo:
+            entries = self._readable(self._entries.get(split, []))
+            refs = [ref for ref, _ in entries]
+            index = self._index(entries)
             train = split == "train"
             self.datasets[split] = SliceDataset(
                 self.store, refs, index, labels, self.patch_size if train else None, self.flips and train
@@ -118,9 +143,10 @@ class MRDataModule(L.LightningDataModule):
             log.info("%s %s: %d volumes, %d slices", self.dataset_name, split, len(refs), len(index))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        self._build([split])
         ds = self.datasets[split]
         if len(ds) == 0:
-            raise DataError(None, f"the {self.dataset_name} {split} split has no slices")
+            raise DataError(getattr(self, "root", None), f"the {self.dataset_name} {split} split has no slices")
         shapes = {tuple(self.store.get(r)[0].shape[-2:]) for r in ds.refs}
         batch = self.batch_size if train else (self.eval_batch_size if len(shapes) == 1 else 1)
         return DataLoader(
@@ -131,6 +157,7 @@ class MRDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,
+            collate_fn=collate_samples,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -144,6 +171,16 @@ class MRDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", False)
+
+
+def _split(root: str, refs: list[VolumeRef], wanted: Sequence[int], seed: int) -> dict[str, list[VolumeRef]]:
+    """:func:`split_by_subject`, with errors naming the data folder."""
+    try:
+        return split_by_subject(refs, wanted, seed)
+    except DataError as err:
+        if err.path is None:
+            raise DataError(root, err.problem) from None
+        raise
 
 
 class IXIDataModule(MRDataModule):
@@ -166,7 +203,7 @@ class IXIDataModule(MRDataModule):
 
     def split_entries(self) -> dict[str, list[Entry]]:
         refs = list_ixi(self.root, self.contrasts, self.on_bad_file)
-        return {k: [(r, None) for r in v] for k, v in split_by_subject(refs, self.split, self.seed).items()}
+        return {k: [(r, None) for r in v] for k, v in _split(self.root, refs, self.split, self.seed).items()}
 
 
 class FastMRIDataModule(MRDataModule):
@@ -189,7 +226,7 @@ class FastMRIDataModule(MRDataModule):
 
     def split_entries(self) -> dict[str, list[Entry]]:
         refs = list_fastmri(self.root, self.contrasts, self.store.fastmri_source, self.on_bad_file)
-        return {k: [(r, None) for r in v] for k, v in split_by_subject(refs, self.split, self.seed).items()}
+        return {k: [(r, None) for r in v] for k, v in _split(self.root, refs, self.split, self.seed).items()}
 
 
 class DemoDataModule(MRDataModule):

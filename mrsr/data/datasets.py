@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from mrsr.data.store import VolumeStore
 from mrsr.data.types import Sample, SliceMeta, VolumeRef
@@ -41,30 +41,60 @@ class SliceDataset(Dataset):
         return len(self.index)
 
     def _random_patch(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # numpy views and single-threaded copies: torch's multi-threaded copy kernels stall
+        # badly when the CPU is oversubscribed (training threads + loader), numpy does not.
         s, p = self.store.scale, self.patch // self.store.scale
-        h, w = lr.shape[-2:]
+        lr_a, hr_a = lr.numpy(), hr.numpy()
+        h, w = lr_a.shape[-2:]
         if h < p or w < p:
             pad_h, pad_w = max(0, p - h), max(0, p - w)
-            lr = F.pad(lr, (0, pad_w, 0, pad_h))
-            hr = F.pad(hr, (0, pad_w * s, 0, pad_h * s))
-            h, w = lr.shape[-2:]
+            lr_a = np.pad(lr_a, ((0, 0), (0, pad_h), (0, pad_w)))
+            hr_a = np.pad(hr_a, ((0, 0), (0, pad_h * s), (0, pad_w * s)))
+            h, w = lr_a.shape[-2:]
         top = int(torch.randint(0, h - p + 1, ()))
         left = int(torch.randint(0, w - p + 1, ()))
-        lr = lr[..., top : top + p, left : left + p]
-        hr = hr[..., top * s : (top + p) * s, left * s : (left + p) * s]
+        lr_a = lr_a[..., top : top + p, left : left + p]
+        hr_a = hr_a[..., top * s : (top + p) * s, left * s : (left + p) * s]
         if self.flips:
             if torch.rand(()) < 0.5:
-                lr, hr = lr.flip(-1), hr.flip(-1)
+                lr_a, hr_a = lr_a[..., ::-1], hr_a[..., ::-1]
             if torch.rand(()) < 0.5:
-                lr, hr = lr.flip(-2), hr.flip(-2)
-        return lr, hr
+                lr_a, hr_a = lr_a[..., ::-1, :], hr_a[..., ::-1, :]
+        return _tensor(lr_a), _tensor(hr_a)
 
     def __getitem__(self, i: int) -> Sample:
         vpos, s = self.index[i]
         ref = self.refs[vpos]
         hr_vol, lr_vol = self.store.get(ref)
-        hr, lr = hr_vol[s], lr_vol[s]
+        hr, lr = hr_vol[s], lr_vol[s]  # views of the cached volume; collate copies them
         if self.patch is not None:
             lr, hr = self._random_patch(lr, hr)
         meta = SliceMeta(ref.name, vpos, s, ref.contrast, self.labels[ref.cls])
-        return Sample(lr.contiguous(), hr.contiguous(), meta)
+        return Sample(lr, hr, meta)
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor view of ``a``; flipped (negative-stride) views are copied first."""
+    return torch.from_numpy(a if all(st >= 0 for st in a.strides) else np.ascontiguousarray(a))
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack with one single-threaded numpy copy, into shared memory inside a worker."""
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype)
+    if get_worker_info() is not None:
+        out.share_memory_()
+    np.stack([t.numpy() for t in tensors], out=out.numpy())
+    return out
+
+
+def collate_samples(samples: list[Sample]) -> Sample:
+    """Batch samples: ``lr``/``hr`` stacked, ``meta`` fields as lists (str) or tensors (int)."""
+    metas = [s.meta for s in samples]
+    meta = SliceMeta(
+        volume=[m.volume for m in metas],
+        volume_idx=torch.tensor([m.volume_idx for m in metas]),
+        slice=torch.tensor([m.slice for m in metas]),
+        contrast=[m.contrast for m in metas],
+        label=torch.tensor([m.label for m in metas]),
+    )
+    return Sample(_stack([s.lr for s in samples]), _stack([s.hr for s in samples]), meta)

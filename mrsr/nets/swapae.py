@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 
 def resize_to(x: Tensor, size: int) -> Tensor:
-    """Bilinear, antialiased resize of (N, C, H, W) images to ``size`` x ``size`` (no-op if equal)."""
+    """Bilinear, antialiased resize of (N, C, H, W) images to ``size`` x ``size``."""
     if tuple(x.shape[-2:]) == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -27,13 +27,15 @@ def resize_to(x: Tensor, size: int) -> Tensor:
 def conv_block(cin: int, cout: int) -> nn.Sequential:
     """Two 3x3 convolutions with LeakyReLU(0.2)."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.2, True),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.2, True),
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.LeakyReLU(0.2, True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.LeakyReLU(0.2, True),
     )
 
 
 class StructureTextureEncoder(nn.Module):
-    """E(x) -> (z_s, z_t): z_s (N, structure_channels, img_size/4, img_size/4), z_t (N, texture_dim)."""
+    """E(x) -> (z_s, z_t): z_s (N, structure_channels, img_size/4, img_size/4), z_t (N, D)."""
 
     def __init__(
         self,
@@ -85,7 +87,7 @@ class AdaIN(nn.Module):
 
 
 class ModBlock(nn.Module):
-    """Residual block: (AdaIN, LeakyReLU, 3x3 conv) x 2 with a skip (1x1 conv if channels change)."""
+    """Residual block: (AdaIN, LeakyReLU, 3x3 conv) x 2, skip (1x1 conv if channels change)."""
 
     def __init__(self, cin: int, cout: int, texture_dim: int) -> None:
         super().__init__()
@@ -100,7 +102,7 @@ class ModBlock(nn.Module):
 
 
 class SwapGenerator(nn.Module):
-    """G(z_s, z_t): decodes z_s (1/4 resolution) back to ``img_size`` with z_t modulating each block.
+    """G(z_s, z_t): decodes z_s (1/4 resolution) to ``img_size``, z_t modulating each block.
 
     Symmetric to the encoder's first two blocks: a block at 1/4 resolution, then two
     (nearest x2 upsampling, block) stages; a 1x1 conv and a sigmoid give images in [0, 1].
@@ -118,7 +120,13 @@ class SwapGenerator(nn.Module):
         c0, c1 = int(enc_channels[0]), int(enc_channels[1])
         self.img_size = int(img_size)
         self.stem = nn.Conv2d(structure_channels, c1, 3, padding=1)
-        self.blocks = nn.ModuleList([ModBlock(c1, c1, texture_dim), ModBlock(c1, c0, texture_dim), ModBlock(c0, c0, texture_dim)])
+        self.blocks = nn.ModuleList(
+            [
+                ModBlock(c1, c1, texture_dim),
+                ModBlock(c1, c0, texture_dim),
+                ModBlock(c0, c0, texture_dim),
+            ]
+        )
         self.out = nn.Conv2d(c0, out_channels, 1)
 
     def forward(self, z_s: Tensor, z_t: Tensor) -> Tensor:
@@ -131,7 +139,7 @@ class SwapGenerator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN image discriminator: 4x4 stride-2 convs, LeakyReLU; one logit per patch (N, 1, h, w)."""
+    """PatchGAN image discriminator: 4x4 stride-2 convs, LeakyReLU; logits (N, 1, h, w)."""
 
     def __init__(self, in_channels: int = 1, channels: int = 64, n_layers: int = 3) -> None:
         super().__init__()
@@ -140,7 +148,11 @@ class PatchDiscriminator(nn.Module):
         for _ in range(n_layers):
             layers += [nn.Conv2d(cin, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
             cin, c = c, min(2 * c, 8 * channels)
-        layers += [nn.Conv2d(cin, cin, 3, padding=1), nn.LeakyReLU(0.2, True), nn.Conv2d(cin, 1, 3, padding=1)]
+        layers += [
+            nn.Conv2d(cin, cin, 3, padding=1),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(cin, 1, 3, padding=1),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -152,7 +164,12 @@ def random_crops(x: Tensor, size: int, n: int, generator: torch.Generator | None
     b, c, h, w = x.shape
     ys = torch.randint(0, h - size + 1, (b, n), generator=generator).tolist()
     xs = torch.randint(0, w - size + 1, (b, n), generator=generator).tolist()
-    crops = [torch.stack([x[i, :, y : y + size, z : z + size] for y, z in zip(ys[i], xs[i], strict=True)]) for i in range(b)]
+    crops = [
+        torch.stack(
+            [x[i, :, y : y + size, z : z + size] for y, z in zip(ys[i], xs[i], strict=True)]
+        )
+        for i in range(b)
+    ]
     return torch.stack(crops)
 
 
@@ -170,13 +187,20 @@ class CooccurrenceDiscriminator(nn.Module):
             cin, c = c, min(2 * c, 8 * channels)
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.encode = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(2 * cin, 2 * cin), nn.LeakyReLU(0.2, True), nn.Linear(2 * cin, 1))
+        self.head = nn.Sequential(
+            nn.Linear(2 * cin, 2 * cin), nn.LeakyReLU(0.2, True), nn.Linear(2 * cin, 1)
+        )
 
     def forward(self, patches: Tensor, refs: Tensor) -> Tensor:
         """``patches`` (N, P, C, s, s) and ``refs`` (N, R, C, s, s) -> logits (N, P)."""
         n, p = patches.shape[:2]
         f = self.encode(patches.flatten(0, 1)).view(n, p, -1)
-        r = self.encode(refs.flatten(0, 1)).view(n, refs.shape[1], -1).mean(1, keepdim=True).expand(-1, p, -1)
+        r = (
+            self.encode(refs.flatten(0, 1))
+            .view(n, refs.shape[1], -1)
+            .mean(1, keepdim=True)
+            .expand(-1, p, -1)
+        )
         return self.head(torch.cat([f, r], dim=2)).squeeze(2)
 
 

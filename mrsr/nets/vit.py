@@ -81,6 +81,9 @@ class SliceViT(nn.Module):
         )
         if hasattr(self.vit, "classification_head"):
             del self.vit.classification_head  # MONAI's forward then returns the normed tokens
+        for block in self.vit.blocks:  # built by MONAI even without cross-attention; never used
+            if hasattr(block, "norm_cross_attn"):
+                block.norm_cross_attn.requires_grad_(False)
         self.head = nn.Linear(hidden_size, num_classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -194,6 +197,11 @@ def load_pretrained_vit(model: SliceViT, path: str | Path, allow_partial: bool =
     src = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
     src = {k: v for k, v in src.items() if not k.startswith("classification_head.")}
     dst = model.vit.state_dict()
+    width = src[_PATCH_W].shape[0]
+    if width != dst[_PATCH_W].shape[0]:
+        raise CheckpointError(
+            path, f"ViT hidden size {width} in the file, the model has {dst[_PATCH_W].shape[0]} (vit.hidden_size)"
+        )
     src = _to_2d(src, dst, path)
     new, updated, unchanged = copy_model_state(dst, src, inplace=False)
     used = set(updated)

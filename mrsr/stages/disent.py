@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.gan import d_loss_fake, d_loss_real, g_loss
-from mrsr.metrics import psnr, ssim
+from mrsr.metrics import SliceTable, psnr, ssim
 from mrsr.nets.swapae import (
     CooccurrenceDiscriminator,
     PatchDiscriminator,
@@ -59,7 +59,9 @@ def swap_partners(labels: Tensor) -> Tensor:
 
 def sobel_edges(x: Tensor) -> Tensor:
     """Sobel gradient magnitude of (N, 1, H, W) images (replicate padding)."""
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
+    kx = torch.tensor(
+        [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype
+    )
     k = torch.stack([kx, kx.t()])[:, None]
     g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
     return g.pow(2).sum(1, keepdim=True).add(1e-12).sqrt()
@@ -97,8 +99,14 @@ class DisentModule(StageModule):
     ) -> None:
         w = {"rec": 1.0, "adv": 0.7, "swap": 0.7, "cooc": 1.0, **(weights or {})}
         config = {
-            "net": dict(net), "weights": w, "disc_channels": int(disc_channels), "cooccurrence": bool(cooccurrence),
-            "r1_gamma": float(r1_gamma), "r1_every": int(r1_every), "lr": float(lr), "betas": list(betas),
+            "net": dict(net),
+            "weights": w,
+            "disc_channels": int(disc_channels),
+            "cooccurrence": bool(cooccurrence),
+            "r1_gamma": float(r1_gamma),
+            "r1_every": int(r1_every),
+            "lr": float(lr),
+            "betas": list(betas),
         }
         super().__init__(config=config, nan_policy=nan_policy)
         if int(r1_every) < 1:
@@ -115,6 +123,7 @@ class DisentModule(StageModule):
         self.patch_size = max(8, self.img_size // 4)
         self._iter = 0
         self._eval: dict[str, list[Tensor]] = {}
+        self.eval_table = SliceTable(("psnr", "ssim"))
 
     # -- networks
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -129,12 +138,18 @@ class DisentModule(StageModule):
     def configure_optimizers(self):
         g_params = [*self.encoder.parameters(), *self.generator.parameters()]
         d_params = [p for d in self.discriminators() for p in d.parameters()]
-        return [torch.optim.Adam(g_params, lr=self.lr, betas=self.betas), torch.optim.Adam(d_params, lr=self.lr, betas=self.betas)]
+        return [
+            torch.optim.Adam(g_params, lr=self.lr, betas=self.betas),
+            torch.optim.Adam(d_params, lr=self.lr, betas=self.betas),
+        ]
 
     # -- training
     def _cooc_logits(self, images: Tensor, texture_source: Tensor) -> Tensor:
-        """Co-occurrence logits of patches of ``images`` against reference patches of ``texture_source``."""
-        return self.cooc(random_crops(images, self.patch_size, 4), random_crops(texture_source, self.patch_size, 4))
+        """Co-occurrence logits: patches of ``images`` vs patches of ``texture_source``."""
+        return self.cooc(
+            random_crops(images, self.patch_size, 4),
+            random_crops(texture_source, self.patch_size, 4),
+        )
 
     def _r1(self, real: Tensor) -> Tensor:
         """Lazy R1 penalty (gamma/2 * E||grad_x D(x)||^2, times r1_every)."""
@@ -159,10 +174,16 @@ class DisentModule(StageModule):
             d.requires_grad_(True)
         d_terms = {
             "d_real": d_loss_real(self.discriminator(x)),
-            "d_fake": 0.5 * (d_loss_fake(self.discriminator(rec.detach())) + d_loss_fake(self.discriminator(swap.detach()))),
+            "d_fake": 0.5
+            * (
+                d_loss_fake(self.discriminator(rec.detach()))
+                + d_loss_fake(self.discriminator(swap.detach()))
+            ),
         }
         if self.cooc is not None:
-            d_terms["d_cooc"] = d_loss_real(self._cooc_logits(x2, x2)) + d_loss_fake(self._cooc_logits(swap.detach(), x2))
+            d_terms["d_cooc"] = d_loss_real(self._cooc_logits(x2, x2)) + d_loss_fake(
+                self._cooc_logits(swap.detach(), x2)
+            )
         if self.r1_gamma > 0 and self._iter % self.r1_every == 0:
             d_terms["r1"] = self._r1(x)
         if self.losses_finite(d_terms):
@@ -189,26 +210,39 @@ class DisentModule(StageModule):
             if self.grads_finite(self.encoder, "E") and self.grads_finite(self.generator, "G"):
                 opt_g.step()
             self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
-        self.log_dict({f"train/{k}": v.detach() for k, v in {**terms, **d_terms}.items()}, on_step=True)
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in {**terms, **d_terms}.items()}, on_step=True
+        )
 
     # -- evaluation
     def _eval_start(self) -> None:
-        self._eval = {"psnr": [], "ssim": [], "images": []}
+        self.eval_table.reset()
+        self._eval = {"images": []}
 
     @torch.no_grad()
     def _eval_step(self, batch: Any) -> None:
-        _, hr, _ = batch
+        _, hr, meta = batch
         x = resize_to(hr.float(), self.img_size).clamp(0, 1)
         rec = self.reconstruct(x).float().clamp(0, 1)
-        self._eval["psnr"].append(psnr(rec, x).cpu())
-        self._eval["ssim"].append(ssim(rec, x).cpu())
+        self.eval_table.update(meta.volume_idx, meta.slice, psnr=psnr(rec, x), ssim=ssim(rec, x))
         kept = sum(len(t) for t in self._eval["images"])
         if kept < MAX_EVAL_IMAGES:
             self._eval["images"].append(x[: MAX_EVAL_IMAGES - kept])
 
+    def _swap_images(self, split: str) -> Tensor:
+        """Slices for the swap check: evenly spaced over the split's dataset, the same on every
+        process (so DDP and single-process runs agree); else those seen in this epoch."""
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        ds = getattr(dm, "datasets", {}).get(split) if dm is not None else None
+        if ds is None or len(ds) < 2:
+            return torch.cat(self._eval["images"])
+        idx = torch.linspace(0, len(ds) - 1, min(MAX_EVAL_IMAGES, len(ds))).long().tolist()
+        hr = [torch.as_tensor(ds[i].hr).float()[None].to(self.device) for i in idx]
+        return torch.cat([resize_to(x, self.img_size) for x in hr]).clamp(0, 1)
+
     @torch.no_grad()
     def swap_check(self, images: Tensor) -> dict[str, Tensor]:
-        """Swap images i and (i + n//2) mod n; returns per-pair correlations and the grid columns."""
+        """Swap images i and (i + n//2) mod n: per-pair correlations and the grid columns."""
         n = images.shape[0]
         x1 = images
         x2 = images.roll(-(n // 2) if n > 1 else 0, dims=0)
@@ -218,12 +252,25 @@ class DisentModule(StageModule):
         s12 = self.generator(zs1, zt2).float().clamp(0, 1)
         s21 = self.generator(zs2, zt1).float().clamp(0, 1)
         c1, c2 = swap_struct_margin(s12, x1, x2)
-        return {"x1": x1, "x2": x2, "rec": rec, "s12": s12, "s21": s21, "corr_x1": c1, "corr_x2": c2}
+        return {
+            "x1": x1,
+            "x2": x2,
+            "rec": rec,
+            "s12": s12,
+            "s21": s21,
+            "corr_x1": c1,
+            "corr_x2": c2,
+        }
 
     def _eval_end(self, split: str) -> dict[str, float]:
-        p, s = torch.cat(self._eval["psnr"]), torch.cat(self._eval["ssim"])
-        metrics = {f"{split}/rec_psnr": p.mean(), f"{split}/rec_ssim": s.mean(), f"{split}/score": p.mean()}
-        images = torch.cat(self._eval["images"])
+        table = self.eval_table.compute()  # gathered over ranks, each slice once
+        p, s = table["psnr"].float(), table["ssim"].float()
+        metrics = {
+            f"{split}/rec_psnr": p.mean(),
+            f"{split}/rec_ssim": s.mean(),
+            f"{split}/score": p.mean(),
+        }
+        images = self._swap_images(split)
         if images.shape[0] > 1:
             sw = self.swap_check(images)
             metrics[f"{split}/swap_corr_x1"] = sw["corr_x1"].mean().cpu()
@@ -233,15 +280,22 @@ class DisentModule(StageModule):
                 idx = torch.linspace(0, images.shape[0] - 1, min(4, images.shape[0])).long()
                 self.log_grid(
                     f"{split}/swap",
-                    [("x1", sw["x1"][idx]), ("x2", sw["x2"][idx]), ("rec", sw["rec"][idx]),
-                     ("G(zs1,zt2)", sw["s12"][idx]), ("G(zs2,zt1)", sw["s21"][idx])],
+                    [
+                        ("x1", sw["x1"][idx]),
+                        ("x2", sw["x2"][idx]),
+                        ("rec", sw["rec"][idx]),
+                        ("G(zs1,zt2)", sw["s12"][idx]),
+                        ("G(zs2,zt1)", sw["s21"][idx]),
+                    ],
                 )
         metrics = {k: v.float().to(self.device) for k, v in metrics.items()}
-        self.log_dict(metrics, prog_bar=split == "val", sync_dist=True)
+        self.log_dict(metrics, prog_bar=split == "val")
         if split == "val":
             log.info(
-                "step %d: rec PSNR %.2f dB, swap structure margin %.3f", self.global_step,
-                float(metrics["val/rec_psnr"]), float(metrics.get("val/swap_struct_margin", float("nan"))),
+                "step %d: rec PSNR %.2f dB, swap structure margin %.3f",
+                self.global_step,
+                float(metrics["val/rec_psnr"]),
+                float(metrics.get("val/swap_struct_margin", float("nan"))),
             )
         return {k: float(v) for k, v in metrics.items()}
 
@@ -274,7 +328,9 @@ def net_config(disent_cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
 def build(cfg: DictConfig, dm: Any) -> DisentModule:
     d = cfg.disent
-    weights = OmegaConf.to_container(d.weights, resolve=True) if d.get("weights") is not None else None
+    weights = (
+        OmegaConf.to_container(d.weights, resolve=True) if d.get("weights") is not None else None
+    )
     return DisentModule(
         net=net_config(d),
         weights=weights,
@@ -321,5 +377,7 @@ def load_extractor(path: str | Path) -> DisentExtractor:
         encoder = StructureTextureEncoder(**meta["net"])
         encoder.load_state_dict(sub_state_dict(ckpt["state_dict"], "encoder"))
     except (RuntimeError, TypeError, ValueError) as err:
-        raise CheckpointError(path, f"weights do not fit the stored encoder config ({str(err).splitlines()[0][:200]})") from err
+        raise CheckpointError(
+            path, f"weights do not fit the stored encoder config ({str(err).splitlines()[0][:200]})"
+        ) from err
     return DisentExtractor(encoder)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.errors import CheckpointError, ConfigError
+from mrsr.metrics import SliceTable
 from mrsr.nets.vit import SliceViT, load_pretrained_vit
 from mrsr.stages.base import StageModule
 
@@ -47,6 +48,7 @@ class ViTModule(StageModule):
         self.classes = list(classes)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.net = SliceViT(**net, num_classes=len(classes))
+        self.eval_table = SliceTable(("label", "correct"))
         if pretrained:
             load_pretrained_vit(self.net, pretrained, allow_partial=allow_partial)
         self._counts: dict[str, Tensor] = {}
@@ -71,21 +73,20 @@ class ViTModule(StageModule):
 
     # -- evaluation: per-class correct/total counts, reduced over devices at epoch end
     def _eval_start(self) -> None:
-        k = len(self.classes)
-        self._counts = {"correct": torch.zeros(k, device=self.device), "total": torch.zeros(k, device=self.device)}
+        self.eval_table.reset()
 
     def _eval_step(self, batch: Any) -> None:
         _, hr, meta = batch
         labels = torch.as_tensor(meta.label, device=hr.device)
         pred = self.net(hr).argmax(1)
-        k = len(self.classes)
-        self._counts["total"] += torch.bincount(labels, minlength=k).float()
-        self._counts["correct"] += torch.bincount(labels[pred == labels], minlength=k).float()
+        self.eval_table.update(meta.volume_idx, meta.slice, label=labels, correct=(pred == labels))
 
     def _eval_end(self, split: str) -> None:
-        reduce = self.trainer.strategy.reduce
-        correct = reduce(self._counts["correct"], reduce_op="sum")
-        total = reduce(self._counts["total"], reduce_op="sum")
+        table = self.eval_table.compute()  # gathered over ranks, each slice once
+        k = len(self.classes)
+        labels = table["label"].long()
+        total = torch.bincount(labels, minlength=k).float()
+        correct = torch.bincount(labels, weights=table["correct"].float(), minlength=k).float()
         acc = correct.sum() / total.sum().clamp_min(1)
         metrics = {f"{split}/acc": acc, f"{split}/score": acc}
         for i, name in enumerate(self.classes):

@@ -61,6 +61,8 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig | None = None, **overri
     kwargs.update(overrides)
     loggers = _named(cfg.get("logger"))
     callbacks = [*_named(cfg.get("callbacks")), RngState(), SameRunDir()]
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.update(kwargs)
     if not trainer_cfg.get("plugins"):

@@ -25,6 +25,7 @@ from mrsr.tasks.common import (
     log_results_table,
     output_dir,
 )
+from mrsr.tasks.resumable import make_resumable
 
 log = logging.getLogger("mrsr")
 FINISHED = "FINISHED.json"
@@ -78,6 +79,8 @@ def _train_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
     dm.setup("fit")
     module = importlib.import_module(f"mrsr.stages.{stage}").build(cfg, dm)
     trainer = build_trainer(cfg, stage_cfg, default_root_dir=str(out))
+    # Data order and patches from (seed, epoch, position): exact resume, also mid-epoch.
+    make_resumable(dm, int(cfg.seed), lambda: trainer)
     for cb in trainer.checkpoint_callbacks:
         cb.dirpath = str(out / "checkpoints")
     trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, out), weights_only=True)
