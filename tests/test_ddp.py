@@ -42,10 +42,9 @@ def finished_metrics(run_dir: Path) -> dict[str, float]:
 
 
 @pytest.mark.parametrize(
-    "stage", [pytest.param("vit", marks=pytest.mark.slow), pytest.param("disent", marks=pytest.mark.slow), "sr"]
+    "stage", ["vit", "disent", "sr"]
 )
 def test_ddp_two_processes_match_one(tmp_path: Path, stage: str) -> None:
-    pytest.importorskip(f"mrsr.stages.{stage}")
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     run(ddp, stage, "trainer=ddp_cpu")
     # both ranks wrote into the one run folder; rank 1 only its log (no config, no images)

@@ -108,7 +108,6 @@ def _val_images(dm, size: int) -> torch.Tensor:
     return torch.cat([resize_to(hr, size) for _, hr, _ in dm.val_dataloader()])
 
 
-@pytest.mark.slow
 def test_training_improves_reconstruction_and_swap_keeps_structure(make_cfg):
     """100 G/D steps of a 32-pixel autoencoder on the demo data (about 30-60 s on 2 CPU cores)."""
     cfg = make_cfg(

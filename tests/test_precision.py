@@ -22,7 +22,6 @@ LIMITS = ["+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2", "trai
 
 @pytest.mark.parametrize("stage", ["vit", "disent", "sr"])
 def test_bf16_mixed_on_cpu(make_cfg, stage: str) -> None:
-    pytest.importorskip(f"mrsr.stages.{stage}")
     from mrsr.tasks.train import train_stage
 
     cfg = make_cfg(f"stage={stage}", *FAST[stage], *LIMITS, "trainer.precision=bf16-mixed")

@@ -76,14 +76,11 @@ def check_resume(tmp_path: Path, stage: str, *extra: str) -> None:
 
 @pytest.mark.parametrize("stage", ["sr"])
 def test_kill_and_resume_fast(tmp_path: Path, stage: str) -> None:
-    pytest.importorskip(f"mrsr.stages.{stage}")
     check_resume(tmp_path, stage)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["vit", "disent"])
 def test_kill_and_resume(tmp_path: Path, stage: str) -> None:
-    pytest.importorskip(f"mrsr.stages.{stage}")
     check_resume(tmp_path, stage)
 
 

@@ -78,6 +78,29 @@ class StageModule(L.LightningModule):
         return out
 
 
+class SliceEvalHooks:
+    """Routes Lightning's validation/test hooks to ``_eval_start()``, ``_eval_step(batch)`` and
+    ``_eval_end(split)`` (``split`` is ``"val"`` or ``"test"``). Mix in before StageModule."""
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+
 def send_image(logger: Any, key: str, image: np.ndarray, step: int) -> None:
     """Log an (H, W) uint8 image to a wandb or TensorBoard logger; other loggers skip."""
     name = type(logger).__name__

@@ -34,7 +34,7 @@ from mrsr.nets.swapae import (
     random_crops,
     resize_to,
 )
-from mrsr.stages.base import StageModule
+from mrsr.stages.base import SliceEvalHooks, StageModule
 
 log = logging.getLogger("mrsr")
 
@@ -80,7 +80,7 @@ def swap_struct_margin(swapped: Tensor, x1: Tensor, x2: Tensor) -> tuple[Tensor,
     return pearson(es, sobel_edges(x1.float())), pearson(es, sobel_edges(x2.float()))
 
 
-class DisentModule(StageModule):
+class DisentModule(SliceEvalHooks, StageModule):
     """Swapping autoencoder: L = w.rec L1(x, G(E(x))) + w.adv L_adv(rec) + w.swap L_adv(swap)."""
 
     stage = "disent"
@@ -298,24 +298,6 @@ class DisentModule(StageModule):
                 float(metrics.get("val/swap_struct_margin", float("nan"))),
             )
         return {k: float(v) for k, v in metrics.items()}
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start()
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
 
 
 def net_config(disent_cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:

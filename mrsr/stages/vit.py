@@ -19,14 +19,14 @@ from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.metrics import SliceTable
 from mrsr.nets.vit import SliceViT, load_pretrained_vit
-from mrsr.stages.base import StageModule
+from mrsr.stages.base import SliceEvalHooks, StageModule
 
 log = logging.getLogger("mrsr")
 
 NET_KEYS = ("img_size", "patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads", "dropout_rate", "feature")
 
 
-class ViTModule(StageModule):
+class ViTModule(SliceEvalHooks, StageModule):
     """Fine-tunes :class:`SliceViT` to classify slices into ``classes`` (cross-entropy, AdamW)."""
 
     stage = "vit"
@@ -93,24 +93,6 @@ class ViTModule(StageModule):
             if total[i] > 0:
                 metrics[f"{split}/acc_{name}"] = correct[i] / total[i]
         self.log_dict(metrics, prog_bar=split == "val")
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start()
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
 
 
 def net_config(vit_cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
