@@ -4,6 +4,7 @@ tests themselves, and Hydra configs composed exactly as the command line compose
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("MRSR_CACHE_DIR", tempfile.mkdtemp(prefix="mrsr-test-cache-"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest on small CPUs
 
 import torch  # noqa: E402

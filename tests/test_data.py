@@ -346,3 +346,32 @@ def test_degrade_matches_definition() -> None:
     c = spec[8:24, 8:24]
     ref = np.abs(np.fft.ifft2(np.fft.ifftshift(c))) / 4
     np.testing.assert_allclose(lr, np.clip(ref, 0, 1), atol=1e-5)
+
+
+def test_disk_cache_is_keyed_by_mtime_and_settings(tmp_path, ixi_dir):
+    """Preprocessed volumes are cached outside the data folder and rebuilt when stale."""
+    import os
+
+    from mrsr.data.sources import list_ixi
+    from mrsr.data.store import VolumeStore
+
+    ref = list_ixi(ixi_dir, ["T1"])[0]
+    before = {p.name: p.stat().st_mtime_ns for p in ixi_dir.iterdir()}
+    cache = tmp_path / "cache"
+    store = VolumeStore(2, cache_dir=cache)
+    hr, lr = store.get(ref)
+    entries = list(cache.glob("*.npz"))
+    assert len(entries) == 1
+
+    fresh = VolumeStore(2, cache_dir=cache)
+    fresh._build = None  # a cache hit must not rebuild
+    hr2, lr2 = fresh.get(ref)
+    assert torch.equal(hr, hr2) and torch.equal(lr, lr2)
+
+    assert VolumeStore(4, cache_dir=cache).disk_key(ref) != store.disk_key(ref)  # other settings
+    st = ref.path.stat()
+    os.utime(ref.path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed
+    VolumeStore(2, cache_dir=cache).get(ref)
+    assert len(list(cache.glob("*.npz"))) == 2
+    after = {p.name: p.stat().st_mtime_ns for p in ixi_dir.iterdir()}
+    assert set(after) == set(before)  # nothing written into the data folder

@@ -55,6 +55,7 @@ class MRDataModule(L.LightningDataModule):
         seed: int = 42,
         on_bad_file: str = "error",
         max_cached_volumes: int | None = None,
+        cache_dir: str | None = None,
         fastmri_source: str = "auto",
         fastmri_crop: Sequence[int] = (320, 320),
     ) -> None:
@@ -77,7 +78,8 @@ class MRDataModule(L.LightningDataModule):
         self.on_bad_file = on_bad_file
         self.min_foreground = min_foreground
         self.store = VolumeStore(
-            self.scale, degradation, axis, crop, percentile, fastmri_source, fastmri_crop, max_cached_volumes
+            self.scale, degradation, axis, crop, percentile, fastmri_source, fastmri_crop, max_cached_volumes,
+            cache_dir,
         )
         self.datasets: dict[str, SliceDataset] = {}
         self.classes: list[str] = []

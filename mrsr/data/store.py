@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
+import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +17,10 @@ import torch
 from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume
 from mrsr.data.readers import read_fastmri, read_nifti_canonical
 from mrsr.data.types import VolumeRef
+from mrsr.results import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1  # bump when preprocessing changes meaning
 
 
 def center_crop_nd(vol: np.ndarray, crop: Sequence[int | None] | None) -> np.ndarray:
@@ -33,6 +43,11 @@ class VolumeStore:
     (``crop`` is per RAS axis for NIfTI, ``[H, W]`` in-plane for fastMRI), slicing along
     ``axis``, in-plane crop to a multiple of the scale, then the LR degradation of every
     slice. ``max_volumes`` bounds memory (least recently used volumes are dropped).
+
+    With ``cache_dir`` the preprocessed pair is also kept on disk as ``<key>.npz``, the key
+    hashing the file's path, size and modification time with every preprocessing setting:
+    a changed file or setting gives a new key, so stale entries are never used. Data
+    folders are only read.
     """
 
     def __init__(
@@ -45,6 +60,7 @@ class VolumeStore:
         fastmri_source: str = "auto",
         fastmri_crop: Sequence[int] = (320, 320),
         max_volumes: int | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.scale = scale
         self.degradation = degradation
@@ -54,6 +70,7 @@ class VolumeStore:
         self.fastmri_source = fastmri_source
         self.fastmri_crop = tuple(fastmri_crop)
         self.max_volumes = max_volumes
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def read_slices(self, ref: VolumeRef) -> np.ndarray:
@@ -71,12 +88,41 @@ class VolumeStore:
         lr = torch.cat([degrade(chunk, self.scale, self.degradation) for chunk in hr.split(64)])
         return hr, lr.contiguous()
 
+    def disk_key(self, ref: VolumeRef) -> str:
+        """Hash of the file's identity (path, size, mtime) and of the preprocessing."""
+        st = ref.path.stat()
+        ident = {
+            "path": str(ref.path.resolve()),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "settings": [self.scale, self.degradation, self.axis, self.crop and list(self.crop),
+                         self.percentile, self.fastmri_source, list(self.fastmri_crop), ref.reader],
+            "version": CACHE_VERSION,
+        }
+        return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _load_or_build(self, ref: VolumeRef) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache_dir is None:
+            return self._build(ref)
+        path = self.cache_dir / f"{self.disk_key(ref)}.npz"
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    return torch.from_numpy(z["hr"]), torch.from_numpy(z["lr"])
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                log.warning("rebuilding unreadable cache entry %s", path)
+        hr, lr = self._build(ref)
+        buf = io.BytesIO()
+        np.savez(buf, hr=hr.numpy(), lr=lr.numpy())
+        atomic_write_bytes(path, buf.getvalue())
+        return hr, lr
+
     def get(self, ref: VolumeRef) -> tuple[torch.Tensor, torch.Tensor]:
         key = str(ref.path)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        pair = self._build(ref)
+        pair = self._load_or_build(ref)
         self._cache[key] = pair
         if self.max_volumes is not None:
             while len(self._cache) > self.max_volumes:
@@ -89,5 +135,3 @@ def foreground_slices(hr: torch.Tensor, min_fraction: float, threshold: float = 
     frac = (hr > threshold).flatten(1).float().mean(1)
     return [int(i) for i in torch.nonzero(frac >= min_fraction).flatten()]
 
-
-SliceFilter = Callable[[int, int], bool]

@@ -39,7 +39,7 @@ log = logging.getLogger("mrsr")
 STAGES = ("vit", "disent", "sr")
 EXTRACTORS = ("vit", "disent")
 # Config keys that do not change what an extractor learns (left out of its folder key).
-_KEY_IGNORE = {"num_workers", "eval_batch_size", "max_cached_volumes", "on_bad_file"}
+_KEY_IGNORE = {"num_workers", "eval_batch_size", "max_cached_volumes", "on_bad_file", "cache_dir"}
 
 
 def needed_extractors(cfg: DictConfig) -> list[str]:
