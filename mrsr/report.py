@@ -234,6 +234,13 @@ def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path
     return path
 
 
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return path
+
+
 def report(sweep: str | Path, out: str | Path | None = None, figure: bool = True) -> dict[str, Path]:
     """Write ``table.md``, ``table.csv`` (and ``figure.png``) for the sweep into ``out``."""
     runs = collect(sweep)
@@ -241,7 +248,9 @@ def report(sweep: str | Path, out: str | Path | None = None, figure: bool = True
     out = Path(out or sweep)
     written = {"table.md": out / "table.md", "table.csv": out / "table.csv"}
     atomic_write_text(written["table.md"], to_markdown(rows))
-    atomic_write_text(written["table.csv"], to_csv(rows))
+    root = Path(sweep).resolve()
+    relative = [{**r, "run": _relative(r["run"], root)} for r in rows]  # portable: paths inside the sweep
+    atomic_write_text(written["table.csv"], to_csv(relative))
     if figure:
         try:
             fig = make_figure(runs, rows, out / "figure.png")
