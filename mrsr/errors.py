@@ -22,6 +22,9 @@ class DataError(MrsrError):
         where = f"{self.path}: " if self.path is not None else ""
         super().__init__(f"{where}{problem}")
 
+    def __reduce__(self):  # survives DataLoader worker processes
+        return (type(self), (self.path, self.problem))
+
 
 class ConfigError(MrsrError):
     """A configuration value that cannot work."""
@@ -32,7 +35,11 @@ class CheckpointError(MrsrError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path = Path(path)
+        self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
 
 
 class NumericalError(MrsrError):

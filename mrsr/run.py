@@ -58,6 +58,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def user_error(err: BaseException) -> BaseException | None:
     """The :class:`~mrsr.errors.MrsrError` in ``err``'s chain of causes, if any."""
+    from omegaconf.errors import MissingMandatoryValue
+
     from mrsr.errors import MrsrError
 
     seen: set[int] = set()
@@ -65,6 +67,9 @@ def user_error(err: BaseException) -> BaseException | None:
     while cur is not None and id(cur) not in seen:
         if isinstance(cur, MrsrError):
             return cur
+        if isinstance(cur, MissingMandatoryValue):
+            key = getattr(cur, "full_key", None) or "a value"
+            return MrsrError(f"{key}=... is required here (it has no default)")
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return None
@@ -79,9 +84,66 @@ def null_groups_to_deletions(argv: list[str]) -> list[str]:
     return out
 
 
+# Hydra flags that change what the command does; with them, overrides are left to Hydra.
+_HYDRA_FLAGS = (
+    "-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-p",
+    "--package", "--resolve", "-sc", "--shell-completion", "--version", "-cp", "--config-path",
+    "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun",
+)
+
+
+def check_value_types(base, cfg, overrides: list[str]) -> str | None:
+    """An override must keep the type of the value it replaces (int, float, bool)."""
+    from omegaconf import OmegaConf
+
+    for arg in overrides:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "." not in key or key.startswith("hydra."):
+            continue
+        old = OmegaConf.select(base, key, throw_on_resolution_failure=False)
+        new = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        if old is None or new is None or isinstance(old, str):
+            continue
+        want = "true/false" if isinstance(old, bool) else "an integer" if isinstance(old, int) else "a number"
+        ok = isinstance(new, bool) if isinstance(old, bool) else (
+            isinstance(new, int) and not isinstance(new, bool) if isinstance(old, int)
+            else isinstance(new, int | float) and not isinstance(new, bool) if isinstance(old, float)
+            else True
+        )
+        if not ok:
+            return f"mrsr: {key}={new!r} is invalid: expected {want}"
+    return None
+
+
+def check_overrides(argv: list[str]) -> str | None:
+    """Compose the config once to turn a bad override (unknown key, wrong type) into one line."""
+    if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in argv):
+        return None
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+            groups = [a for a in overrides if "." not in a.split("=", 1)[0]]
+            problem = check_value_types(compose(config_name="config", overrides=groups), cfg, overrides)
+            if problem:
+                return problem
+    except Exception as err:  # noqa: BLE001 - any composition failure is the user's override
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        key = next((line for line in lines if line.startswith("full_key:")), "")
+        reason = [line for line in lines if not line.startswith(("full_key:", "object_type", "reference_type"))]
+        first = " ".join(reason[:2]) if reason else type(err).__name__
+        return f"mrsr: {first}" + (f" ({key})" if key and key not in first else "")
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
 def main() -> None:
     sys.argv[1:] = null_groups_to_deletions(sys.argv[1:])
-    problem = check_group_choices(sys.argv[1:])
+    problem = check_group_choices(sys.argv[1:]) or check_overrides(sys.argv[1:])
     if problem:
         print(problem, file=sys.stderr)
         raise SystemExit(2)

@@ -127,3 +127,14 @@ def test_broken_checkpoints(tmp_path: Path, case: str) -> None:
         assert "stage-vit" in str(err)
     if case == "wrong_scale":
         assert "x4" in str(err)
+
+
+def test_errors_survive_pickling_between_processes() -> None:
+    """DataLoader workers send exceptions to the main process by pickling them."""
+    import pickle
+
+    from mrsr.errors import DataError
+
+    for err in (DataError("/data/IXI002-Guys-0828-T1.nii.gz", "truncated"), CheckpointError("/x.ckpt", "corrupt")):
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err) and str(again) == str(err)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+# Each run has at most one validation, at its last step, so the DDP run's best checkpoint holds
+# the final weights that the single-process run restores from last.ckpt.
 STAGES = {
     "vit": ["vit.max_steps=2", "vit.val_check_interval=2", "vit.batch_size=8"],
     "disent": ["disent.max_steps=2", "disent.val_check_interval=2", "disent.batch_size=4"],

@@ -93,6 +93,12 @@ def _one_line_error(proc: subprocess.CompletedProcess) -> str:
         (["stage=eval", "model=bicubic", "data=nonsense"], "nonsense"),
         (["stage=eval", "model=bicubic", "scale=3"], "scale=3"),
         (["stage=eval", "model=bicubic", "data=ixi", "paths.data_dir=/nonexistent/dir"], "/nonexistent/dir"),
+        (["stage=eval", "model=bicubic", "scale=8"], "scale=8"),
+        (["stage=eval", "model=bicubic", "data.num_workers=abc"], "data.num_workers"),
+        (["stage=eval", "model=bicubic", "data.flips=3"], "expected true/false"),
+        (["stage=eval", "model=bicubic", "nosuchkey=1"], "nosuchkey"),
+        (["stage=predict", "ckpt=missing.ckpt", "output=out.nii.gz"], "input=... is required"),
+        (["stage=sr", "ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:

@@ -100,9 +100,15 @@ def test_needed_extractors_follow_the_loss_preset(make_cfg) -> None:
     assert needed_extractors(make_cfg("loss=paper")) == ["vit", "disent"]
     assert needed_extractors(make_cfg("loss=vit")) == ["vit"]
     assert needed_extractors(make_cfg("loss=tex_str")) == ["disent"]
-    # The ViT sees HR slices only: one ViT serves both scales; the AE is keyed per scale.
-    assert extractor_key(make_cfg("scale=2"), "vit") == extractor_key(make_cfg("scale=4"), "vit")
-    assert extractor_key(make_cfg("scale=2"), "disent") != extractor_key(make_cfg("scale=4"), "disent")
+    # Both extractors train on HR slices only: one of each serves both scales and degradations,
+    # but another contrast selection or network size is another extractor.
+    for stage in ("vit", "disent"):
+        assert extractor_key(make_cfg("scale=2"), stage) == extractor_key(make_cfg("scale=4"), stage)
+        assert extractor_key(make_cfg("scale=2"), stage) == extractor_key(
+            make_cfg("data.degradation=kspace"), stage
+        )
+        assert extractor_key(make_cfg(), stage) != extractor_key(make_cfg("data.contrasts=[T1,T2]"), stage)
+    assert extractor_key(make_cfg(), "disent") != extractor_key(make_cfg("disent.texture_dim=16"), "disent")
 
 
 def test_interrupted_pipeline_resumes_without_retraining_vit(make_cfg, caplog) -> None:

@@ -93,6 +93,19 @@ def test_load_unetr_3d_into_2d(tmp_path: Path) -> None:
     assert sorted(rep.skipped) == sorted([k for k in sd if not k.startswith("vit.")] + unused)
 
 
+def test_load_unetr_saved_by_older_monai(tmp_path: Path) -> None:
+    """Older MONAI versions saved no (unused) cross-attention norms: still a complete load."""
+    _, sd = _unetr_file(tmp_path)
+    old = {k: v for k, v in sd.items() if "norm_cross_attn" not in k}
+    assert len(old) < len(sd)
+    path = tmp_path / "old_unetr.pt"
+    torch.save(old, path)
+    net = SliceViT(**TINY, num_classes=3)
+    report = load_pretrained_vit(net, path)
+    assert not report.missing
+    assert len(report.loaded) == sum(k.startswith("vit.") for k in old)
+
+
 def test_bad_checkpoints(tmp_path: Path) -> None:
     net = SliceViT(**TINY, num_classes=3)
     garbage = tmp_path / "garbage.pt"

@@ -15,8 +15,8 @@ DEGRADATIONS = ("bicubic", "kspace")
 
 
 def check_scale(scale: int) -> int:
-    if int(scale) != scale or scale < 2 or (int(scale) & (int(scale) - 1)):
-        raise ConfigError(f"scale={scale} is not supported: use a power of two (2 or 4)")
+    if scale not in (2, 4):
+        raise ConfigError(f"scale={scale} is not supported: use 2 or 4")
     return int(scale)
 
 

@@ -208,7 +208,9 @@ def load_pretrained_vit(model: SliceViT, path: str | Path, allow_partial: bool =
     report = LoadReport(
         loaded=list(updated),
         skipped=sorted(k for k in raw if not (k.startswith(prefix) and k[len(prefix) :] in used)),
-        missing=list(unchanged),
+        # MONAI >= 1.4 builds an unused cross-attention norm in every block; files saved by
+        # older MONAI versions lack it, which is not a partial load.
+        missing=[k for k in unchanged if "norm_cross_attn" not in k],
     )
     shown = ", ".join(report.skipped[:8]) + (", ..." if len(report.skipped) > 8 else "")
     log.info("%s: loaded %d tensors, skipped %d: %s", path, len(report.loaded), len(report.skipped), shown or "none")

@@ -247,11 +247,13 @@ def build_generator(model_cfg: Any, where: str = "model") -> nn.Module:
     return net
 
 
-def load_extractors(cfg: DictConfig) -> tuple[nn.Module | None, nn.Module | None]:
+def load_extractors(
+    cfg: DictConfig, need_vit: bool = True, need_disent: bool = True
+) -> tuple[nn.Module | None, nn.Module | None]:
     """The frozen ViT and disentanglement extractors the loss preset needs."""
     loss, preset = cfg.loss, _choice("loss") or "this preset"
     vit = disent = None
-    if float(loss.vit) > 0:
+    if need_vit and float(loss.vit) > 0:
         if not cfg.sr.get("vit_ckpt"):
             raise ConfigError(
                 f"loss={preset} needs sr.vit_ckpt=<stage-vit checkpoint> "
@@ -260,7 +262,7 @@ def load_extractors(cfg: DictConfig) -> tuple[nn.Module | None, nn.Module | None
         from mrsr.stages.vit import load_extractor
 
         vit = load_extractor(cfg.sr.vit_ckpt)
-    if float(loss.str) > 0 or float(loss.tex) > 0:
+    if need_disent and (float(loss.str) > 0 or float(loss.tex) > 0):
         if not cfg.sr.get("disent_ckpt"):
             raise ConfigError(
                 f"loss={preset} needs sr.disent_ckpt=<stage-disent checkpoint> "
@@ -280,8 +282,11 @@ def build(
 ) -> SRModule:
     """The SR module from the composed config (extractors may be passed in directly)."""
     generator = build_generator(cfg.model)
-    if vit_extractor is None and disent_extractor is None:
-        vit_extractor, disent_extractor = load_extractors(cfg)
+    if vit_extractor is None or disent_extractor is None:
+        vit, disent = load_extractors(
+            cfg, need_vit=vit_extractor is None, need_disent=disent_extractor is None
+        )
+        vit_extractor, disent_extractor = vit_extractor or vit, disent_extractor or disent
     sr = cfg.sr
     disc = instantiate(sr.discriminator, _convert_="all") if float(cfg.loss.adv) > 0 else None
     config = {
@@ -289,6 +294,10 @@ def build(
         "sr": OmegaConf.to_container(sr, resolve=True),
         "loss": OmegaConf.to_container(cfg.loss, resolve=True),
         "scale": int(cfg.scale),
+        "data": {  # what predict/eval need to feed the network as in training
+            "degradation": getattr(getattr(dm, "store", None), "degradation", None),
+            "percentile": getattr(getattr(dm, "store", None), "percentile", 99.5),
+        },
     }
     info = {
         "dataset": getattr(dm, "dataset_name", None),
@@ -331,4 +340,5 @@ def load_generator(path: str, scale: int | None = None) -> nn.Module:
         net.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(path, f"generator weights do not match its config ({str(err).splitlines()[0]})") from err
+    net.training_data = dict(ckpt["mrsr"]["config"].get("data") or {})  # degradation, percentile
     return net.eval()

@@ -50,6 +50,12 @@ def evaluate(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg)
     dm.setup("test")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    trained = getattr(model, "training_data", {}).get("degradation")
+    if trained and trained != dm.store.degradation:
+        log.warning(
+            "the checkpoint was trained on %s LR images, evaluated here on %s ones",
+            trained, dm.store.degradation,
+        )
     ours, bicubic = score(model, dm.test_dataloader(), dm.scale, device)
     info = {"dataset": dm.dataset_name, "scale": dm.scale, "degradation": dm.store.degradation}
     rows = [{"method": name, **info, **ours}]

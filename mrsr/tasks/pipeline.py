@@ -80,7 +80,7 @@ def extractor_cfg(cfg: DictConfig) -> DictConfig:
 def extractor_key(cfg: DictConfig, stage: str) -> str:
     """A short, readable folder name for what the extractor ``stage`` is trained on and with."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    ignore = _KEY_IGNORE | ({"scale", "degradation"} if stage == "vit" else set())  # ViT sees HR only
+    ignore = _KEY_IGNORE | {"scale", "degradation"}  # both extractors train on HR slices only
     parts = {
         "data": {k: v for k, v in data.items() if k not in ignore},  # type: ignore[union-attr]
         "net": OmegaConf.to_container(cfg[stage], resolve=True),
@@ -90,8 +90,7 @@ def extractor_key(cfg: DictConfig, stage: str) -> str:
     digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
     target = str(data.get("_target_", "data")).rsplit(".", 1)[-1].removesuffix("DataModule").lower()  # type: ignore[union-attr]
     contrasts = "-".join(map(str, data.get("contrasts") or []))  # type: ignore[union-attr]
-    scale = "" if stage == "vit" else f"-x{data.get('scale')}"  # type: ignore[union-attr]
-    return f"{target}{'-' + contrasts if contrasts else ''}{scale}-{digest}"
+    return f"{target}{'-' + contrasts if contrasts else ''}-{digest}"
 
 
 def _sweep_dir() -> Path | None:

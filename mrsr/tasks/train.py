@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from mrsr.checkpoint import load_checkpoint
 from mrsr.errors import ConfigError
 from mrsr.results import atomic_write_text
 from mrsr.tasks.common import (
@@ -31,20 +32,27 @@ log = logging.getLogger("mrsr")
 FINISHED = "FINISHED.json"
 
 
-def resolve_resume(cfg: DictConfig, out: Path) -> str | None:
-    """``ckpt_path=last`` means this run folder's ``checkpoints/last.ckpt`` (if present)."""
+def resolve_resume(cfg: DictConfig, out: Path, stage: str | None = None) -> str | None:
+    """``ckpt_path=last`` means this run folder's ``checkpoints/last.ckpt`` (if present).
+
+    The checkpoint is checked (safe load, stage and scale) before Lightning restores it, so a
+    corrupt or foreign file is refused in one line.
+    """
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, ""):
         return None
     if ckpt == "last":
-        last = out / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            log.info("no %s yet: starting from scratch", last)
+        path = out / "checkpoints" / "last.ckpt"
+        if not path.exists():
+            log.info("no %s yet: starting from scratch", path)
             return None
-        return str(last)
-    if not Path(ckpt).exists():
-        raise ConfigError(f"ckpt_path={ckpt}: checkpoint not found")
-    return str(ckpt)
+    else:
+        path = Path(str(ckpt))
+        if not path.exists():
+            raise ConfigError(f"ckpt_path={ckpt}: checkpoint not found")
+    if stage is not None:
+        load_checkpoint(path, stage=stage, scale=int(cfg.scale) if stage == "sr" else None)
+    return str(path)
 
 
 def train_stage(cfg: DictConfig, stage: str, out: Path | None = None) -> dict[str, Any]:
@@ -73,6 +81,7 @@ def _test_rows(out: Path, metrics: dict[str, float]) -> list[dict[str, Any]]:
 
 
 def _train_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
+    resume = resolve_resume(cfg, out, stage)  # refuse a bad checkpoint before any work
     L.seed_everything(int(cfg.seed), workers=True)
     stage_cfg = cfg[stage]
     dm = build_datamodule(cfg, stage_cfg.batch_size, stage_cfg.train_crop)
@@ -83,7 +92,7 @@ def _train_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
     make_resumable(dm, int(cfg.seed), lambda: trainer)
     for cb in trainer.checkpoint_callbacks:
         cb.dirpath = str(out / "checkpoints")
-    trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, out), weights_only=True)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     if trainer.fast_dev_run:
         return {"score": None}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
