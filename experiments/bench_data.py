@@ -12,7 +12,6 @@ batches with ``num_workers`` 0 and 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _bench import write_result
 
 from mrsr.data.datamodule import DemoDataModule, FastMRIDataModule, IXIDataModule, MRDataModule
 
@@ -146,10 +146,7 @@ def main() -> None:
         "python": platform.python_version(),
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ on a GPU (``--precision`` to choose); ``--compile`` adds ``torch.compile``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from contextlib import nullcontext
@@ -20,21 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _bench import device_name, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from mrsr.nets.srresnet import SRResNet
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
 
 
 def sync(device: torch.device) -> None:
@@ -128,9 +115,7 @@ def main() -> None:
     args.iters = args.iters or (100 if gpu else 6)
     result = bench(args)
     print(f"device: {result['device']}, precision {result['precision']}, compile {result['compile']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import resource
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from omegaconf import open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import device_name  # noqa: E402
+from _bench import device_name, write_result  # noqa: E402
 
 from mrsr.tasks.common import build_datamodule, build_trainer  # noqa: E402
 
@@ -158,9 +157,7 @@ def main() -> None:
     result = {"benchmark": "train", "device": device_name(device), "precision": args.precision,
               "size": args.size, "torch": torch.__version__, "rows": rows}
     print(f"device: {result['device']}, precision {args.precision}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
