@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test` (each creates .venv on first use).
-# Tiny CPU models train much faster with one intra-op thread on small machines.
-export OMP_NUM_THREADS ?= 1
+# The tests' tiny models run much faster with one intra-op thread; the demo uses every core.
+TEST_THREADS ?= 1
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,10 +20,10 @@ demo: $(VENV)/.installed
 	$(PY) -m mrsr.run stage=sr scale=2
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow" -q
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -m "not slow" -q
 
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -m slow -q
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -m slow -q
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check mrsr tests experiments

@@ -1,8 +1,13 @@
 """Image-quality metrics and the one evaluation protocol used for every number.
 
 Protocol (also in the README):
-- Images are on the per-volume normalised scale [0, 1] (see ``normalise_volume``);
-  predictions are clamped to [0, 1]; ``data_range = 1``.
+- Images are on the per-volume normalised scale (see ``normalise_volume``): 0 is the
+  volume's minimum, 1 its robust maximum (99.5th percentile of the foreground). Nothing is
+  clipped at the top: voxels brighter than that keep values above 1 in the target and in the
+  prediction, so errors on the brightest structures count. Predictions are only clamped at
+  0 (a magnitude image has nothing below its minimum).
+- ``data_range = 1``: the peak of PSNR/SSIM is the volume's robust maximum (not its single
+  brightest voxel, which one outlier could move), the same for every method.
 - Whole slices are scored, background included, no border crop.
 - Per-slice figures: PSNR, SSIM (Gaussian window 11, sigma 1.5, torchmetrics) and
   NMSE = ||y - y_hat||^2 / ||y||^2 per slice, averaged over all test slices.
@@ -96,7 +101,7 @@ class SRMetrics(SliceTable):
         super().__init__(("sse", "n", "y2", "ssim", "psnr"), **kwargs)
 
     def update(self, pred: Tensor, target: Tensor, volume_idx: Tensor, slice_idx: Tensor) -> None:
-        pred = pred.detach().float().clamp(0.0, 1.0)
+        pred = pred.detach().float().clamp(min=0.0)
         target = target.detach().float()
         self.add(
             volume_idx,

@@ -207,8 +207,8 @@ def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path
         lr, hr, _ = ds[len(ds) // 2]
         lr, hr = lr[None].float(), hr[None].float()
         with torch.inference_mode():
-            outs = [("bicubic", upsample(lr, scale).clamp(0, 1))]
-            outs += [(name, g(lr).clamp(0, 1)) for name, g, _ in models]
+            outs = [("bicubic", upsample(lr, scale))]
+            outs += [(name, g(lr).clamp(min=0)) for name, g, _ in models]
         images = [("LR", lr), *outs, ("HR", hr)]
         errors = [("|LR", torch.zeros_like(hr)), *[(f"|{n}", o - hr) for n, o in outs], ("|HR", torch.zeros_like(hr))]
         grid = np.concatenate([make_grid(images, 1), make_grid(errors, 1)[2:]], axis=0)

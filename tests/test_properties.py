@@ -45,7 +45,8 @@ def test_degrade_shape_range_determinism(x: torch.Tensor, scale: int, kind: str)
     lr = degrade(x, scale, kind)
     assert lr.shape == (*x.shape[:2], x.shape[-2] // scale, x.shape[-1] // scale)
     assert lr.dtype == x.dtype and torch.isfinite(lr).all()
-    assert lr.min() >= 0 and lr.max() <= 1
+    assert lr.min() >= 0  # magnitude images: only the lower bound is enforced
+    assert lr.max() <= 1.5 * x.max() + 1e-6  # bounded ringing, nothing clipped at the top
     assert torch.equal(lr, degrade(x.clone(), scale, kind))
     # degrading a batch equals degrading each image alone
     assert torch.allclose(lr[-1:], degrade(x[-1:], scale, kind), atol=1e-6)
@@ -55,7 +56,7 @@ def test_degrade_shape_range_determinism(x: torch.Tensor, scale: int, kind: str)
 @given(x=images(min_side=16), scale=scales)
 def test_kspace_preserves_mean(x: torch.Tensor, scale: int) -> None:
     lr = degrade(x, scale, "kspace")
-    # the DC term is kept exactly; magnitude and clamping can only move the mean a little
+    # the DC term is kept exactly; taking the magnitude can only move the mean a little
     assert torch.allclose(lr.mean((-2, -1)), x.mean((-2, -1)), atol=0.05 + 0.1 * x.std().item())
 
 
@@ -81,7 +82,7 @@ def test_crop_to_multiple(x: torch.Tensor, scale: int) -> None:
 def test_upsample_shape_range(x: torch.Tensor, scale: int, mode: str) -> None:
     y = upsample(x, scale, mode)
     assert y.shape[-2:] == (x.shape[-2] * scale, x.shape[-1] * scale)
-    assert y.min() >= 0 and y.max() <= 1
+    assert y.min() >= 0 and y.max() <= 1.5 * x.max() + 1e-6  # clamped at 0 only
 
 
 @SETTINGS

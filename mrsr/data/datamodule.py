@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from mrsr.data.datasets import SliceDataset, collate_samples
+from mrsr.data.datasets import Augment, SliceDataset, View, collate_samples
 from mrsr.data.degrade import DEGRADATIONS, check_scale
 from mrsr.data.sources import (
+    DEMO_SUBJECTS,
     DEMO_TEST_SUBJECT,
     SPLITS,
     list_demo,
@@ -18,23 +19,24 @@ from mrsr.data.sources import (
     list_ixi,
     split_by_subject,
 )
-from mrsr.data.store import VolumeStore, foreground_slices
+from mrsr.data.store import Slab, VolumeStore, foreground_slices
 from mrsr.data.types import VolumeRef
 from mrsr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# A split entry: a volume and, optionally, the fraction range of its slices to keep
-# (``(lo, hi, inside)``: keep slices inside [lo, hi) if inside else outside it).
-Entry = tuple[VolumeRef, tuple[float, float, bool] | None]
+# A split entry: a volume and, optionally, the part of it to use (a slab along the slicing
+# axis; see :data:`mrsr.data.store.Slab`).
+Entry = tuple[VolumeRef, Slab | None]
 
 
 class MRDataModule(L.LightningDataModule):
     """Shared base: subclasses only say which volumes belong to which split.
 
     Samples are :class:`~mrsr.data.types.Sample` ``(lr, hr, meta)``. Training batches are
-    random ``patch_size`` HR patches with flips; validation/test batches are whole slices,
-    deterministic, in volume order.
+    random ``patch_size`` HR patches with the augmentations of :class:`Augment`, taken from
+    slices along every axis of ``train_axes`` (default: the slicing axis only);
+    validation/test batches are whole slices along ``axis``, deterministic, in volume order.
     """
 
     dataset_name = "base"
@@ -50,8 +52,11 @@ class MRDataModule(L.LightningDataModule):
         batch_size: int = 16,
         eval_batch_size: int = 8,
         patch_size: int | None = 96,
+        patch_foreground: float = 0.0,
         num_workers: int = 0,
         flips: bool = True,
+        augment: dict | None = None,
+        train_axes: Sequence[int] | None = None,
         seed: int = 42,
         on_bad_file: str = "error",
         max_cached_volumes: int | None = None,
@@ -67,13 +72,19 @@ class MRDataModule(L.LightningDataModule):
             raise ConfigError(f"data.axis={axis} is invalid: slices are taken along axis 0, 1 or 2")
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r} is invalid: use 'error' or 'skip'")
+        self.train_axes = [axis] if train_axes is None else [int(a) for a in train_axes]
+        if not self.train_axes or any(a not in (0, 1, 2) for a in self.train_axes):
+            raise ConfigError(f"data.train_axes={list(train_axes or [])} is invalid: use axes among 0, 1, 2")
         if patch_size is not None and patch_size % self.scale:
             raise ConfigError(f"patch size {patch_size} does not divide by scale {self.scale}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.patch_size = patch_size
         self.num_workers = num_workers
-        self.flips = flips
+        self.augment = Augment.from_config(flips, augment)
+        if not 0.0 <= float(patch_foreground) <= 1.0:
+            raise ConfigError(f"data.patch_foreground={patch_foreground} is invalid: expected a fraction in [0, 1]")
+        self.patch_foreground = float(patch_foreground)
         self.seed = seed
         self.on_bad_file = on_bad_file
         self.min_foreground = min_foreground
@@ -89,19 +100,15 @@ class MRDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # -- building
-    def _index(self, entries: list[Entry]) -> list[tuple[int, int]]:
+    def _index(self, views: list[View]) -> list[tuple[int, int]]:
         index = []
-        for pos, (ref, slab) in enumerate(entries):
-            hr, _ = self.store.get(ref)
+        for pos, (ref, axis, slab) in enumerate(views):
+            hr, _ = self.store.get(ref, axis, slab)
             if min(hr.shape[-2:]) < 2 * self.scale:
+                if axis != self.store.axis or slab is not None:
+                    continue  # a thin part of a training volume: nothing to learn from
                 raise DataError(ref.path, f"in-plane size {tuple(hr.shape[-2:])} is too small for scale {self.scale}")
-            keep = foreground_slices(hr, self.min_foreground)
-            if slab is not None:
-                n = hr.shape[0]
-                lo, hi, inside = int(slab[0] * n), int(slab[1] * n), slab[2]
-                gap = 2  # slices next to the slab are used by neither side
-                keep = [s for s in keep if (lo <= s < hi) == inside and (inside or not lo - gap <= s < hi + gap)]
-            index.extend((pos, s) for s in keep)
+            index.extend((pos, s) for s in foreground_slices(hr, self.min_foreground))
         return index
 
     def _readable(self, entries: list[Entry]) -> list[Entry]:
@@ -111,7 +118,7 @@ class MRDataModule(L.LightningDataModule):
         keep = []
         for ref, slab in entries:
             try:
-                self.store.get(ref)
+                self.store.get(ref, None, slab)
             except DataError as err:
                 log.warning("skipping %s", err)
                 continue
@@ -136,20 +143,25 @@ class MRDataModule(L.LightningDataModule):
         labels = {c: i for i, c in enumerate(self.classes)}
         for split in todo:
             entries = self._readable(self._entries.get(split, []))
-            refs = [ref for ref, _ in entries]
-            index = self._index(entries)
             train = split == "train"
+            axes = self.train_axes if train else [self.store.axis]
+            views = [View(ref, a, slab) for ref, slab in entries for a in axes]
+            index = self._index(views)
             self.datasets[split] = SliceDataset(
-                self.store, refs, index, labels, self.patch_size if train else None, self.flips and train
+                self.store, views, index, labels, self.patch_size if train else None,
+                self.augment if train else None, self.patch_foreground, 5,
             )
-            log.info("%s %s: %d volumes, %d slices", self.dataset_name, split, len(refs), len(index))
+            log.info(
+                "%s %s: %d volumes, %d slices%s", self.dataset_name, split, len({r for r, _ in entries}), len(index),
+                f" (along axes {axes})" if len(axes) > 1 else "",
+            )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         self._build([split])
         ds = self.datasets[split]
         if len(ds) == 0:
             raise DataError(getattr(self, "root", None), f"the {self.dataset_name} {split} split has no slices")
-        shapes = {tuple(self.store.get(r)[0].shape[-2:]) for r in ds.refs}
+        shapes = {tuple(self.store.get(*v)[0].shape[-2:]) for v in ds.views}
         batch = self.batch_size if train else (self.eval_batch_size if len(shapes) == 1 else 1)
         return DataLoader(
             ds,
@@ -236,9 +248,11 @@ class DemoDataModule(MRDataModule):
 
     Test: the whole ``seg3d`` subject (T1), never seen in training. Train/val: the
     ``stroke`` subject (T1, T2, FLAIR); validation is the slab of slices in
-    ``val_slab`` (fractions along the slicing axis), training the rest of the volume
-    with a 2-slice gap on each side. Two subjects are too few for a subject-level
-    validation split, so this is documented as a slab split.
+    ``val_slab`` (fractions along the slicing axis), training the two parts of the volume
+    on either side of it, less a 2-slice gap next to the slab (also when training slices
+    are taken along the other axes, so no validation voxel is ever trained on). Two
+    subjects are too few for a subject-level validation split, so this is documented as a
+    slab split.
     """
 
     dataset_name = "demo"
@@ -247,19 +261,24 @@ class DemoDataModule(MRDataModule):
         self,
         contrasts: Sequence[str] = ("T1", "T2", "FLAIR"),
         val_slab: Sequence[float] = (0.55, 0.7),
+        test_subject: str = DEMO_TEST_SUBJECT,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if test_subject not in DEMO_SUBJECTS:
+            raise ConfigError(f"data.test_subject={test_subject!r} is unknown: choose {' or '.join(DEMO_SUBJECTS)}")
+        self.test_subject = test_subject
         self.contrasts = list(contrasts)
         self.val_slab = (float(val_slab[0]), float(val_slab[1]))
 
     def split_entries(self) -> dict[str, list[Entry]]:
         refs = list_demo(self.contrasts)
         lo, hi = self.val_slab
-        test = [(r, None) for r in refs if r.subject == DEMO_TEST_SUBJECT]
-        rest = [r for r in refs if r.subject != DEMO_TEST_SUBJECT]
+        test = [(r, None) for r in refs if r.subject == self.test_subject]
+        rest = [r for r in refs if r.subject != self.test_subject]
+        gap = 2  # slices next to the slab are used by neither side
         return {
-            "train": [(r, (lo, hi, False)) for r in rest],
-            "val": [(r, (lo, hi, True)) for r in rest],
+            "train": [(r, part) for r in rest for part in ((0.0, lo, gap), (hi, 1.0, gap))],
+            "val": [(r, (lo, hi, 0)) for r in rest],
             "test": test,
         }

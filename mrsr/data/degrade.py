@@ -1,6 +1,10 @@
 """Deterministic LR simulation, intensity normalisation and interpolation helpers.
 
-All functions work on float tensors shaped (N, 1, H, W) with intensities in [0, 1].
+All functions work on float tensors shaped (N, 1, H, W) on the per-volume normalised scale:
+0 is the volume's minimum and 1 its robust maximum (a foreground percentile). Nothing is
+clipped at the top: voxels brighter than the percentile keep values above 1, so no
+structure is flattened. Only the lower bound 0 is enforced where an operation can
+undershoot it (interpolation ringing), since a magnitude image has nothing below it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ def bicubic_down(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """Antialiased bicubic down-sampling in image space (the paper's protocol)."""
     h, w = hr.shape[-2:]
     lr = F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
-    return lr.clamp_(0.0, 1.0)
+    return lr.clamp_(min=0.0)
 
 
 def kspace_truncate(hr: torch.Tensor, scale: int) -> torch.Tensor:
@@ -46,7 +50,7 @@ def kspace_truncate(hr: torch.Tensor, scale: int) -> torch.Tensor:
     top, left = h // 2 - lh // 2, w // 2 - lw // 2
     spec = spec[..., top : top + lh, left : left + lw]
     lr = torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1)), norm="forward").abs()
-    return lr.to(hr.dtype).clamp_(0.0, 1.0)
+    return lr.to(hr.dtype)
 
 
 def degrade(hr: torch.Tensor, scale: int, kind: str = "bicubic") -> torch.Tensor:
@@ -61,9 +65,9 @@ def degrade(hr: torch.Tensor, scale: int, kind: str = "bicubic") -> torch.Tensor
 
 
 def upsample(lr: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tensor:
-    """Interpolation baseline: nearest, bilinear or bicubic up-sampling, clamped to [0, 1]."""
+    """Interpolation baseline: nearest, bilinear or bicubic up-sampling (ringing below 0 removed)."""
     kwargs = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(lr, scale_factor=scale, mode=mode, **kwargs).clamp(0.0, 1.0)
+    return F.interpolate(lr, scale_factor=scale, mode=mode, **kwargs).clamp(min=0.0)
 
 
 def intensity_range(vol: np.ndarray, percentile: float = 99.5) -> tuple[float, float]:
@@ -77,12 +81,11 @@ def intensity_range(vol: np.ndarray, percentile: float = 99.5) -> tuple[float, f
 
 
 def normalise_volume(vol: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """Per-volume intensity normalisation to [0, 1].
+    """Per-volume linear intensity normalisation, nothing clipped.
 
     ``(v - min) / (p - min)`` with ``p`` the given percentile of the voxels above the
-    minimum (the foreground), then clipped to [0, 1]. Background therefore stays 0 and
-    the brightest 0.5 % of foreground voxels saturate at 1.
+    minimum (the foreground). Background maps to 0, the percentile to 1, and the
+    brightest voxels keep values above 1 (exactly invertible with :func:`intensity_range`).
     """
     lo, hi = intensity_range(vol, percentile)
-    out = (vol.astype(np.float32) - lo) / max(hi - lo, 1e-12)
-    return np.clip(out, 0.0, 1.0, out=out)
+    return (vol.astype(np.float32) - lo) / np.float32(max(hi - lo, 1e-12))

@@ -129,6 +129,7 @@ DEMO_FILES = {
     "stroke_FLAIR": ("stroke", "FLAIR"),
 }
 DEMO_TEST_SUBJECT = "seg3d"
+DEMO_SUBJECTS = ("seg3d", "stroke")
 
 
 def demo_dir() -> Path:
@@ -143,6 +144,6 @@ def list_demo(contrasts: Sequence[str]) -> list[VolumeRef]:
         for name, (subject, contrast) in DEMO_FILES.items()
         if contrast in contrasts
     ]
-    if not any(r.subject == DEMO_TEST_SUBJECT for r in refs):
-        raise DataError(root, "demo contrasts must include T1 (the held-out test subject is T1 only)")
+    if not any(r.subject == "seg3d" for r in refs):
+        raise DataError(root, "demo contrasts must include T1 (the seg3d subject is T1 only)")
     return refs

@@ -20,7 +20,7 @@ from mrsr.data.types import VolumeRef
 from mrsr.results import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when preprocessing changes meaning
+CACHE_VERSION = 2  # bump when preprocessing changes meaning
 
 
 def center_crop_nd(vol: np.ndarray, crop: Sequence[int | None] | None) -> np.ndarray:
@@ -35,11 +35,25 @@ def center_crop_nd(vol: np.ndarray, crop: Sequence[int | None] | None) -> np.nda
     return vol[tuple(index)]
 
 
+# Part of a volume along the store's slicing axis: ``(lo, hi, margin)`` keeps the slices in
+# [lo * n, hi * n) (fractions of the n slices), less ``margin`` slices on each side that
+# borders another part (a fraction of 0 or 1 has no neighbour there).
+Slab = tuple[float, float, int]
+
+
+def slab_range(n: int, slab: Slab) -> slice:
+    """The slices of an ``n``-slice axis that ``slab`` keeps."""
+    lo, hi, margin = slab
+    start = int(lo * n) + (margin if lo > 0 else 0)
+    stop = int(hi * n) - (margin if hi < 1 else 0)
+    return slice(start, max(start, stop))
+
+
 class VolumeStore:
     """Turns a :class:`VolumeRef` into cached ``(hr, lr)`` tensors shaped (S, 1, H, W).
 
     Preprocessing, in order: read (NIfTI reoriented to RAS+; fastMRI from its stored
-    reconstruction or from k-space), per-volume normalisation to [0, 1], centre crop
+    reconstruction or from k-space), per-volume linear normalisation (robust maximum to 1, nothing clipped), centre crop
     (``crop`` is per RAS axis for NIfTI, ``[H, W]`` in-plane for fastMRI), slicing along
     ``axis``, in-plane crop to a multiple of the scale, then the LR degradation of every
     slice. ``max_volumes`` bounds memory (least recently used volumes are dropped).
@@ -73,22 +87,29 @@ class VolumeStore:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
-    def read_slices(self, ref: VolumeRef) -> np.ndarray:
-        """Normalised, cropped volume as (slices, H, W) float32."""
+    def read_slices(self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None) -> np.ndarray:
+        """Normalised, cropped volume as (slices, H, W) float32, sliced along ``axis``.
+
+        ``slab`` keeps part of the volume along the store's own slicing axis before the
+        volume is resliced (see :data:`Slab`); normalisation always uses the whole volume.
+        """
+        axis = self.axis if axis is None else axis
         if ref.reader == "fastmri":
             vol = normalise_volume(read_fastmri(ref.path, self.fastmri_source, self.fastmri_crop), self.percentile)
-            return vol  # already slices-first
-        vol = normalise_volume(read_nifti_canonical(ref.path), self.percentile)
-        vol = center_crop_nd(vol, self.crop)
-        return np.moveaxis(vol, self.axis, 0)
+            vol = np.moveaxis(vol, 0, self.axis)  # stored slices-first; self.axis is 0 by default
+        else:
+            vol = center_crop_nd(normalise_volume(read_nifti_canonical(ref.path), self.percentile), self.crop)
+        if slab is not None:
+            vol = np.moveaxis(np.moveaxis(vol, self.axis, 0)[slab_range(vol.shape[self.axis], slab)], 0, self.axis)
+        return np.moveaxis(vol, axis, 0)
 
-    def _build(self, ref: VolumeRef) -> tuple[torch.Tensor, torch.Tensor]:
-        hr = torch.from_numpy(np.ascontiguousarray(self.read_slices(ref)))[:, None]
+    def _build(self, ref: VolumeRef, axis: int, slab: Slab | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hr = torch.from_numpy(np.ascontiguousarray(self.read_slices(ref, axis, slab)))[:, None]
         hr = crop_to_multiple(hr, self.scale).contiguous()
         lr = torch.cat([degrade(chunk, self.scale, self.degradation) for chunk in hr.split(64)])
         return hr, lr.contiguous()
 
-    def disk_key(self, ref: VolumeRef) -> str:
+    def disk_key(self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None) -> str:
         """Hash of the file's identity (path, size, mtime) and of the preprocessing."""
         st = ref.path.stat()
         ident = {
@@ -97,32 +118,37 @@ class VolumeStore:
             "mtime_ns": st.st_mtime_ns,
             "settings": [self.scale, self.degradation, self.axis, self.crop and list(self.crop),
                          self.percentile, self.fastmri_source, list(self.fastmri_crop), ref.reader],
+            "view": [self.axis if axis is None else axis, slab and list(slab)],
             "version": CACHE_VERSION,
         }
         return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
-    def _load_or_build(self, ref: VolumeRef) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load_or_build(self, ref: VolumeRef, axis: int, slab: Slab | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache_dir is None:
-            return self._build(ref)
-        path = self.cache_dir / f"{self.disk_key(ref)}.npz"
+            return self._build(ref, axis, slab)
+        path = self.cache_dir / f"{self.disk_key(ref, axis, slab)}.npz"
         if path.exists():
             try:
                 with np.load(path) as z:
                     return torch.from_numpy(z["hr"]), torch.from_numpy(z["lr"])
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 log.warning("rebuilding unreadable cache entry %s", path)
-        hr, lr = self._build(ref)
+        hr, lr = self._build(ref, axis, slab)
         buf = io.BytesIO()
         np.savez(buf, hr=hr.numpy(), lr=lr.numpy())
         atomic_write_bytes(path, buf.getvalue())
         return hr, lr
 
-    def get(self, ref: VolumeRef) -> tuple[torch.Tensor, torch.Tensor]:
-        key = str(ref.path)
+    def get(
+        self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hr, lr)`` slices of ``ref`` along ``axis`` (default: the store's), optionally of a slab."""
+        axis = self.axis if axis is None else int(axis)
+        key = f"{ref.path}|{axis}|{slab}"
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        pair = self._load_or_build(ref)
+        pair = self._load_or_build(ref, axis, slab)
         self._cache[key] = pair
         if self.max_volumes is not None:
             while len(self._cache) > self.max_volumes:

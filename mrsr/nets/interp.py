@@ -10,7 +10,7 @@ MODES = ("nearest", "bilinear", "bicubic")
 
 
 class Interpolation(nn.Module):
-    """Nearest, bilinear or bicubic up-sampling by ``scale`` (output clamped to [0, 1])."""
+    """Nearest, bilinear or bicubic up-sampling by ``scale`` (output clamped at 0)."""
 
     trainable = False
 

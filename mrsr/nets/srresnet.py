@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrsr.data.degrade import check_scale
+
+
+def icnr_(weight: Tensor, factor: int) -> Tensor:
+    """ICNR: initialise a conv followed by ``PixelShuffle(factor)`` so that its output is a
+    nearest-neighbour up-sampling of a (Kaiming-initialised) lower-resolution conv."""
+    out_ch = weight.shape[0] // factor**2
+    sub = torch.empty(out_ch, *weight.shape[1:])
+    nn.init.kaiming_normal_(sub)
+    with torch.no_grad():
+        weight.copy_(sub.repeat_interleave(factor**2, dim=0))
+    return weight
 
 
 class ResidualBlock(nn.Module):
@@ -35,7 +47,9 @@ class SRResNet(nn.Module):
     and a final conv.
 
     With ``residual_bicubic=True`` the network predicts a residual that is added to the
-    bicubic up-sampling of the input (not in the SPEC; off by default).
+    bicubic up-sampling of the input (not in the SPEC; off by default); its last conv then
+    starts at zero, so an untrained network returns exactly the bicubic up-sampling.
+    Pixel-shuffle convs start with ICNR (Aitken et al. 2017: no checkerboard at step 0).
     Any ``(N, C, h, w)`` input gives ``(N, C, h*scale, w*scale)``.
     """
 
@@ -64,6 +78,12 @@ class SRResNet(nn.Module):
             ups += [nn.Conv2d(n_feats, 4 * n_feats, 3, padding=1), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
         self.upsample = nn.Sequential(*ups)
         self.tail = nn.Conv2d(n_feats, in_channels, 9, padding=4)
+        for m in self.upsample:
+            if isinstance(m, nn.Conv2d):
+                icnr_(m.weight, 2)
+        if residual_bicubic:
+            nn.init.zeros_(self.tail.weight)
+            nn.init.zeros_(self.tail.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         feat = self.head(x)

@@ -1,12 +1,13 @@
 """``stage=predict``: super-resolve a NIfTI volume (or a fastMRI .h5 file) with a stage-``sr``
-checkpoint and write a NIfTI on the new grid.
+checkpoint (or the bundled model of ``scale``) and write a NIfTI on the new grid.
 
 Slices are taken along ``predict.axis`` and each is up-sampled in-plane by the checkpoint's
 scale. The output affine maps new voxel ``i'`` (on the two in-plane axes) to the input's
 continuous voxel index ``(i' + 0.5) / s - 0.5``, so the output overlays the input in a viewer.
-Intensities are normalised per volume as in training and mapped back to the input's range
-(voxels above the normalisation percentile saturate). The output is written to a temporary
-file beside it and renamed into place only when complete.
+Intensities are normalised per volume as in training (a linear map, nothing clipped: voxels
+brighter than the normalisation percentile pass through the network above 1) and mapped
+back to the input's units; the output is only kept from going below the input's minimum.
+The output is written to a temporary file beside it and renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +83,7 @@ def super_resolve_volume(
     device: torch.device | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """SR of every slice of ``slices`` (n, h, w) in [0, 1]; returns (n, h*s, w*s) float32."""
+    """SR of every slice of ``slices`` (n, h, w), normalised; returns (n, h*s, w*s) float32 >= 0."""
     from rich.progress import Progress
 
     device = device or torch.device("cpu")
@@ -94,7 +96,7 @@ def super_resolve_volume(
             x = torch.from_numpy(np.ascontiguousarray(slices[i : i + batch_size]))[:, None].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 y = sr_tiled(net, x, scale, tile, overlap)
-            out[i : i + x.shape[0]] = y[:, 0].clamp(0, 1).cpu().numpy()
+            out[i : i + x.shape[0]] = y[:, 0].clamp(min=0).cpu().numpy()
             bar.advance(task, x.shape[0])
     return out
 
@@ -146,28 +148,57 @@ def write_nifti_atomic(path: Path, data: np.ndarray, affine: np.ndarray) -> None
         raise
 
 
+def bundled_model(scale: int) -> Path:
+    """The quick-start model for ``scale`` shipped inside the package (see the README's model card)."""
+    from importlib import resources
+
+    from mrsr.data.degrade import check_scale
+
+    path = Path(str(resources.files("mrsr.assets") / "models" / f"quickstart_x{check_scale(scale)}.ckpt"))
+    if not path.is_file():
+        raise ConfigError(f"no bundled x{scale} model in this installation ({path}): pass ckpt=<stage-sr checkpoint>")
+    return path
+
+
 def predict(cfg: DictConfig) -> dict:
-    """Super-resolve ``cfg.input`` into ``cfg.output`` with the EMA generator of ``cfg.ckpt``."""
+    """Super-resolve ``cfg.input`` into ``cfg.output`` with the EMA generator of ``cfg.ckpt``
+    (default: the bundled quick-start model of ``cfg.scale``)."""
     from mrsr.stages.sr import load_generator
 
     inp, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
     _check_paths(inp, out, bool(cfg.get("overwrite", False)))
     p = cfg.predict
-    net = load_generator(str(cfg.ckpt))
+    if cfg.get("ckpt") in (None, ""):
+        ckpt = bundled_model(int(cfg.get("scale", 2)))
+        log.info("no ckpt given: using the bundled x%s quick-start model (%s)", cfg.get("scale", 2), ckpt.name)
+    else:
+        ckpt = Path(str(cfg.ckpt))
+    net = load_generator(str(ckpt))
     scale = int(net.scale)
     data, affine, axis, is_2d = read_input(inp, int(p.axis))
     percentile = float(getattr(net, "training_data", {}).get("percentile", 99.5))
     lo, hi = intensity_range(data, percentile)
-    norm = normalise_volume(data, percentile)
-    slices = np.moveaxis(norm, axis, 0)
+    slices = np.moveaxis(normalise_volume(data, percentile), axis, 0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tile = None if p.get("tile") in (None, 0) else int(p.tile)
-    log.info("%s: %s, x%d in-plane (slicing axis %d) on %s", inp, tuple(data.shape), scale, axis, device)
+    t0 = time.perf_counter()
     sr = super_resolve_volume(net, slices, scale, int(p.batch_size), tile, int(p.overlap), device)
-    result = np.moveaxis(sr, 0, axis) * (hi - lo) + lo
+    seconds = time.perf_counter() - t0
+    result = np.moveaxis(sr, 0, axis) * np.float32(hi - lo) + np.float32(lo)
     inplane = (0, 1) if is_2d else tuple(a for a in range(3) if a != axis)
     if is_2d:
         result = result[0]
     write_nifti_atomic(out, result, upsampled_affine(affine, scale, inplane))
-    log.info("wrote %s %s", out, tuple(result.shape))
-    return {"output": str(out), "shape": list(result.shape), "scale": scale}
+    n = slices.shape[0]
+    log.info(
+        "%s %s -> %s %s: x%d in-plane, slicing axis %d, %d slice(s) on %s in %.2f s (%.1f slices/s)",
+        inp.name, tuple(data.shape[1:]) if is_2d else tuple(data.shape), out.name, tuple(result.shape), scale,
+        axis, n, device_label(device), seconds, n / max(seconds, 1e-9),
+    )
+    return {"output": str(out), "shape": list(result.shape), "scale": scale, "seconds": seconds, "ckpt": str(ckpt)}
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
