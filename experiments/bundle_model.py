@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+import mrsr
 from mrsr.stages.sr import export_generator, load_generator
 
 MODELS = Path(__file__).resolve().parents[1] / "mrsr" / "assets" / "models"
@@ -26,7 +27,9 @@ def main() -> None:
     finished = json.loads((run / "FINISHED.json").read_text())
     ckpt = Path(finished["best"])
     scale = int(load_generator(str(ckpt)).scale)
-    out = export_generator(ckpt, MODELS / f"quickstart_x{scale}.ckpt", test=finished.get("test", {}))
+    out = export_generator(
+        ckpt, MODELS / f"quickstart_x{scale}.ckpt", test=finished.get("test", {}), version=mrsr.__version__
+    )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) from {ckpt}")
 
 

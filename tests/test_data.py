@@ -402,3 +402,12 @@ def test_disk_cache_is_keyed_by_mtime_and_settings(tmp_path, ixi_dir):
     assert len(list(cache.glob("*.npz"))) == 2
     after = {p.name: p.stat().st_mtime_ns for p in ixi_dir.iterdir()}
     assert set(after) == set(before)  # nothing written into the data folder
+
+
+def test_multi_axis_training_skips_parts_too_thin_to_slice_across() -> None:
+    """A validation slab at the end of the volume leaves an empty part: it is skipped."""
+    dm = DemoDataModule(scale=2, patch_size=16, contrasts=["T1"], val_slab=[0.5, 0.995], train_axes=[0, 1, 2])
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert len(train) > 0 and {train.views[v].axis for v, _ in train.index} == {0, 1, 2}
+    assert all(train.views[v].slab[1] <= 0.5 for v, _ in train.index)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # A split entry: a volume and, optionally, the part of it to use (a slab along the slicing
 # axis; see :data:`mrsr.data.store.Slab`).
 Entry = tuple[VolumeRef, Slab | None]
+PATCH_TRIES = 5  # random positions tried per training crop when data.patch_foreground > 0
 
 
 class MRDataModule(L.LightningDataModule):
@@ -149,7 +150,7 @@ class MRDataModule(L.LightningDataModule):
             index = self._index(views)
             self.datasets[split] = SliceDataset(
                 self.store, views, index, labels, self.patch_size if train else None,
-                self.augment if train else None, self.patch_foreground, 5,
+                self.augment if train else None, self.patch_foreground, PATCH_TRIES,
             )
             log.info(
                 "%s %s: %d volumes, %d slices%s", self.dataset_name, split, len({r for r, _ in entries}), len(index),

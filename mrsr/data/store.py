@@ -106,6 +106,9 @@ class VolumeStore:
     def _build(self, ref: VolumeRef, axis: int, slab: Slab | None) -> tuple[torch.Tensor, torch.Tensor]:
         hr = torch.from_numpy(np.ascontiguousarray(self.read_slices(ref, axis, slab)))[:, None]
         hr = crop_to_multiple(hr, self.scale).contiguous()
+        n, _, h, w = hr.shape
+        if n == 0 or h == 0 or w == 0:  # a slab too thin to slice across: an empty view
+            return hr, hr.new_zeros((n, 1, h // self.scale, w // self.scale))
         lr = torch.cat([degrade(chunk, self.scale, self.degradation) for chunk in hr.split(64)])
         return hr, lr.contiguous()
 
