@@ -209,9 +209,12 @@ def _covered_slices(dm, ds, primary: int = 2) -> dict[str, set[int]]:
     from mrsr.data.store import slab_range
 
     out: dict[str, set[int]] = {}
+    sizes: dict[str, int] = {}  # slices along the primary axis, per volume (read once)
     for v, s in ds.index:
         ref, axis, slab = ds.views[v]
-        n = dm.store.read_slices(ref).shape[0]
+        if ref.name not in sizes:
+            sizes[ref.name] = dm.store.get(ref)[0].shape[0]
+        n = sizes[ref.name]
         rng = slab_range(n, slab) if slab is not None else slice(0, n)
         hit = {rng.start + s} if axis in (None, primary) else set(range(rng.start, rng.stop))
         out.setdefault(ref.name, set()).update(hit)
