@@ -19,7 +19,8 @@ import torch
 STAGES = {
     "vit": ["vit.max_steps=10", "vit.val_check_interval=2", "vit.batch_size=8"],
     "disent": ["disent.max_steps=10", "disent.val_check_interval=2", "disent.batch_size=4"],
-    "sr": ["sr.max_steps=10", "sr.val_check_interval=2", "sr.batch_size=4", "sr.train_crop=32", "loss=l1", "loss.adv=1e-3"],
+    "sr": ["sr.max_steps=10", "sr.val_check_interval=2", "sr.batch_size=4", "sr.train_crop=32", "loss=l1", "loss.adv=1e-3",
+           "model.n_blocks=2", "model.n_feats=16"],
 }
 COMMON = ["~callbacks.progress_bar", "trainer=cpu", "trainer.deterministic=true", "seed=7"]
 
