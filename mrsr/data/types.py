@@ -20,7 +20,7 @@ class SliceMeta(NamedTuple):
 
 
 class Sample(NamedTuple):
-    """A paired LR/HR slice, each shaped (1, H, W), intensities in [0, 1]."""
+    """A paired LR/HR slice, each shaped (1, H, W), on the per-volume normalised scale (>= 0)."""
 
     lr: Tensor
     hr: Tensor
