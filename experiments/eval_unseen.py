@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from _bench import write_result
 from omegaconf import OmegaConf
 
+from mrsr.data.degrade import degrade, upsample
 from mrsr.data.readers import read_nifti
 from mrsr.metrics import ssim
 from mrsr.tasks.predict import predict, write_nifti_atomic
@@ -38,18 +38,19 @@ from mrsr.tasks.predict import predict, write_nifti_atomic
 DEFAULT_VOLUMES = ["mrsr/assets/demo/seg3d_T1.nii.gz"]
 
 
+def _per_slice(fn, vol: np.ndarray, axis: int) -> np.ndarray:
+    """``fn`` applied to every slice along ``axis`` as one (N, 1, H, W) float64 batch."""
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol, axis, 0)))[:, None].double()
+    return np.moveaxis(fn(x)[:, 0].float().numpy(), 0, axis)
+
+
 def degrade_volume(hr: np.ndarray, scale: int, axis: int) -> np.ndarray:
-    """Antialiased bicubic down-sampling of every slice along ``axis`` (clamped at 0)."""
-    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(hr, axis, 0)))[:, None].double()
-    h, w = x.shape[-2:]
-    lr = F.interpolate(x, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
-    return np.moveaxis(lr[:, 0].clamp(min=0).float().numpy(), 0, axis)
+    """The package's antialiased bicubic down-sampling of every slice (clamped at 0)."""
+    return _per_slice(lambda x: degrade(x, scale, "bicubic"), hr, axis)
 
 
 def bicubic_volume(lr: np.ndarray, scale: int, axis: int) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(lr, axis, 0)))[:, None].double()
-    up = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(min=0)
-    return np.moveaxis(up[:, 0].float().numpy(), 0, axis)
+    return _per_slice(lambda x: upsample(x, scale), lr, axis)
 
 
 def score(pred: np.ndarray, hr: np.ndarray, axis: int) -> dict[str, float]:

@@ -11,11 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from mrsr.data.store import Slab, VolumeStore
+from mrsr.data.store import FOREGROUND, Slab, VolumeStore
 from mrsr.data.types import Sample, SliceMeta, VolumeRef
 from mrsr.errors import ConfigError
-
-FOREGROUND = 0.05  # normalised intensity above which a voxel counts as foreground
 
 
 class View(NamedTuple):
@@ -139,7 +137,7 @@ class SliceDataset(Dataset):
             top = int(torch.randint(0, h - p + 1, ()))
             left = int(torch.randint(0, w - p + 1, ()))
             lr_c = lr_a[..., top : top + p, left : left + p]
-            if (lr_c > FOREGROUND).mean() >= self.patch_foreground:
+            if self.patch_foreground <= 0 or (lr_c > FOREGROUND).mean() >= self.patch_foreground:
                 break
         lr_a = lr_c
         hr_a = hr_a[..., top * s : (top + p) * s, left * s : (left + p) * s]

@@ -100,7 +100,9 @@ class VolumeStore:
         else:
             vol = center_crop_nd(normalise_volume(read_nifti_canonical(ref.path), self.percentile), self.crop)
         if slab is not None:
-            vol = np.moveaxis(np.moveaxis(vol, self.axis, 0)[slab_range(vol.shape[self.axis], slab)], 0, self.axis)
+            index = [slice(None)] * vol.ndim
+            index[self.axis] = slab_range(vol.shape[self.axis], slab)
+            vol = vol[tuple(index)]
         return np.moveaxis(vol, axis, 0)
 
     def _build(self, ref: VolumeRef, axis: int, slab: Slab | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +161,10 @@ class VolumeStore:
         return pair
 
 
-def foreground_slices(hr: torch.Tensor, min_fraction: float, threshold: float = 0.05) -> list[int]:
+FOREGROUND = 0.05  # normalised intensity above which a voxel counts as foreground
+
+
+def foreground_slices(hr: torch.Tensor, min_fraction: float, threshold: float = FOREGROUND) -> list[int]:
     """Slices whose fraction of voxels above ``threshold`` is at least ``min_fraction``."""
     frac = (hr > threshold).flatten(1).float().mean(1)
     return [int(i) for i in torch.nonzero(frac >= min_fraction).flatten()]

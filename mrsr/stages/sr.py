@@ -231,8 +231,8 @@ class SRModule(StageModule):
             opt_g.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.generator)
-        scheds = self.lr_schedulers()
-        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
+        scheds = self.lr_schedulers()  # None, one scheduler or a list (with a discriminator)
+        for sched in scheds if isinstance(scheds, list) else filter(None, [scheds]):
             sched.step()  # once per batch, also a skipped one, so the schedule follows the batch count
         self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True)
