@@ -92,10 +92,17 @@ class SliceTable(Metric):
         return self._table()
 
 
-class SRMetrics(SliceTable):
-    """Accumulates per-slice statistics; ``compute`` returns slice and volume summaries."""
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "nmse": False}
 
-    higher_is_better = True
+
+class SRMetrics(SliceTable):
+    """Accumulates per-slice statistics; ``compute`` returns slice and volume summaries.
+
+    Its values point different ways (NMSE is an error), so the torchmetrics flag
+    ``higher_is_better`` is ``None`` and :data:`HIGHER_IS_BETTER` says it per value.
+    """
+
+    higher_is_better = None
 
     def __init__(self, **kwargs) -> None:
         super().__init__(("sse", "n", "y2", "ssim", "psnr"), **kwargs)

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from mrsr.data.datamodule import DemoDataModule, FastMRIDataModule, IXIDataModule
-from mrsr.data.degrade import degrade
+from mrsr.data.degrade import degrade, normalise_volume, upsample
 from mrsr.data.readers import read_fastmri
 from mrsr.data.sources import list_fastmri, list_ixi, split_by_subject, split_counts
 from mrsr.errors import DataError
 from mrsr.metrics import SRMetrics, nmse, psnr, ssim
-from tests.conftest import make_fastmri_file, make_ixi
+from tests.conftest import make_fastmri, make_fastmri_file, make_ixi
 
 
 def _ixi(root: Path, **kw) -> IXIDataModule:
@@ -282,6 +282,22 @@ def _pair(seed: int, n: int = 3, size: int = 32) -> tuple[torch.Tensor, torch.Te
     return x, y
 
 
+def test_metric_directions() -> None:
+    """PSNR and SSIM rise with quality, NMSE (an error) falls: the declared directions agree."""
+    from mrsr.metrics import HIGHER_IS_BETTER
+
+    y = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    scores = []
+    for noise in (0.2, 0.05):
+        m = SRMetrics()
+        m.update((y + noise * torch.randn_like(y)).clamp(min=0), y, torch.tensor([0, 0]), torch.tensor([0, 1]))
+        scores.append(m.compute())
+    for name, higher in HIGHER_IS_BETTER.items():
+        assert (scores[1][name] > scores[0][name]) == higher, name
+        assert (scores[1][f"{name}_vol"] > scores[0][f"{name}_vol"]) == higher, name
+    assert SRMetrics.higher_is_better is None and HIGHER_IS_BETTER["nmse"] is False
+
+
 def test_psnr_nmse_match_numpy() -> None:
     x, y = _pair(0)
     for i in range(3):
@@ -368,14 +384,85 @@ def test_srmetrics_keep_the_top_and_clamp_at_zero() -> None:
     assert m2.compute()["psnr"] == pytest.approx(ref["psnr"], rel=1e-5)
 
 
-def test_degrade_matches_definition() -> None:
-    """k-space truncation equals keeping the central spectrum, computed with numpy."""
-    x, _ = _pair(4, n=1, size=32)
-    lr = degrade(x, 2, "kspace")[0, 0].numpy()
-    spec = np.fft.fftshift(np.fft.fft2(x[0, 0].numpy().astype(np.float64)))
-    c = spec[8:24, 8:24]
-    ref = np.abs(np.fft.ifft2(np.fft.ifftshift(c))) / 4
-    np.testing.assert_allclose(lr, ref, atol=1e-5)
+def _bandlimited_at(x: np.ndarray, scale: int) -> np.ndarray:
+    """Reference k-space LR: the HR image low-passed to the LR band (half weight on the two
+    HR bins that fold onto the LR Nyquist bin), evaluated by direct sums at the LR pixel
+    centres m*scale + (scale-1)/2."""
+    spec = np.fft.fft2(x.astype(np.float64))
+    mats = []
+    for n in x.shape:
+        m = n // scale
+        k = np.fft.fftfreq(n, 1 / n)
+        weight = np.where(np.abs(k) < m / 2, 1.0, np.where(np.abs(k) == m / 2, 0.5, 0.0))
+        pos = np.arange(m) * scale + (scale - 1) / 2
+        mats.append(np.exp(2j * np.pi * np.outer(pos, k) / n) * weight / n)
+    return np.abs(mats[0] @ spec @ mats[1].T)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("size", [(32, 32), (24, 40), (36, 20)])
+def test_degrade_matches_definition(scale: int, size: tuple[int, int]) -> None:
+    """k-space truncation equals the band-limited image sampled at the LR pixel centres."""
+    x = torch.rand(1, 1, *size)
+    x = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    lr = degrade(x, scale, "kspace")[0, 0].numpy()
+    np.testing.assert_allclose(lr, _bandlimited_at(x[0, 0].numpy(), scale), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bicubic", "kspace"])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_degradations_commute_with_flips_and_transpose(kind: str, scale: int) -> None:
+    """Flip/transpose augmentation of (LR, HR) pairs gives pairs of the same degradation."""
+    x = torch.rand(2, 1, 24, 40)
+    lr = degrade(x, scale, kind)
+    for op in (lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.transpose(-1, -2)):
+        torch.testing.assert_close(degrade(op(x), scale, kind), op(lr), atol=1e-6, rtol=0)
+
+
+def _brain_slices(n: int) -> torch.Tensor:
+    """``n`` axial 96x96 slices of the embedded test subject (normalised), float64."""
+    import nibabel as nib
+
+    from mrsr.data.sources import demo_dir
+
+    vol = normalise_volume(np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32))
+    mid = [d // 2 for d in vol.shape]
+    sl = vol[mid[0] - 48 : mid[0] + 48, mid[1] - 48 : mid[1] + 48, mid[2] : mid[2] + n]
+    return torch.from_numpy(np.ascontiguousarray(sl.transpose(2, 0, 1)))[:, None].double()
+
+
+def _fourier_shift(x: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
+    """``x`` moved by a sub-pixel (dy, dx) (periodic, band-limited)."""
+    ky = torch.fft.fftfreq(x.shape[-2], dtype=torch.float64)[:, None]
+    kx = torch.fft.fftfreq(x.shape[-1], dtype=torch.float64)[None, :]
+    ramp = torch.exp(-2j * torch.pi * (ky * dy + kx * dx))
+    return torch.fft.ifft2(torch.fft.fft2(x.double()) * ramp).real
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_kspace_lr_is_on_the_image_grid(scale: int) -> None:
+    """Bicubic up-sampling of the k-space LR lines up with the HR: of the sub-pixel shifts
+    of the HR, the unshifted one fits best (the old off-grid LR was half an LR pixel off)."""
+    hr = _brain_slices(1)
+    up = upsample(degrade(hr, scale, "kspace"), scale).double()
+    shifts = [-0.5, -0.25, 0.0, 0.25, 0.5]
+    err = {(dy, dx): (up - _fourier_shift(hr, dy, dx)).pow(2).mean().item() for dy in shifts for dx in shifts}
+    assert min(err, key=err.get) == (0.0, 0.0)
+    # and it is as close to the HR as bicubic up-sampling of the image-space LR (not 5 dB below)
+    bic = (upsample(degrade(hr, scale, "bicubic"), scale).double() - hr).pow(2).mean().item()
+    assert err[(0.0, 0.0)] < 1.5 * bic
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_kspace_keeps_the_mean(scale: int) -> None:
+    """The complex LR keeps the mean exactly; the magnitude adds only the rectified ringing."""
+    from mrsr.data.degrade import kspace_lowpass
+
+    hr = _brain_slices(2).float()
+    low = kspace_lowpass(hr, scale)
+    torch.testing.assert_close(low.real.mean((-2, -1)), hr.double().mean((-2, -1)), atol=1e-9, rtol=0)
+    mag = degrade(hr, scale, "kspace")
+    assert torch.allclose(mag.mean((-2, -1)), hr.mean((-2, -1)), rtol=0.03)
 
 
 def test_disk_cache_is_keyed_by_mtime_and_settings(tmp_path, ixi_dir):
@@ -414,3 +501,72 @@ def test_multi_axis_training_skips_parts_too_thin_to_slice_across() -> None:
     train = dm.datasets["train"]
     assert len(train) > 0 and {train.views[v].axis for v, _ in train.index} == {0, 1, 2}
     assert all(train.views[v].slab[1] <= 0.5 for v, _ in train.index)
+
+
+def _official_fastmri(root: Path, train: int, val: int, prefix: str = "", challenges=("singlecoil",)) -> Path:
+    """The official fastMRI folders as users extract them (a test folder without ground truth too)."""
+    for ch in challenges:
+        for split, n, base in (("train", train, 1000), ("val", val, 2000)):
+            d = root / f"{prefix}{ch}_{split}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                make_fastmri_file(d / f"file{base + i}.h5", ("CORPD_FBK", "CORPDFS_FBK")[i % 2], seed=i)
+        test = root / f"{prefix}{ch}_test_v2"
+        test.mkdir()
+        make_fastmri_file(test / "file3000.h5", store_recon=False)
+    return root
+
+
+@pytest.mark.parametrize("prefix", ["", "knee_"])
+def test_fastmri_official_folders(tmp_path: Path, prefix: str) -> None:
+    """Train and validation come from *_train (held out by file), the test split from *_val."""
+    root = _official_fastmri(tmp_path / "knee", train=5, val=3, prefix=prefix)
+    dm = _fastmri(root, split=(3, 2, 1))
+    names = {s: {r.path for r in dm.datasets[s].refs} for s in ("train", "val", "test")}
+    assert all(p.parent.name == f"{prefix}singlecoil_train" for p in names["train"] | names["val"])
+    assert all(p.parent.name == f"{prefix}singlecoil_val" for p in names["test"])
+    assert (len(names["train"]), len(names["val"]), len(names["test"])) == (3, 1, 2)
+    assert not names["train"] & names["val"]
+    again = _fastmri(root, split=(3, 2, 1))
+    assert {r.path for r in again.datasets["val"].refs} == names["val"]  # deterministic
+    # counts above what is there: everything but the held-out validation files is used
+    dm = _fastmri(root, split=(227, 24, 4))
+    assert (len(dm.datasets["train"].refs), len(dm.datasets["val"].refs), len(dm.datasets["test"].refs)) == (1, 4, 3)
+
+
+def test_fastmri_both_challenges_need_a_choice(tmp_path: Path) -> None:
+    root = _official_fastmri(tmp_path / "knee", train=2, val=1, challenges=("singlecoil", "multicoil"))
+    with pytest.raises(DataError, match="data.challenge="):
+        _fastmri(root)
+    dm = _fastmri(root, split=(1, 1, 1), challenge="multicoil")
+    assert {r.path.parent.name for r in dm.datasets["test"].refs} == {"multicoil_val"}
+
+
+def test_fastmri_only_test_folder_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "knee" / "singlecoil_test"
+    d.mkdir(parents=True)
+    make_fastmri_file(d / "file1.h5", store_recon=False)
+    with pytest.raises(DataError, match="no fastMRI train or val folder with ground truth"):
+        _fastmri(tmp_path / "knee")
+
+
+@pytest.mark.parametrize("n_files", [1, 2])
+def test_split_all_scores_every_file(tmp_path: Path, n_files: int) -> None:
+    """`data.split=all`: every file in the test split, however few (flat and official layouts)."""
+    flat = make_fastmri(tmp_path / "flat", n_files=n_files)
+    dm = _fastmri(flat, split="all")
+    assert len(dm.datasets["test"].refs) == n_files and not dm.datasets["train"].refs
+    with pytest.raises(DataError, match="split=all"):
+        dm.train_dataloader()
+    official = _official_fastmri(tmp_path / "knee", train=2, val=1)
+    assert len(_fastmri(official, split="all").datasets["test"].refs) == 3
+    ixi = make_ixi(tmp_path / "IXI", n_subjects=2, contrasts=("T1",), shape=(40, 44, 6))
+    assert len(_ixi(ixi, split="all").datasets["test"].refs) == 2
+
+
+@pytest.mark.parametrize("split", ["some", [1, 2], [1, -1, 1]])
+def test_bad_split_setting(tmp_path: Path, split) -> None:
+    from mrsr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.split"):
+        FastMRIDataModule(root=str(tmp_path), split=split)

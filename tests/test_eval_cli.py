@@ -14,7 +14,7 @@ import pytest
 from mrsr.data.datamodule import DemoDataModule, IXIDataModule
 from mrsr.data.degrade import upsample
 from mrsr.metrics import SRMetrics
-from tests.conftest import make_ixi
+from tests.conftest import make_fastmri, make_ixi
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -76,6 +76,20 @@ def test_eval_ixi_end_to_end(tmp_path: Path) -> None:
     for k in ("psnr", "ssim", "nmse"):
         assert rows[0][k] == pytest.approx(ref[k], rel=1e-6), k
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "data" / "IXI").iterdir()) == listing
+
+
+def test_eval_fastmri_folder_of_two_files(tmp_path: Path) -> None:
+    """`data.split=all` scores every file of a folder too small to split (here: two)."""
+    make_fastmri(tmp_path / "data" / "fastmri", n_files=2)
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "stage=eval", "model=bicubic", "data=fastmri", f"paths.data_dir={tmp_path / 'data'}", "data.split=all",
+        "data.fastmri_crop=[32,32]", "data.num_workers=0", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows, _ = _read_results(run_dir)
+    assert rows[0]["dataset"] == "fastMRI" and rows[0]["n_volumes"] == 2
+    assert 15 < rows[0]["psnr"] < 60
 
 
 def _one_line_error(proc: subprocess.CompletedProcess) -> str:

@@ -46,3 +46,21 @@ def test_precision_values_accepted(make_cfg, precision: str) -> None:
     trainer = build_trainer(cfg)
     # Lightning runs fp16 autocast only on GPUs: on CPU 16-mixed becomes bf16-mixed
     assert str(trainer.precision) == ("bf16-mixed" if precision == "16-mixed" else precision)
+
+
+def test_feature_cosine_is_float32_under_bf16_autocast() -> None:
+    """The paired preset's 1 - cos values (1e-4..1e-3) are below bf16's resolution: the
+    distance of bf16 features is computed in float32 and resolves them."""
+    from mrsr.losses.feature import cosine_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 384, generator=g)
+    b = a + 1e-2 * torch.randn(4, 384, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fa, fb = a.bfloat16(), b.bfloat16()
+        d = cosine_distance(fa, fb)
+        naive = (1 - torch.nn.functional.cosine_similarity(fa, fb, dim=1)).mean()
+    assert d.dtype == torch.float32
+    assert d.item() == pytest.approx(cosine_distance(fa.float(), fb.float()).item(), rel=1e-6)
+    assert 1e-5 < d.item() < 1e-3
+    assert abs(naive.item() - d.item()) > 0.5 * d.item()  # what bf16 arithmetic would have given

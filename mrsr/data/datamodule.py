@@ -14,6 +14,9 @@ from mrsr.data.sources import (
     DEMO_SUBJECTS,
     DEMO_TEST_SUBJECT,
     SPLITS,
+    check_split,
+    fastmri_official_split,
+    fastmri_split_folders,
     list_demo,
     list_fastmri,
     list_ixi,
@@ -161,7 +164,8 @@ class MRDataModule(L.LightningDataModule):
         self._build([split])
         ds = self.datasets[split]
         if len(ds) == 0:
-            raise DataError(getattr(self, "root", None), f"the {self.dataset_name} {split} split has no slices")
+            hint = " (data.split=all keeps every file for the test split)" if getattr(self, "split", None) == "all" else ""
+            raise DataError(getattr(self, "root", None), f"the {self.dataset_name} {split} split has no slices{hint}")
         shapes = {tuple(self.store.get(*v)[0].shape[-2:]) for v in ds.views}
         batch = self.batch_size if train else (self.eval_batch_size if len(shapes) == 1 else 1)
         return DataLoader(
@@ -188,7 +192,7 @@ class MRDataModule(L.LightningDataModule):
         return self._loader("test", False)
 
 
-def _split(root: str, refs: list[VolumeRef], wanted: Sequence[int], seed: int) -> dict[str, list[VolumeRef]]:
+def _split(root: str, refs: list[VolumeRef], wanted: Sequence[int] | str, seed: int) -> dict[str, list[VolumeRef]]:
     """:func:`split_by_subject`, with errors naming the data folder."""
     try:
         return split_by_subject(refs, wanted, seed)
@@ -207,14 +211,14 @@ class IXIDataModule(MRDataModule):
         self,
         root: str,
         contrasts: Sequence[str] = ("T1",),
-        split: Sequence[int] = (500, 70, 6),
+        split: Sequence[int] | str = (500, 70, 6),
         crop: Sequence[int | None] | None = (240, 240, 96),
         **kwargs,
     ) -> None:
         super().__init__(crop=crop, **kwargs)
         self.root = root
         self.contrasts = list(contrasts)
-        self.split = list(split)
+        self.split = check_split(split)
 
     def split_entries(self) -> dict[str, list[Entry]]:
         refs = list_ixi(self.root, self.contrasts, self.on_bad_file)
@@ -222,7 +226,13 @@ class IXIDataModule(MRDataModule):
 
 
 class FastMRIDataModule(MRDataModule):
-    """fastMRI knee HDF5 files, filtered by ``acquisition`` (PD / PDFS), split by file."""
+    """fastMRI knee HDF5 files, filtered by ``acquisition`` (PD / PDFS), split by file.
+
+    ``root`` is either the official layout (``singlecoil_train`` / ``singlecoil_val`` or
+    ``knee_singlecoil_*``; ``challenge`` picks single- or multi-coil when both are there),
+    whose test split comes from the val folder as in the paper, or a flat folder of ``.h5``
+    files split deterministically by count.
+    """
 
     dataset_name = "fastMRI"
 
@@ -230,18 +240,28 @@ class FastMRIDataModule(MRDataModule):
         self,
         root: str,
         contrasts: Sequence[str] = ("PD", "PDFS"),
-        split: Sequence[int] = (227, 24, 4),
+        split: Sequence[int] | str = (227, 24, 4),
+        challenge: str | None = None,
         axis: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(axis=axis, **kwargs)
         self.root = root
         self.contrasts = list(contrasts)
-        self.split = list(split)
+        self.split = check_split(split)
+        self.challenge = challenge
 
     def split_entries(self) -> dict[str, list[Entry]]:
-        refs = list_fastmri(self.root, self.contrasts, self.store.fastmri_source, self.on_bad_file)
-        return {k: [(r, None) for r in v] for k, v in _split(self.root, refs, self.split, self.seed).items()}
+        folders = fastmri_split_folders(self.root, self.challenge)
+        src, on_bad = self.store.fastmri_source, self.on_bad_file
+        if folders is None:
+            refs = list_fastmri(self.root, self.contrasts, src, on_bad)
+            splits = _split(self.root, refs, self.split, self.seed)
+        else:
+            found = {k: list_fastmri(d, self.contrasts, src, on_bad) for k, d in folders.items()}
+            splits = fastmri_official_split(folders, found, self.split, self.seed)
+            log.info("fastMRI official folders: %s", ", ".join(d.name for d in folders.values()))
+        return {k: [(r, None) for r in v] for k, v in splits.items()}
 
 
 class DemoDataModule(MRDataModule):

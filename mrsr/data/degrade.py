@@ -39,18 +39,46 @@ def bicubic_down(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return lr.clamp_(min=0.0)
 
 
-def kspace_truncate(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Keep the central 1/scale of the 2D spectrum (how a scanner loses resolution).
+def _truncate_axis(x: torch.Tensor, dim: int, scale: int) -> torch.Tensor:
+    """One axis of :func:`kspace_truncate`: the low ``n/scale`` frequencies of ``x`` along
+    ``dim``, sampled on the LR grid (LR pixel ``m`` centred at HR ``m*scale + (scale-1)/2``)."""
+    n = x.shape[dim]
+    m = n // scale
+    spec = torch.fft.fft(x, dim=dim, norm="forward")
+    freq = torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64).round().long()  # LR bins, signed
+    shift = (scale - 1) / 2  # HR pixels between the HR and the LR grid origins
+    phase = torch.exp(2j * torch.pi * freq.double() * shift / n)
+    view = [1] * x.ndim
+    view[dim] = m
+    out = spec.index_select(dim, freq % n) * phase.view(view)
+    if m % 2 == 0:  # the LR Nyquist bin: half of each HR bin +-m/2 (a symmetric, real filter)
+        nyq = torch.tensor([m // 2])
+        plus = spec.index_select(dim, nyq % n) * torch.exp(torch.tensor(2j * torch.pi * (m // 2) * shift / n))
+        minus = out.index_select(dim, nyq)
+        out = out.index_copy(dim, nyq, 0.5 * (plus + minus))
+    return torch.fft.ifft(out, dim=dim, norm="forward")
 
-    Uses ``norm="forward"`` on both transforms so mean intensity is preserved.
+
+def kspace_lowpass(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The complex LR image of :func:`kspace_truncate` before the magnitude (float64)."""
+    x = hr.double()
+    for dim in (-2, -1):
+        x = _truncate_axis(x, dim, scale)
+    return x
+
+
+def kspace_truncate(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Keep the central 1/scale of the 2D spectrum (how a scanner loses resolution) and
+    return the magnitude image on the LR grid.
+
+    The LR image is sampled where every other function of the package puts LR pixels (pixel
+    ``m`` at HR position ``m*scale + (scale-1)/2``, as ``align_corners=False``), by a
+    half-pixel phase ramp before the crop; the LR Nyquist bin takes half of each of the two
+    HR bins that fold onto it, so the filter is real and symmetric and the degradation
+    commutes with flips and transposes. ``norm="forward"`` keeps the mean intensity of the
+    complex image; the magnitude adds the rectified ringing (+0.3 % at x2 on a brain slice).
     """
-    h, w = hr.shape[-2:]
-    lh, lw = h // scale, w // scale
-    spec = torch.fft.fftshift(torch.fft.fft2(hr.double(), norm="forward"), dim=(-2, -1))
-    top, left = h // 2 - lh // 2, w // 2 - lw // 2
-    spec = spec[..., top : top + lh, left : left + lw]
-    lr = torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1)), norm="forward").abs()
-    return lr.to(hr.dtype)
+    return kspace_lowpass(hr, scale).abs().to(hr.dtype)
 
 
 def degrade(hr: torch.Tensor, scale: int, kind: str = "bicubic") -> torch.Tensor:

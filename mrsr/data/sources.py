@@ -12,7 +12,7 @@ import numpy as np
 
 from mrsr.data.readers import fastmri_info
 from mrsr.data.types import VolumeRef
-from mrsr.errors import DataError
+from mrsr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,25 @@ def split_counts(n: int, wanted: Sequence[int]) -> tuple[int, int, int]:
     return n - n_test - n_val, n_test, n_val
 
 
-def split_by_subject(refs: Sequence[VolumeRef], wanted: Sequence[int], seed: int) -> dict[str, list[VolumeRef]]:
-    """Deterministic subject-level split: no subject appears in two splits."""
+def check_split(split: Sequence[int] | str) -> list[int] | str:
+    """``data.split``: ``[train, test, val]`` counts, or ``"all"`` (every file in the test split)."""
+    if isinstance(split, str):
+        if split == "all":
+            return split
+    elif len(split) == 3 and all(isinstance(c, int) and c >= 0 for c in split):
+        return [int(c) for c in split]
+    raise ConfigError(f"data.split={split!r} is invalid: use [train, test, val] counts or 'all'")
+
+
+def split_by_subject(
+    refs: Sequence[VolumeRef], wanted: Sequence[int] | str, seed: int
+) -> dict[str, list[VolumeRef]]:
+    """Deterministic subject-level split: no subject appears in two splits.
+
+    ``wanted="all"`` puts every volume in the test split (scoring a folder, however few).
+    """
+    if wanted == "all":
+        return {"train": [], "val": [], "test": sorted(refs, key=lambda r: r.name)}
     subjects = sorted({r.subject for r in refs})
     n_train, n_test, n_val = split_counts(len(subjects), wanted)
     order = np.random.default_rng(seed).permutation(len(subjects))
@@ -119,6 +136,67 @@ def list_fastmri(
     if not refs:
         raise DataError(root, f"no fastMRI .h5 files of contrast {list(contrasts)} found")
     return refs
+
+
+# The official fastMRI folders as extracted (``singlecoil_train``) or as the archives are
+# named (``knee_singlecoil_train``). Test/challenge folders hold under-sampled k-space only.
+FASTMRI_FOLDER = re.compile(
+    r"^(?:(?:knee|brain)_)?(?P<challenge>singlecoil|multicoil)_(?P<split>train|val|test(?:_v\d+)?|challenge)$"
+)
+FASTMRI_CHALLENGES = ("singlecoil", "multicoil")
+
+
+def fastmri_split_folders(root: str | Path, challenge: str | None = None) -> dict[str, Path] | None:
+    """The official ``<challenge>_train`` / ``<challenge>_val`` folders inside ``root``, or
+    ``None`` for a flat folder of ``.h5`` files. Test and challenge folders are left out
+    (no fully sampled ground truth)."""
+    root = _folder(root)
+    if challenge is not None and challenge not in FASTMRI_CHALLENGES:
+        raise ConfigError(f"data.challenge={challenge!r} is unknown: choose singlecoil, multicoil or null")
+    found: dict[str, dict[str, Path]] = {}
+    for d in sorted(root.iterdir()):
+        m = FASTMRI_FOLDER.match(d.name)
+        if m and d.is_dir():
+            found.setdefault(m["challenge"], {})[m["split"]] = d
+    usable = {c: {k: v for k, v in f.items() if k in ("train", "val")} for c, f in found.items()}
+    usable = {c: f for c, f in usable.items() if f}
+    if not found:
+        return None
+    if challenge is None:
+        if len(usable) > 1:
+            raise DataError(root, "holds both singlecoil and multicoil folders: choose one with data.challenge=")
+        challenge = next(iter(usable), None)
+    if challenge not in usable:
+        names = ", ".join(p.name for f in found.values() for p in f.values())
+        raise DataError(root, f"no {challenge or 'fastMRI'} train or val folder with ground truth (found {names})")
+    return usable[challenge]
+
+
+def fastmri_official_split(
+    folders: dict[str, Path], refs: dict[str, list[VolumeRef]], wanted: Sequence[int] | str, seed: int
+) -> dict[str, list[VolumeRef]]:
+    """Splits of the official layout (as the paper): the test split is drawn from ``*_val``,
+    train and validation from ``*_train`` (validation: files held out by subject)."""
+    train_refs, val_refs = refs.get("train", []), refs.get("val", [])
+    if wanted == "all":
+        return split_by_subject(train_refs + val_refs, "all", seed)
+    n_train, n_test, n_val = (int(c) for c in wanted)
+
+    def shuffled(items: list[VolumeRef]) -> list[str]:
+        subjects = sorted({r.subject for r in items})
+        return [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
+
+    pool = shuffled(train_refs)
+    if train_refs and len(pool) < 2:
+        raise DataError(folders["train"], f"only {len(pool)} subject(s): at least 2 are needed for train/val splits")
+    n_val = min(n_val, max(len(pool) - 1, 0)) if pool else 0
+    groups = {
+        "val": set(pool[:n_val]),
+        "train": set(pool[n_val : n_val + n_train]),
+        "test": set(shuffled(val_refs)[:n_test]),
+    }
+    source = {"train": train_refs, "val": train_refs, "test": val_refs}
+    return {s: sorted((r for r in source[s] if r.subject in groups[s]), key=lambda r: r.name) for s in SPLITS}
 
 
 DEMO_FILES = {

@@ -20,7 +20,7 @@ from mrsr.data.types import VolumeRef
 from mrsr.results import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # bump when preprocessing changes meaning
+CACHE_VERSION = 3  # bump when preprocessing changes meaning (3: k-space LR on the image grid)
 
 
 def center_crop_nd(vol: np.ndarray, crop: Sequence[int | None] | None) -> np.ndarray:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-    """Mean over the batch of ``1 - cos(flatten(a_i), flatten(b_i))``."""
-    return (1 - F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1, eps=1e-8)).mean()
+    """Mean over the batch of ``1 - cos(flatten(a_i), flatten(b_i))``, in float32 also under
+    bf16/fp16 autocast (feature distances of 1e-4 are below bf16's resolution)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return (1 - F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1, eps=1e-8)).mean()
 
 
 def freeze(module: nn.Module) -> nn.Module:

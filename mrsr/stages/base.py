@@ -17,6 +17,7 @@ from mrsr.errors import NumericalError
 from mrsr.viz import save_grid
 
 log = logging.getLogger("mrsr")
+MIN_LOSS_SCALE = 1.0  # fp16 loss scale below which non-finite gradients count as a fault
 
 
 class StageModule(L.LightningModule):
@@ -37,6 +38,7 @@ class StageModule(L.LightningModule):
         self.scale = scale
         self.nan_policy = nan_policy
         self.skipped_steps = 0
+        self.overflow_steps = 0  # 16-mixed steps the loss scaler skipped (not faults)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mrsr"] = {
@@ -45,10 +47,12 @@ class StageModule(L.LightningModule):
             "version": mrsr.__version__,
             "config": self.config,
             "skipped_steps": self.skipped_steps,
+            "overflow_steps": self.overflow_steps,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("mrsr", {}).get("skipped_steps", 0))
+        self.overflow_steps = int(checkpoint.get("mrsr", {}).get("overflow_steps", 0))
 
     def losses_finite(self, terms: dict[str, Tensor]) -> bool:
         """Apply the NaN policy to a step's loss terms; False means: skip this step."""
@@ -66,6 +70,38 @@ class StageModule(L.LightningModule):
         """Apply the NaN policy to gradients of ``module`` (call before ``optimizer.step``)."""
         ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in module.parameters())
         return ok or self.losses_finite({f"grad({name})": torch.tensor(math.nan)})
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The loss scaler of ``16-mixed`` precision (``None`` for 32-bit and bf16)."""
+        plugin = getattr(self._trainer, "precision_plugin", None)
+        scaler = getattr(plugin, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
+    def step_optimizer(self, opt: Any, modules: list[torch.nn.Module], name: str) -> bool:
+        """``opt.step()`` after a ``manual_backward``; True when the parameters were updated.
+
+        Under ``16-mixed`` the loss scaler owns overflow, as its contract says: the step
+        unscales the gradients, skips itself when they are not finite and lowers the scale
+        (counted in ``overflow_steps``, not a fault). Only a scale driven below
+        :data:`MIN_LOSS_SCALE` (gradients that stay non-finite) goes to the NaN policy.
+        Without a scaler, non-finite gradients go to the NaN policy before any step.
+        """
+        scaler = self.grad_scaler()
+        if scaler is None:
+            if not all(self.grads_finite(m, name) for m in modules):
+                return False
+            opt.step()
+            return True
+        before = scaler.get_scale()
+        opt.step()  # Lightning's mixed-precision plugin: unscale_, scaler.step, scaler.update
+        if scaler.get_scale() >= before:
+            return True
+        self.overflow_steps += 1
+        log.debug("stage %s, step %d: fp16 overflow in %s, loss scale %g -> %g", self.stage, self.global_step,
+                  name, before, scaler.get_scale())
+        if scaler.get_scale() < MIN_LOSS_SCALE:
+            self.losses_finite({f"grad({name}) at loss scale {scaler.get_scale():g}": torch.tensor(math.nan)})
+        return False
 
     def log_grid(self, key: str, columns: list[tuple[str, Tensor]], max_rows: int = 4) -> Path | None:
         """Save an image grid PNG in the run folder and send it to the loggers (rank zero)."""

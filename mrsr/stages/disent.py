@@ -189,8 +189,7 @@ class DisentModule(SliceEvalHooks, StageModule):
         if self.losses_finite(d_terms):
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(sum(d_terms.values()))
-            if all(self.grads_finite(d, "D") for d in self.discriminators()):
-                opt_d.step()
+            self.step_optimizer(opt_d, list(self.discriminators()), "D")
         for d in self.discriminators():
             d.requires_grad_(False)
 
@@ -207,8 +206,7 @@ class DisentModule(SliceEvalHooks, StageModule):
         if self.losses_finite({**terms, "total": total}):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(total)
-            if self.grads_finite(self.encoder, "E") and self.grads_finite(self.generator, "G"):
-                opt_g.step()
+            self.step_optimizer(opt_g, [self.encoder, self.generator], "E+G")
             self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
         self.log_dict(
             {f"train/{k}": v.detach() for k, v in {**terms, **d_terms}.items()}, on_step=True

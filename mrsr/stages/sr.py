@@ -217,8 +217,7 @@ class SRModule(StageModule):
             if self.losses_finite(d_terms):
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_terms["d_real"] + d_terms["d_fake"])
-                if self.grads_finite(self.discriminator, "D"):
-                    opt_d.step()
+                self.step_optimizer(opt_d, [self.discriminator], "D")
             self.log_dict({f"train/{k}": v.detach() for k, v in d_terms.items()}, on_step=True)
             self.discriminator.requires_grad_(False)
         terms = self.generator_terms(lr, hr, sr)
@@ -227,10 +226,8 @@ class SRModule(StageModule):
             return
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(total)
-        if self.grads_finite(self.generator, "G"):
-            opt_g.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.generator)
+        if self.step_optimizer(opt_g, [self.generator], "G") and self.ema is not None:
+            self.ema.update_parameters(self.generator)
         scheds = self.lr_schedulers()  # None, one scheduler or a list (with a discriminator)
         for sched in scheds if isinstance(scheds, list) else filter(None, [scheds]):
             sched.step()  # once per batch, also a skipped one, so the schedule follows the batch count
