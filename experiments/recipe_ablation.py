@@ -32,8 +32,9 @@ VARIANTS: dict[str, list[str]] = {
     "no intensity-scaling augmentation": ["data.augment.intensity=null"],
     "constant learning rate, no warm-up": ["sr.lr_schedule=constant", "sr.warmup_steps=0"],
     "48-pixel patches": ["sr.train_crop=48"],
+    "SRResNet up-sampler (conv + shuffle per x2, 9x9 conv at HR)": ["model.upsampler=pixelshuffle"],
     "previous quick start (6x32 BN, 48 px, constant lr, axial, flips only)": [
-        "model.n_blocks=6", "model.batch_norm=true", "sr.train_crop=48", "sr.lr_schedule=constant",
+        "model.n_blocks=6", "model.batch_norm=true", "model.upsampler=pixelshuffle", "sr.train_crop=48", "sr.lr_schedule=constant",
         "sr.warmup_steps=0", "data.train_axes=null", "data.augment.transpose=false", "data.augment.intensity=null",
         "sr.channels_last=false",
     ],

@@ -28,8 +28,8 @@ def save_sr_checkpoint(make_cfg, path: Path, scale: int = 2, bicubic_only: bool 
     module = build(cfg, None)
     if bicubic_only:
         for m in (module.generator, module.ema.module):
-            torch.nn.init.zeros_(m.tail.weight)
-            torch.nn.init.zeros_(m.tail.bias)
+            torch.nn.init.zeros_(m.last_conv.weight)
+            torch.nn.init.zeros_(m.last_conv.bias)
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     torch.save(ckpt, path)
@@ -161,3 +161,23 @@ def test_failure_mid_volume_leaves_no_output(setup, monkeypatch, tmp_path: Path)
     with pytest.raises(OSError):
         run()
     assert sorted(p.name for p in tmp_path.iterdir() if "out" in p.name) == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Outputs are written atomically through a private temporary file, but end up with the
+    permissions any other new file gets (0666 & ~umask), not 0600."""
+    import os
+    import stat
+
+    from mrsr.results import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        predict_mod.write_nifti_atomic(tmp_path / "out.nii.gz", np.ones((4, 4, 2), np.float32), np.eye(4))
+        atomic_write_text(tmp_path / "results.json", "[]")
+    finally:
+        os.umask(umask)
+    for name in ("out.nii.gz", "results.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz", "results.json"]  # no temporary left
+    assert nib.load(tmp_path / "out.nii.gz").shape == (4, 4, 2)

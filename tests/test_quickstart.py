@@ -81,15 +81,23 @@ def test_predict_keeps_the_brightest_voxels(tmp_path: Path) -> None:
 # -- the recipe's parts ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("upsampler", ["pixelshuffle", "pixelshuffledirect"])
 @pytest.mark.parametrize("scale", [2, 4])
-def test_residual_generator_starts_at_bicubic(scale: int) -> None:
-    g = SRResNet(scale, n_blocks=2, n_feats=8, batch_norm=False, residual_bicubic=True).eval()
+def test_residual_generator_starts_at_bicubic(scale: int, upsampler: str) -> None:
+    g = SRResNet(scale, 2, 8, batch_norm=False, residual_bicubic=True, upsampler=upsampler).eval()
     x = torch.rand(2, 1, 9, 12) * 3
     assert torch.equal(g(x), F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False))
-    # ICNR: every sub-pixel of the shuffle starts identical (no checkerboard at step 0)
-    conv = g.upsample[0]
-    w = conv.weight.view(-1, 4, *conv.weight.shape[1:])
+    assert g(x).shape == (2, 1, 9 * scale, 12 * scale)
+    # ICNR: every sub-pixel of a shuffle starts identical (no checkerboard at step 0)
+    plain = SRResNet(scale, 2, 8, batch_norm=False, upsampler=upsampler)
+    conv, factor = (plain.upsample[0], 2) if upsampler == "pixelshuffle" else (plain.last_conv, scale)
+    w = conv.weight.view(-1, factor**2, *conv.weight.shape[1:])
     assert torch.equal(w, w[:, :1].expand_as(w))
+
+
+def test_unknown_upsampler_is_refused() -> None:
+    with pytest.raises(ValueError, match="upsampler='bilinear'"):
+        SRResNet(2, upsampler="bilinear")
 
 
 def test_ema_warmup_follows_the_formula() -> None:

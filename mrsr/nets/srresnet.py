@@ -102,6 +102,11 @@ class SRResNet(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
 
+    @property
+    def last_conv(self) -> nn.Conv2d:
+        """The conv that produces the output (zero at the start with ``residual_bicubic``)."""
+        return self.tail if isinstance(self.tail, nn.Conv2d) else self.tail[0]
+
     def forward(self, x: Tensor) -> Tensor:
         feat = self.head(x)
         feat = feat + self.body_tail(self.body(feat))

@@ -13,8 +13,6 @@ The output is written to a temporary file beside it and renamed into place only 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from torch import Tensor, nn
 
 from mrsr.data.degrade import intensity_range, normalise_volume
 from mrsr.errors import ConfigError
+from mrsr.results import atomic_write
 
 log = logging.getLogger("mrsr")
 
@@ -138,14 +137,7 @@ def write_nifti_atomic(path: Path, data: np.ndarray, affine: np.ndarray) -> None
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: nib.save(img, tmp), suffix)
 
 
 def bundled_model(scale: int) -> Path:
