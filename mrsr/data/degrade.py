@@ -45,15 +45,16 @@ def _truncate_axis(x: torch.Tensor, dim: int, scale: int) -> torch.Tensor:
     n = x.shape[dim]
     m = n // scale
     spec = torch.fft.fft(x, dim=dim, norm="forward")
-    freq = torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64).round().long()  # LR bins, signed
+    freq = torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64, device=x.device).round().long()  # LR bins
     shift = (scale - 1) / 2  # HR pixels between the HR and the LR grid origins
     phase = torch.exp(2j * torch.pi * freq.double() * shift / n)
     view = [1] * x.ndim
     view[dim] = m
     out = spec.index_select(dim, freq % n) * phase.view(view)
     if m % 2 == 0:  # the LR Nyquist bin: half of each HR bin +-m/2 (a symmetric, real filter)
-        nyq = torch.tensor([m // 2])
-        plus = spec.index_select(dim, nyq % n) * torch.exp(torch.tensor(2j * torch.pi * (m // 2) * shift / n))
+        nyq = torch.tensor([m // 2], device=x.device)
+        ramp = torch.tensor(2j * torch.pi * (m // 2) * shift / n, dtype=torch.complex128).exp()
+        plus = spec.index_select(dim, nyq % n) * ramp
         minus = out.index_select(dim, nyq)
         out = out.index_copy(dim, nyq, 0.5 * (plus + minus))
     return torch.fft.ifft(out, dim=dim, norm="forward")

@@ -51,8 +51,8 @@ class SRResNet(nn.Module):
 
     ``upsampler="pixelshuffledirect"`` replaces the up-sampling stages and the final conv by
     one 3x3 conv to ``scale**2`` maps at the input resolution and a pixel shuffle (ESPCN;
-    SwinIR's lightweight up-sampler): 1.7x (x2) and 3.3x (x4) faster per training step on
-    the demo's CPU patches (``experiments/recipe_ablation.py`` measures what it costs).
+    SwinIR's lightweight up-sampler): 1.5x (x2) and 3.4x (x4) faster per training step on
+    the demo's CPU patches (``experiments/bench_upsampler.py``; the README compares them at equal time).
 
     With ``residual_bicubic=True`` the network predicts a residual that is added to the
     bicubic up-sampling of the input (not in the SPEC; off by default); its last conv then

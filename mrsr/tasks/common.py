@@ -162,7 +162,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote file systems: Lightning's own (transactional) writer
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+
+        atomic_write(path, save)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
