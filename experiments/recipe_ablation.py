@@ -15,6 +15,7 @@ Writes ``experiments/results/recipe_ablation_x<S>/{table.md,results.json}``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -48,7 +49,9 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
-    run_dir = out / "runs" / f"{list(VARIANTS).index(name):02d}"
+    # a finished run is reused only for the same scale, budget and overrides (not by list position)
+    key = hashlib.sha1(json.dumps([args.scale, args.steps, overrides]).encode()).hexdigest()[:8]
+    run_dir = out / "runs" / f"{list(VARIANTS).index(name):02d}_{key}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, "-m", "mrsr.run", "stage=sr", f"scale={args.scale}", f"sr.max_steps={args.steps}",
            f"sr.val_check_interval={args.steps}", "logger=null", f"hydra.run.dir={run_dir}", *overrides]

@@ -15,8 +15,8 @@ METRIC_COLUMNS = ("psnr", "ssim", "nmse", "psnr_vol", "ssim_vol", "nmse_vol", "p
 
 def atomic_write(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, give it the usual
-    permissions (``0666 & ~umask``; a temporary file starts private) and rename it into
-    place: a reader sees the old file or the whole new one, never a part. ``suffix`` ends
+    permissions (``0666 & ~umask``; a temporary file starts private), rename it into place
+    and fsync the folder: a reader sees the old file or the whole new one, never a part. ``suffix`` ends
     the temporary name (writers that choose a format by extension)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
@@ -32,6 +32,11 @@ def atomic_write(path: Path, write: Callable[[str], None], suffix: str = "") -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power cut
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

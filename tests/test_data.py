@@ -570,3 +570,10 @@ def test_bad_split_setting(tmp_path: Path, split) -> None:
 
     with pytest.raises(ConfigError, match="data.split"):
         FastMRIDataModule(root=str(tmp_path), split=split)
+
+
+def test_bad_challenge_setting(tmp_path: Path) -> None:
+    from mrsr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.challenge='knee'"):
+        FastMRIDataModule(root=str(tmp_path), challenge="knee")

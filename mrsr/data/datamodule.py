@@ -13,6 +13,7 @@ from mrsr.data.degrade import DEGRADATIONS, check_scale
 from mrsr.data.sources import (
     DEMO_SUBJECTS,
     DEMO_TEST_SUBJECT,
+    FASTMRI_CHALLENGES,
     SPLITS,
     check_split,
     fastmri_official_split,
@@ -249,6 +250,8 @@ class FastMRIDataModule(MRDataModule):
         self.root = root
         self.contrasts = list(contrasts)
         self.split = check_split(split)
+        if challenge not in (None, *FASTMRI_CHALLENGES):
+            raise ConfigError(f"data.challenge={challenge!r} is unknown: choose singlecoil, multicoil or null")
         self.challenge = challenge
 
     def split_entries(self) -> dict[str, list[Entry]]:

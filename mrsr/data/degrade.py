@@ -52,11 +52,9 @@ def _truncate_axis(x: torch.Tensor, dim: int, scale: int) -> torch.Tensor:
     view[dim] = m
     out = spec.index_select(dim, freq % n) * phase.view(view)
     if m % 2 == 0:  # the LR Nyquist bin: half of each HR bin +-m/2 (a symmetric, real filter)
-        nyq = torch.tensor([m // 2], device=x.device)
-        ramp = torch.tensor(2j * torch.pi * (m // 2) * shift / n, dtype=torch.complex128).exp()
-        plus = spec.index_select(dim, nyq % n) * ramp
-        minus = out.index_select(dim, nyq)
-        out = out.index_copy(dim, nyq, 0.5 * (plus + minus))
+        nyq = torch.tensor([m // 2], device=x.device)  # holds HR bin -m/2 (freq[m // 2] = -m/2)
+        plus = spec.index_select(dim, nyq % n) * phase[m // 2].conj()  # HR bin +m/2, opposite ramp
+        out = out.index_copy(dim, nyq, 0.5 * (plus + out.index_select(dim, nyq)))
     return torch.fft.ifft(out, dim=dim, norm="forward")
 
 

@@ -66,6 +66,12 @@ def check_split(split: Sequence[int] | str) -> list[int] | str:
     raise ConfigError(f"data.split={split!r} is invalid: use [train, test, val] counts or 'all'")
 
 
+def shuffled_subjects(refs: Sequence[VolumeRef], seed: int) -> list[str]:
+    """The sorted subject ids of ``refs``, permuted by ``numpy.random.default_rng(seed)``."""
+    subjects = sorted({r.subject for r in refs})
+    return [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
+
+
 def split_by_subject(
     refs: Sequence[VolumeRef], wanted: Sequence[int] | str, seed: int
 ) -> dict[str, list[VolumeRef]]:
@@ -75,10 +81,8 @@ def split_by_subject(
     """
     if wanted == "all":
         return {"train": [], "val": [], "test": sorted(refs, key=lambda r: r.name)}
-    subjects = sorted({r.subject for r in refs})
-    n_train, n_test, n_val = split_counts(len(subjects), wanted)
-    order = np.random.default_rng(seed).permutation(len(subjects))
-    shuffled = [subjects[i] for i in order]
+    shuffled = shuffled_subjects(refs, seed)
+    n_train, n_test, n_val = split_counts(len(shuffled), wanted)
     groups = {
         "train": set(shuffled[:n_train]),
         "test": set(shuffled[n_train : n_train + n_test]),
@@ -151,23 +155,19 @@ def fastmri_split_folders(root: str | Path, challenge: str | None = None) -> dic
     ``None`` for a flat folder of ``.h5`` files. Test and challenge folders are left out
     (no fully sampled ground truth)."""
     root = _folder(root)
-    if challenge is not None and challenge not in FASTMRI_CHALLENGES:
-        raise ConfigError(f"data.challenge={challenge!r} is unknown: choose singlecoil, multicoil or null")
-    found: dict[str, dict[str, Path]] = {}
-    for d in sorted(root.iterdir()):
-        m = FASTMRI_FOLDER.match(d.name)
-        if m and d.is_dir():
-            found.setdefault(m["challenge"], {})[m["split"]] = d
-    usable = {c: {k: v for k, v in f.items() if k in ("train", "val")} for c, f in found.items()}
-    usable = {c: f for c, f in usable.items() if f}
-    if not found:
+    official = [(m, d) for d in sorted(root.iterdir()) if (m := FASTMRI_FOLDER.match(d.name)) and d.is_dir()]
+    if not official:
         return None
+    usable: dict[str, dict[str, Path]] = {}
+    for m, d in official:
+        if m["split"] in ("train", "val"):
+            usable.setdefault(m["challenge"], {})[m["split"]] = d
     if challenge is None:
         if len(usable) > 1:
             raise DataError(root, "holds both singlecoil and multicoil folders: choose one with data.challenge=")
         challenge = next(iter(usable), None)
     if challenge not in usable:
-        names = ", ".join(p.name for f in found.values() for p in f.values())
+        names = ", ".join(d.name for _, d in official)
         raise DataError(root, f"no {challenge or 'fastMRI'} train or val folder with ground truth (found {names})")
     return usable[challenge]
 
@@ -181,19 +181,14 @@ def fastmri_official_split(
     if wanted == "all":
         return split_by_subject(train_refs + val_refs, "all", seed)
     n_train, n_test, n_val = (int(c) for c in wanted)
-
-    def shuffled(items: list[VolumeRef]) -> list[str]:
-        subjects = sorted({r.subject for r in items})
-        return [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
-
-    pool = shuffled(train_refs)
+    pool = shuffled_subjects(train_refs, seed)
     if train_refs and len(pool) < 2:
         raise DataError(folders["train"], f"only {len(pool)} subject(s): at least 2 are needed for train/val splits")
     n_val = min(n_val, max(len(pool) - 1, 0)) if pool else 0
     groups = {
         "val": set(pool[:n_val]),
         "train": set(pool[n_val : n_val + n_train]),
-        "test": set(shuffled(val_refs)[:n_test]),
+        "test": set(shuffled_subjects(val_refs, seed)[:n_test]),
     }
     source = {"train": train_refs, "val": train_refs, "test": val_refs}
     return {s: sorted((r for r in source[s] if r.subject in groups[s]), key=lambda r: r.name) for s in SPLITS}

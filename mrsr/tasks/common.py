@@ -168,11 +168,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, fh)
 
         atomic_write(path, save)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def wandb_loggers(trainer: L.Trainer) -> list[Any]:
