@@ -5,8 +5,10 @@
 Every ``results.json`` below the folder (a ``stage=sr`` job folder, or the ``sr/`` folder
 of a ``stage=pipeline`` job) is one finished run; the job's ``.hydra`` folder tells its
 loss preset. Rows: bicubic, the ``l1`` baseline, the default ``paired`` preset, the paper's
-full method and each ablation; columns: scale x PSNR / SSIM / NMSE, mean ± std over the
-test volumes (``psnr_vol ± psnr_vol_std``, ...).
+full method and each ablation; columns: scale x PSNR / SSIM / NMSE (and HFEN, PSNR and SSIM
+over the foreground where the results have them), mean ± std over the test volumes
+(``psnr_vol ± psnr_vol_std``, ...). A metric that no run of a table has is left out of it;
+a run without a metric that others have shows "—" there (results written before it existed).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ PRESETS: dict[str, str] = {
     "str_vit": "ablation: L_str + L_ViT",
     "vit": "ablation: L_ViT",
     "tex_str": "ablation: L_tex + L_str",
+    "paper_dc": "paper's losses, data consistency: D(SR) vs LR",
+    "spatial": "L1 + L_adv + per-location L_ViT/L_str + L_tex vs HR",
 }
-METRICS = ("psnr", "ssim", "nmse")
-DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4}
+METRICS = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg")
+DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4, "hfen": 4, "psnr_fg": 2, "ssim_fg": 4}
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "hfen": "HFEN", "psnr_fg": "PSNR-fg", "ssim_fg": "SSIM-fg"}
 
 
 class ReportError(Exception):
@@ -94,27 +99,65 @@ def collect(sweep: str | Path) -> list[Run]:
     return runs
 
 
-def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """One record per (dataset, degradation, method, scale): the volume mean ± std of each metric.
+def _seed(run: Run) -> Any:
+    return run.config.get("seed")
 
-    SR rows are named by the run's loss preset; bicubic is taken from the first run of each
-    dataset/scale (it is the same for every run). A preset present twice keeps the newest run.
+
+def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One record per (dataset, degradation, method, scale).
+
+    One run (one seed) of a method: the volume mean ± std over the test volumes of each metric.
+    Several seeds: the mean ± sample std over seeds of each run's volume mean (``n_seeds``
+    says how many). SR rows are named by the run's loss preset; bicubic is taken from the first
+    run of each dataset/scale (it is the same for every run). A preset run twice with the same
+    seed keeps the newest run.
     """
-    out: dict[tuple, dict[str, Any]] = {}
+    by_seed: dict[tuple, dict[Any, dict[str, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r.folder / "results.json").stat().st_mtime):
         for row in run.rows:
             method = "bicubic" if row.get("method") == "bicubic" else run.preset
             key = (row.get("dataset"), row.get("degradation"), method, int(row["scale"]))
-            if method == "bicubic" and key in out:
+            if method == "bicubic" and key in by_seed:
                 continue
             rec = {"dataset": key[0], "degradation": key[1], "method": method, "scale": key[3], "run": str(run.folder)}
             for m in METRICS:
-                rec[m] = float(row.get(f"{m}_vol", row[m]))
+                if f"{m}_vol" not in row and m not in row:
+                    continue  # older results without this metric
+                rec[m] = float(row.get(f"{m}_vol", row.get(m)))
                 rec[f"{m}_std"] = float(row.get(f"{m}_vol_std", 0.0))
-            out[key] = rec
+            by_seed.setdefault(key, {})[None if method == "bicubic" else _seed(run)] = rec
+    out = [_over_seeds(list(recs.values())) for recs in by_seed.values()]
     order = {p: i for i, p in enumerate(PRESETS)}
-    return sorted(out.values(), key=lambda r: (str(r["dataset"]), str(r["degradation"]),
-                                               order.get(r["method"], len(order)), r["method"], r["scale"]))
+    return sorted(out, key=lambda r: (str(r["dataset"]), str(r["degradation"]),
+                                      order.get(r["method"], len(order)), r["method"], r["scale"]))
+
+
+def _over_seeds(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample std over the seeds' records (one record is returned as it is)."""
+    if len(recs) == 1:
+        return {**recs[0], "n_seeds": 1}
+    out = {k: recs[-1][k] for k in ("dataset", "degradation", "method", "scale", "run")}
+    out["n_seeds"] = len(recs)
+    for m in METRICS:
+        vals = [r[m] for r in recs if m in r]
+        if not vals:
+            continue
+        mean = sum(vals) / len(vals)
+        out[m] = mean
+        out[f"{m}_std"] = (sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1)) ** 0.5
+    return out
+
+
+def _present(rows: list[dict[str, Any]]) -> list[str]:
+    """The metrics (in :data:`METRICS` order) that at least one row has."""
+    return [m for m in METRICS if any(m in r for r in rows)]
+
+
+def _cell(r: dict[str, Any] | None, m: str) -> str:
+    if r is None or m not in r:
+        return "—"
+    d = DIGITS[m]
+    return f"{r[m]:.{d}f} ± {r[f'{m}_std']:.{d}f}"
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -133,29 +176,31 @@ def _wide(rows: list[dict[str, Any]]) -> tuple[list[int], list[tuple[str, dict[i
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """Markdown tables, one per dataset/degradation: methods x (scale x PSNR/SSIM/NMSE)."""
+    """Markdown tables, one per dataset/degradation: methods x (scale x PSNR/SSIM/NMSE/...)."""
     parts = []
     for (dataset, degradation), group in _groups(rows).items():
         scales, methods = _wide(group)
-        head = ["method"] + [f"x{s} {m.upper()}" for s in scales for m in METRICS]
-        lines = [f"**{dataset}**, {degradation} degradation (mean ± std over test volumes)", "",
+        metrics = _present(group)
+        head = ["method"] + [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
+        seeds = max(int(r.get("n_seeds", 1)) for r in group)
+        spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "mean ± std over test volumes"
+        lines = [f"**{dataset}**, {degradation} degradation ({spread})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method, by_scale in methods:
             cells = [PRESETS.get(method, method)]
             for s in scales:
-                r = by_scale.get(s)
-                for m in METRICS:
-                    d = DIGITS[m]
-                    cells.append("—" if r is None else f"{r[m]:.{d}f} ± {r[f'{m}_std']:.{d}f}")
+                cells += [_cell(by_scale.get(s), m) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    """Long-format CSV: one line per dataset, degradation, method and scale."""
+    """Long-format CSV: one line per dataset, degradation, method and scale (a metric that
+    no row has is left out, one that a row lacks is an empty field)."""
     buf = io.StringIO()
-    cols = ["dataset", "degradation", "method", "scale"] + [f"{m}{s}" for m in METRICS for s in ("", "_std")] + ["run"]
+    cols = ["dataset", "degradation", "method", "scale"]
+    cols += [f"{m}{s}" for m in _present(rows) for s in ("", "_std")] + ["n_seeds", "run"]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mrsr import report
 from mrsr.tasks.pipeline import extractor_key, needed_extractors, pipeline
@@ -96,10 +97,10 @@ def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None
 
 
 def test_needed_extractors_follow_the_loss_preset(make_cfg) -> None:
-    assert needed_extractors(make_cfg("loss=l1")) == []
-    assert needed_extractors(make_cfg("loss=paper")) == ["vit", "disent"]
-    assert needed_extractors(make_cfg("loss=vit")) == ["vit"]
-    assert needed_extractors(make_cfg("loss=tex_str")) == ["disent"]
+    assert needed_extractors(make_cfg("loss=l1").loss) == []
+    assert needed_extractors(make_cfg("loss=paper").loss) == ["vit", "disent"]
+    assert needed_extractors(make_cfg("loss=vit").loss) == ["vit"]
+    assert needed_extractors(make_cfg("loss=tex_str").loss) == ["disent"]
     # Both extractors train on HR slices only: one of each serves both scales and degradations,
     # but another contrast selection or network size is another extractor.
     for stage in ("vit", "disent"):
@@ -133,3 +134,32 @@ def test_interrupted_pipeline_resumes_without_retraining_vit(make_cfg, caplog) -
     assert Path(sr_done["best"]).is_file() and (root / "sr" / "results.json").is_file()
     assert result["stages"]["vit"]["best"] == str(best)
     assert json.loads((root / "PIPELINE.json").read_text())["vit"]["best"] == str(best)
+    # two phases, one budget: 10 L1 updates, then 10 fine-tuning updates from the L1 generator
+    steps = {p: torch.load(root / p / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+             for p in ("sr_l1", "sr")}
+    assert steps == {"sr_l1": 10, "sr": 10}
+    assert result["stages"]["sr"]["best"] and result["stages"]["sr_l1"]["best"]
+    assert "fine-tuning from" in caplog.text and "loaded" in caplog.text
+
+
+def test_report_gives_mean_and_std_over_seeds(tmp_path: Path) -> None:
+    def job(name: str, preset: str, seed: int, psnr: float) -> None:
+        folder = tmp_path / name / "sr"
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      loss: {preset}\n")
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
+        base = {"dataset": "demo", "scale": 2, "degradation": "bicubic"}
+        folder.mkdir()
+        rows = [{"method": "sr", **base, "psnr_vol": psnr, "psnr_vol_std": 0.0},
+                {"method": "bicubic", **base, "psnr_vol": 20.0, "psnr_vol_std": 0.0}]
+        (folder / "results.json").write_text(json.dumps(rows))
+
+    for i, (seed, psnr) in enumerate([(42, 30.0), (43, 31.0), (44, 32.0)]):
+        job(f"l1_{i}", "l1", seed, psnr)
+    job("paper_0", "paper", 42, 25.0)
+    rows = {r["method"]: r for r in report.table_rows(report.collect(tmp_path))}
+    assert rows["l1"]["n_seeds"] == 3 and rows["l1"]["psnr"] == pytest.approx(31.0)
+    assert rows["l1"]["psnr_std"] == pytest.approx(1.0)  # sample std over the seeds
+    assert rows["paper"]["n_seeds"] == 1 and rows["bicubic"]["psnr"] == 20.0
+    md = report.to_markdown(list(rows.values()))
+    assert "mean ± std over 3 seeds" in md and "| 31.00 ± 1.00 |" in md

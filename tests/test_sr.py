@@ -20,20 +20,21 @@ from mrsr.nets.discriminator import SRGANDiscriminator
 from mrsr.nets.srresnet import SRResNet
 from mrsr.stages import sr as sr_stage
 
-PRESETS = ("paper", "paired", "l1", "tex_vit", "str_vit", "vit", "tex_str")
+PRESETS = ("paper", "paired", "l1", "tex_vit", "str_vit", "vit", "tex_str", "paper_dc", "spatial")
 SMALL = ("model=srresnet_small", "model.n_blocks=1", "model.n_feats=8", "sr.discriminator.base_channels=4",
          "sr.discriminator.n_layers=2", "sr.ema_decay=0.9")
 
 
 class TinyViT(nn.Module):
-    """Resizes to 16x16 and returns (N, 8) features, like the stage-vit extractor."""
+    """Resizes to 16x16 and returns (pooled (N, 8), map (N, 8, 16, 16)), like the stage-vit extractor."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 8, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.conv(F.interpolate(x, size=(16, 16), mode="bilinear"))).mean((2, 3))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.tanh(self.conv(F.interpolate(x, size=(16, 16), mode="bilinear")))
+        return m.mean((2, 3)), m
 
 
 class TinyDisent(nn.Module):
@@ -138,7 +139,7 @@ def test_one_gan_step_updates_g_and_d_not_extractors(make_cfg, tmp_path: Path) -
     cfg = make_cfg("stage=sr", "loss=paired", *SMALL)
     vit, dis = TinyViT(), TinyDisent()
     module = sr_stage.build(cfg, DM(), vit_extractor=vit, disent_extractor=dis)
-    assert module.use_d and set(module._features) == {"vit", "disent"}
+    assert module.use_d and set(module.objective._features) == {"vit", "disent"}
     g0, d0, v0, s0 = snapshot(module.generator), snapshot(module.discriminator), snapshot(vit), snapshot(dis)
     fit(module, tmp_path)
     changed = lambda before, m: any(not torch.equal(before[k], v) for k, v in m.state_dict().items())  # noqa: E731
@@ -151,7 +152,7 @@ def test_one_gan_step_updates_g_and_d_not_extractors(make_cfg, tmp_path: Path) -
     # the extractors are neither optimised nor saved
     opt_params = {id(p) for opt in module.trainer.optimizers for g in opt.param_groups for p in g["params"]}
     assert not opt_params & {id(p) for p in list(vit.parameters()) + list(dis.parameters())}
-    assert not any(k.startswith(("_features", "vit", "disent")) for k in module.state_dict())
+    assert not any("_features" in k or "extractor" in k for k in module.state_dict())
     # the EMA copy moved towards G and is what evaluation uses
     assert module.eval_generator is module.ema.module
     assert int(module.ema.n_averaged) == 1
@@ -163,12 +164,12 @@ def test_each_loss_preset_builds_and_steps(preset: str, make_cfg, tmp_path: Path
     module = sr_stage.build(cfg, DM(), vit_extractor=TinyViT(), disent_extractor=TinyDisent())
     w = module.weights
     assert module.use_d == (w["adv"] > 0)
-    assert ("vit" in module._features) == (w["vit"] > 0)
-    assert ("disent" in module._features) == (w["str"] > 0 or w["tex"] > 0)
+    assert ("vit" in module.objective._features) == (w["vit"] > 0)
+    assert ("disent" in module.objective._features) == (w["str"] > 0 or w["tex"] > 0)
     if preset == "paper":
-        assert w == {"pixel": 0.0, "adv": 1.0, "vit": 1.0, "str": 1.0, "tex": 0.9} and module.target == "lr"
+        assert w == {"pixel": 0.0, "adv": 1.0, "vit": 1.0, "str": 1.0, "tex": 0.9} and module.objective.target == "lr"
     if preset == "l1":
-        assert module.discriminator is None and not module._features
+        assert module.discriminator is None and not module.objective._features
     g0 = snapshot(module.generator)
     fit(module, tmp_path)
     assert any(not torch.equal(g0[k], v) for k, v in module.generator.state_dict().items())

@@ -48,11 +48,57 @@ def test_bf16_autocast_cpu() -> None:
     ext = ViTExtractor(net)
     x = torch.rand(3, 1, 50, 70)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        f = ext(x)
-    assert f.dtype == torch.float32 and torch.isfinite(f).all()
-    ref = ext(x)
+        f, m = ext(x)
+    assert f.dtype == torch.float32 and m.dtype == torch.float32 and torch.isfinite(f).all()
+    ref, ref_map = ext(x)
     cos = torch.nn.functional.cosine_similarity(f, ref, dim=1)
-    assert (cos > 0.99).all()
+    assert (cos > 0.99).all() and m.shape == ref_map.shape == (3, 64, 4, 4)
+
+
+def test_extractor_keeps_the_trained_pixel_scale() -> None:
+    """Trained on 96-px crops resized to 64 (scale 2/3): a 96-px patch is fed at 64 px (4x4 tokens),
+    a 192-px one at 128 px (8x8 tokens, position embedding resized); at img_size both paths agree."""
+    torch.manual_seed(0)
+    net = SliceViT(img_size=64, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2).eval()
+    ext = ViTExtractor(net, pixel_scale=64 / 96)
+    x = torch.rand(2, 1, 96, 96)
+    pooled, tokens = ext(x)
+    assert tokens.shape == (2, 32, 4, 4) and torch.allclose(pooled, net.features(x), atol=1e-5)
+    _, big = ext(torch.rand(2, 1, 192, 150))
+    assert big.shape == (2, 32, 8, 6)
+    assert ext.input_size(10, 10) == (16, 16)  # at least one patch
+    same = net.encode(net.resize(x), size=(64, 64))[1]
+    assert torch.allclose(same, tokens, atol=1e-5)
+    legacy = ViTExtractor(net)  # no stored train_crop: resized to img_size
+    assert legacy(torch.rand(1, 1, 192, 150))[1].shape == (1, 32, 4, 4)
+
+
+def test_masked_image_pretext_learns(tmp_path: Path) -> None:
+    """The masked-reconstruction loss falls on real slices within a few steps."""
+    from mrsr.stages.vit import ViTModule
+
+    torch.manual_seed(0)
+    net = dict(img_size=32, patch_size=8, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2)
+    module = ViTModule(net, ["a", "b"], lr=3e-3, mim_weight=1.0, mask_ratio=0.5, train_crop=32)
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    import nibabel as nib
+    import numpy as np
+
+    from mrsr.data.degrade import normalise_volume
+    from mrsr.data.sources import demo_dir
+
+    vol = normalise_volume(np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(vol[60:124:4, 60:124:4, 70:86].transpose(2, 0, 1)))[:, None]
+    losses = []
+    for _ in range(60):
+        torch.manual_seed(1)  # the same mask every step: the loss must fall
+        loss = module.masked_reconstruction(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], (losses[0], losses[-1])
+    assert module.config["train_crop"] == 32 and module.mim_head.out_features == 64
 
 
 def _unetr_file(tmp_path: Path, hidden: int = 96) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -147,6 +193,7 @@ def test_train_demo_classes_and_extractor(make_cfg, tmp_path: Path) -> None:
     dm.setup("fit")
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     assert ckpt["mrsr"]["config"]["classes"] == dm.classes and len(dm.classes) == 3
+    assert load_extractor(best).pixel_scale == pytest.approx(cfg.vit.img_size / cfg.vit.train_crop)
     ext = load_extractor(best)
     net = ext.net
     correct = total = 0
@@ -166,8 +213,8 @@ def test_train_demo_classes_and_extractor(make_cfg, tmp_path: Path) -> None:
     before = {k: v.clone() for k, v in ext.state_dict().items()}
     x = torch.rand(2, 1, 48, 48, requires_grad=True)
     opt = torch.optim.Adam([p for p in parent.parameters() if p.requires_grad] + [x], lr=0.1)
-    feats = parent(x)
-    target = ext(torch.rand(2, 1, 48, 48))
+    feats = parent(x)[1]  # the token map
+    target = ext(torch.rand(2, 1, 48, 48))[1]
     loss = (1 - torch.nn.functional.cosine_similarity(feats, target, dim=1)).mean()
     loss.backward()
     assert x.grad is not None and x.grad.abs().sum() > 0

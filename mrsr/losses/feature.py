@@ -43,8 +43,11 @@ class FeatureLoss(nn.Module):
         out = self.extractor(x)
         return tuple(out) if isinstance(out, tuple | list) else (out,)
 
+    def pairs(self, x: Tensor, ref: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """Features of ``x`` (gets gradients) and of ``ref`` (detached)."""
+        return self.features(x), tuple(f.detach() for f in self.features(ref.detach()))
+
     def forward(self, x: Tensor, ref: Tensor) -> tuple[Tensor, ...]:
         """Distances between features of ``x`` (gets gradients) and of ``ref`` (detached)."""
-        fx = self.features(x)
-        fr = tuple(f.detach() for f in self.features(ref.detach()))
+        fx, fr = self.pairs(x, ref)
         return tuple(cosine_distance(a, b) for a, b in zip(fx, fr, strict=True))

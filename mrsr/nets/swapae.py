@@ -60,8 +60,20 @@ class StructureTextureEncoder(nn.Module):
         self.to_structure = nn.Conv2d(chans[1], structure_channels, 1)
         self.to_texture = nn.Linear(chans[-1], texture_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = resize_to(x, self.img_size)
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must divide by this (one 2x pooling per block)."""
+        return 2 ** len(self.blocks)
+
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """``size=None``: resize to ``img_size`` x ``img_size``; else to ``size`` (multiples of
+        :attr:`size_multiple`), which keeps another pixel scale (z_s is then ``size / 4``)."""
+        if size is None:
+            h = resize_to(x, self.img_size)
+        elif tuple(x.shape[-2:]) != tuple(size):
+            h = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+        else:
+            h = x
         z_s = None
         for i, block in enumerate(self.blocks):
             h = F.max_pool2d(block(h), 2)

@@ -101,6 +101,41 @@ class SliceViT(nn.Module):
             return tokens[:, 0]
         return tokens.mean(dim=1)
 
+    @property
+    def patch_size(self) -> int:
+        return int(self.vit.patch_embedding.patch_embeddings.kernel_size[0])
+
+    def encode(self, x: Tensor, size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """``(pooled (N, D), token map (N, D, gh, gw))`` of the last layer (layer-normed).
+
+        ``size=None`` resizes to ``img_size`` (the training input, :meth:`features`); another
+        ``(h, w)`` (multiples of the patch size) keeps that pixel scale and resizes the position
+        embedding bicubically to the ``h/p x w/p`` token grid, as DINO's interpolated
+        position encoding does.
+        """
+        p = self.patch_size
+        if size is None or tuple(size) == (self.img_size, self.img_size):
+            tokens, _ = self.vit(self.resize(x))
+            gh = gw = self.img_size // p
+        else:
+            gh, gw = size[0] // p, size[1] // p
+            if x.shape[-2:] != (gh * p, gw * p):
+                x = F.interpolate(x, size=(gh * p, gw * p), mode="bilinear", align_corners=False, antialias=True)
+            emb = self.vit.patch_embedding
+            h = emb.patch_embeddings(x).flatten(2).transpose(1, 2)
+            g = self.img_size // p
+            pos = emb.position_embeddings.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+            pos = F.interpolate(pos, size=(gh, gw), mode="bicubic", align_corners=False)
+            h = emb.dropout(h + pos.flatten(2).transpose(1, 2))
+            if hasattr(self.vit, "cls_token"):
+                h = torch.cat((self.vit.cls_token.expand(h.shape[0], -1, -1), h), dim=1)
+            for blk in self.vit.blocks:
+                h = blk(h)
+            tokens = self.vit.norm(h)
+        patches = tokens[:, 1:] if self.feature == "cls" else tokens
+        pooled = tokens[:, 0] if self.feature == "cls" else tokens.mean(dim=1)
+        return pooled, patches.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 

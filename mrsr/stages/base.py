@@ -54,6 +54,14 @@ class StageModule(L.LightningModule):
         self.skipped_steps = int(checkpoint.get("mrsr", {}).get("skipped_steps", 0))
         self.overflow_steps = int(checkpoint.get("mrsr", {}).get("overflow_steps", 0))
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Validate at the last step always: at ``max_steps`` the run asks to stop, and
+        Lightning validates before a requested stop when the step is not a validation step
+        anyway (so the last weights are scored and can be the kept checkpoint)."""
+        trainer = self.trainer
+        if 0 < trainer.max_steps <= self.global_step:
+            trainer.should_stop = True
+
     def losses_finite(self, terms: dict[str, Tensor]) -> bool:
         """Apply the NaN policy to a step's loss terms; False means: skip this step."""
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]

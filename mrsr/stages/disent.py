@@ -1,5 +1,11 @@
 """Stage ``disent``: the structure/texture swapping autoencoder, then a frozen (z_s, z_t) extractor.
 
+With ``disent.lr_views=true`` the autoencoder also sees each slice as the SR stage's input shows
+it (degraded with the data's degradation, bicubic-upsampled) and learns the LR/HR swap:
+``G(z_s(LR), z_t(HR)) = HR`` and ``G(z_s(HR), z_t(LR)) = LR`` (weight ``weights.lrswap``), so
+the structure code is shared by the two views and the texture code carries their difference
+in detail.
+
 ``build(cfg, dm)`` makes the LightningModule; :func:`load_extractor` turns its checkpoint into
 the frozen encoder that stage ``sr`` uses for L_str = 1 - cos(z_s(a), z_s(b)) and
 L_tex = 1 - cos(z_t(a), z_t(b)).
@@ -23,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
+from mrsr.data.degrade import crop_to_multiple, degrade, upsample
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.gan import d_loss_fake, d_loss_real, g_loss
 from mrsr.metrics import SliceTable, psnr, ssim
@@ -96,9 +103,18 @@ class DisentModule(SliceEvalHooks, StageModule):
         lr: float = 2e-3,
         betas: tuple[float, float] = (0.0, 0.99),
         nan_policy: str = "skip",
+        train_crop: int | None = None,
+        lr_views: bool = False,
+        scale: int | None = None,
+        degradation: str = "bicubic",
     ) -> None:
-        w = {"rec": 1.0, "adv": 0.7, "swap": 0.7, "cooc": 1.0, **(weights or {})}
+        w = {"rec": 1.0, "adv": 0.7, "swap": 0.7, "cooc": 1.0, "lrswap": 1.0, **(weights or {})}
+        if lr_views and scale is None:
+            raise ConfigError("disent.lr_views=true needs the SR scale of the data")
         config = {
+            "train_crop": train_crop,
+            "lr_views": bool(lr_views),
+            "degradation": degradation if lr_views else None,
             "net": dict(net),
             "weights": w,
             "disc_channels": int(disc_channels),
@@ -108,7 +124,8 @@ class DisentModule(SliceEvalHooks, StageModule):
             "lr": float(lr),
             "betas": list(betas),
         }
-        super().__init__(config=config, nan_policy=nan_policy)
+        super().__init__(config=config, scale=scale, nan_policy=nan_policy)
+        self.lr_views, self.degradation = bool(lr_views), str(degradation)
         if int(r1_every) < 1:
             raise ConfigError(f"disent.r1_every={r1_every} must be >= 1")
         self.automatic_optimization = False
@@ -157,9 +174,16 @@ class DisentModule(SliceEvalHooks, StageModule):
         (grad,) = torch.autograd.grad(self.discriminator(real).sum(), real, create_graph=True)
         return 0.5 * self.r1_gamma * self.r1_every * grad.pow(2).flatten(1).sum(1).mean()
 
+    def lr_view(self, hr: Tensor) -> Tensor:
+        """The HR slice as the SR stage's input shows it: degraded, then bicubic-upsampled."""
+        s = int(self.scale)
+        hr = crop_to_multiple(hr, s)
+        return upsample(degrade(hr.float(), s, self.degradation), s).to(hr.dtype)
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         _, hr, meta = batch
         x = resize_to(hr, self.img_size)
+        x_lr = resize_to(self.lr_view(hr), self.img_size) if self.lr_views else None
         partner = swap_partners(torch.as_tensor(meta.label))
         x2 = x[partner.to(x.device)]
         opt_g, opt_d = self.optimizers()
@@ -202,6 +226,9 @@ class DisentModule(SliceEvalHooks, StageModule):
         }
         if self.cooc is not None:
             terms["cooc"] = g_loss(self._cooc_logits(swap, x2))
+        if x_lr is not None:  # LR/HR swap: structure of one view + texture of the other
+            zl_s, zl_t = self.encoder(x_lr)
+            terms["lrswap"] = F.l1_loss(self.generator(zl_s, z_t), x) + F.l1_loss(self.generator(z_s, zl_t), x_lr)
         total = sum(w[k] * v for k, v in terms.items())
         if self.losses_finite({**terms, "total": total}):
             opt_g.zero_grad(set_to_none=True)
@@ -321,20 +348,28 @@ def build(cfg: DictConfig, dm: Any) -> DisentModule:
         lr=float(d.get("lr", 2e-3)),
         betas=tuple(d.get("betas", (0.0, 0.99))),
         nan_policy=str(d.get("nan_policy", "skip")),
+        train_crop=int(d.train_crop),
+        lr_views=bool(d.get("lr_views", False)),
+        scale=int(dm.scale) if d.get("lr_views", False) else None,
+        degradation=str(getattr(getattr(dm, "store", None), "degradation", "bicubic")),
     )
 
 
 class DisentExtractor(nn.Module):
     """Frozen E(images) -> (z_s, z_t) of a trained stage-``disent`` encoder.
 
-    Images of any size are resized to the encoder's ``img_size``. Parameters never require
+    Images are fed at the pixel scale the encoder was trained at (``pixel_scale`` = its
+    ``img_size / train_crop``; an H x W patch becomes ``round(H * pixel_scale)`` rounded to the
+    encoder's size multiple); older checkpoints without a stored ``train_crop`` resize every
+    image to ``img_size``. Parameters never require
     grad and the module stays in eval mode even when a parent calls ``train()``; gradients
     still flow to the input. Codes are returned in float32.
     """
 
-    def __init__(self, encoder: StructureTextureEncoder) -> None:
+    def __init__(self, encoder: StructureTextureEncoder, pixel_scale: float | None = None) -> None:
         super().__init__()
         self.encoder = encoder
+        self.pixel_scale = pixel_scale
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         super().train(False)
@@ -342,8 +377,15 @@ class DisentExtractor(nn.Module):
     def train(self, mode: bool = True) -> DisentExtractor:
         return super().train(False)
 
+    def input_size(self, h: int, w: int) -> tuple[int, int] | None:
+        """The size an ``h x w`` image is fed at (None: ``img_size``)."""
+        if self.pixel_scale is None:
+            return None
+        m = self.encoder.size_multiple
+        return tuple(max(m, round(n * self.pixel_scale / m) * m) for n in (h, w))  # type: ignore[return-value]
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        z_s, z_t = self.encoder(images)
+        z_s, z_t = self.encoder(images, self.input_size(*images.shape[-2:]))
         return z_s.float(), z_t.float()
 
 
@@ -360,4 +402,5 @@ def load_extractor(path: str | Path) -> DisentExtractor:
         raise CheckpointError(
             path, f"weights do not fit the stored encoder config ({str(err).splitlines()[0][:200]})"
         ) from err
-    return DisentExtractor(encoder)
+    crop = meta.get("train_crop")
+    return DisentExtractor(encoder, pixel_scale=encoder.img_size / crop if crop else None)

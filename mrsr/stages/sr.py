@@ -1,9 +1,15 @@
 """Stage ``sr``: the super-resolution GAN (generator, discriminator, EMA, feature losses).
 
-Losses (weights from ``cfg.loss``; a zero weight switches a term off entirely):
-pixel L1 against HR, adversarial (``cfg.sr.gan_loss``), and the cosine feature losses
-L_ViT, L_str, L_tex through frozen extractors, compared with HR (``target: hr``) or with
-the LR input (``target: lr``, the paper). With ``adv: 0`` there is no discriminator step.
+The generator objective (pixel, adversarial and feature terms, their weights and what they are
+compared with) is :class:`mrsr.losses.objective.SRObjective`, built from ``cfg.loss``. With
+``adv: 0`` there is no discriminator.
+
+Budgets count generator updates: G and D share one optimiser (two parameter groups) that
+steps once per batch, so Lightning's ``global_step``, ``sr.max_steps`` and the learning-rate
+schedule count generator updates whatever the preset. This is BasicSR's order: the G loss sees
+D before its update and D sees the fake from G before its update.
+``sr.init_from`` starts the generator (and its EMA) from another stage-``sr`` checkpoint's
+evaluation generator, for the two-phase schedule (L1, then feature/adversarial fine-tuning).
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -23,24 +28,16 @@ from torch.optim.swa_utils import AveragedModel
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.data.degrade import upsample
 from mrsr.errors import CheckpointError, ConfigError
-from mrsr.losses.feature import FeatureLoss
 from mrsr.losses.gan import check_gan_loss, d_loss_fake, d_loss_real, g_loss
-from mrsr.metrics import SRMetrics
+from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
+from mrsr.metrics import SUMMARY, SRMetrics
 from mrsr.results import print_table, write_results
 from mrsr.stages.base import StageModule
 
 log = logging.getLogger("mrsr")
 
-LOSS_KEYS = ("pixel", "adv", "vit", "str", "tex")
-PIXEL_LOSSES = ("l1", "charbonnier")
 LR_SCHEDULES = ("constant", "cosine")
-
-
-def pixel_loss(sr: Tensor, hr: Tensor, kind: str = "l1", eps: float = 1e-3) -> Tensor:
-    """Mean L1, or Charbonnier ``sqrt(d^2 + eps^2) - eps`` (smooth at 0, L1 elsewhere)."""
-    if kind == "charbonnier":
-        return (torch.sqrt((sr - hr).pow(2) + eps * eps) - eps).mean()
-    return F.l1_loss(sr, hr)
+__all__ = ["LOSS_KEYS", "SRModule", "build", "load_generator", "pixel_loss"]
 
 
 def lr_factor(schedule: str, warmup: int, total: int):
@@ -75,10 +72,11 @@ def ema_warmup_fn(decay: float):
 
 
 class SRModule(StageModule):
-    """Manual-optimisation GAN: D step (real/fake losses), then G step with D frozen.
+    """Manual optimisation, one optimiser step per batch: D loss (real/fake) and G loss (D
+    frozen) are back-propagated into their own parameter groups, then one step updates both.
 
-    ``vit_extractor`` maps images to (N, D) features, ``disent_extractor`` to ``(z_s, z_t)``;
-    both are frozen, kept out of the optimisers and out of the checkpoints.
+    ``objective`` holds the loss terms and the frozen extractors (kept out of the optimiser and
+    out of the checkpoints).
     """
 
     stage = "sr"
@@ -89,7 +87,7 @@ class SRModule(StageModule):
         generator: nn.Module,
         discriminator: nn.Module | None,
         scale: int,
-        loss: dict[str, Any],
+        objective: SRObjective,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         ema_decay: float = 0.999,
@@ -98,21 +96,11 @@ class SRModule(StageModule):
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
         channels_last: bool = False,
-        vit_extractor: nn.Module | None = None,
-        disent_extractor: nn.Module | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(config=config, scale=scale, nan_policy=nan_policy)
         self.automatic_optimization = False
-        self.weights = {k: float(loss.get(k, 0.0)) for k in LOSS_KEYS}
-        self.pixel_type = str(loss.get("pixel_type", "l1"))
-        if self.pixel_type not in PIXEL_LOSSES:
-            raise ConfigError(f"loss.pixel_type={self.pixel_type!r} is unknown: choose {' or '.join(PIXEL_LOSSES)}")
-        self.target = str(loss.get("target", "hr"))
-        if self.target not in ("hr", "lr"):
-            raise ConfigError(f"loss.target={self.target!r} is unknown: choose hr or lr")
-        if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
-            raise ConfigError(f"loss weights {self.weights} must be >= 0 and not all zero")
+        self.objective = objective
         self.gan_loss = check_gan_loss(gan_loss)
         self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
         if lr_schedule not in LR_SCHEDULES:
@@ -121,7 +109,7 @@ class SRModule(StageModule):
         self.channels_last = bool(channels_last)
         self.info = dict(info or {})
         self.generator = generator
-        self.use_d = self.weights["adv"] > 0
+        self.use_d = objective.uses_discriminator
         self.discriminator = discriminator if self.use_d else None
         if self.use_d and discriminator is None:
             raise ConfigError("loss.adv > 0 needs a discriminator (sr.discriminator)")
@@ -130,25 +118,15 @@ class SRModule(StageModule):
         if self.ema_decay > 0:
             self.ema = AveragedModel(generator, multi_avg_fn=ema_warmup_fn(self.ema_decay), use_buffers=True)
             self.ema.requires_grad_(False)
-        self._features: dict[str, FeatureLoss] = {}  # not submodules: not saved, not optimised
-        if self.weights["vit"] > 0:
-            if vit_extractor is None:
-                raise ConfigError("loss.vit > 0 needs a ViT feature extractor")
-            self._features["vit"] = FeatureLoss(vit_extractor)
-        if self.weights["str"] > 0 or self.weights["tex"] > 0:
-            if disent_extractor is None:
-                raise ConfigError("loss.str/loss.tex > 0 need a disentanglement encoder")
-            self._features["disent"] = FeatureLoss(disent_extractor)
         self.val_sr, self.val_bicubic = SRMetrics(), SRMetrics()
         self.test_sr, self.test_bicubic = SRMetrics(), SRMetrics()
         self._grid: list[tuple[str, Tensor]] | None = None
+        self.test_rows: list[dict[str, Any]] = []
 
-    # -- plumbing
-    def _apply(self, fn, *args, **kwargs):  # move the (unregistered) extractors along
-        super()._apply(fn, *args, **kwargs)
-        for f in self._features.values():
-            f._apply(fn, *args, **kwargs)
-        return self
+    @property
+    def weights(self) -> dict[str, float]:
+        """The configured loss weights (``objective.weights``)."""
+        return self.objective.weights
 
     @property
     def eval_generator(self) -> nn.Module:
@@ -166,73 +144,68 @@ class SRModule(StageModule):
             self.to(memory_format=torch.channels_last)
 
     def generator_updates(self) -> int:
-        """Generator updates the run will make (one per batch, whatever the optimiser count)."""
-        total = int(self.trainer.estimated_stepping_batches)
-        if self.use_d and self.trainer.max_steps > 0:
-            total //= 2  # Lightning counts the D and the G step under manual optimisation
-        return max(total, 1)
+        """Generator updates the run will make (one optimiser step per batch)."""
+        return max(int(self.trainer.estimated_stepping_batches), 1)
 
     def configure_optimizers(self):
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
-        opts = [opt_g]
+        groups = [{"params": list(self.generator.parameters()), "name": "G"}]
         if self.use_d:
-            opts.append(torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.betas))
+            groups.append({"params": list(self.discriminator.parameters()), "name": "D"})
+        opt = torch.optim.Adam(groups, lr=self.lr, betas=self.betas)
         if self.lr_schedule == "constant" and self.warmup_steps <= 0:
-            return opts if self.use_d else opt_g
+            return opt
         factor = lr_factor(self.lr_schedule, self.warmup_steps, self.generator_updates())
-        return opts, [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in opts]
+        return [opt], [torch.optim.lr_scheduler.LambdaLR(opt, factor)]
 
     # -- training
+    def adversarial(self, sr: Tensor) -> Tensor:
+        """The generator's adversarial loss on ``sr`` (D frozen by the caller)."""
+        return g_loss(self.discriminator(sr), self.gan_loss)
+
     def generator_terms(self, lr: Tensor, hr: Tensor, sr: Tensor) -> dict[str, Tensor]:
-        """The weighted-in loss terms of the G step (only those with a non-zero weight)."""
-        w = self.weights
-        terms: dict[str, Tensor] = {}
-        if w["pixel"] > 0:
-            terms["pixel"] = pixel_loss(sr, hr, self.pixel_type)
-        if w["adv"] > 0:
-            terms["adv"] = g_loss(self.discriminator(sr), self.gan_loss)
-        ref = hr if self.target == "hr" else lr
-        if "vit" in self._features:
-            terms["vit"] = self._features["vit"](sr, ref)[0]
-        if "disent" in self._features:
-            d_str, d_tex = self._features["disent"](sr, ref)
-            if w["str"] > 0:
-                terms["str"] = d_str
-            if w["tex"] > 0:
-                terms["tex"] = d_tex
-        return terms
+        """The unweighted G-step loss terms with a non-zero weight."""
+        return self.objective.terms(lr, hr, sr, self.adversarial if self.use_d else None)
+
+    def _calibrate(self, sr: Tensor, hr: Tensor, terms: dict[str, Tensor]) -> None:
+        if not self.objective.calibrate(sr, hr, terms):
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # one set of weights
+            torch.distributed.all_reduce(self.objective.term_scale)
+            self.objective.term_scale /= torch.distributed.get_world_size()
+        self.log_dict({f"train/scale_{k}": self.objective.term_scale[LOSS_KEYS.index(k)]
+                       for k in self.objective.normalise if k in terms}, on_step=True)
 
     def training_step(self, batch, batch_idx: int) -> None:
         lr, hr, _ = batch
         lr, hr = self._memory_format(lr), self._memory_format(hr)
-        opts = self.optimizers()
-        opt_g, opt_d = (opts[0], opts[1]) if isinstance(opts, list | tuple) else (opts, None)
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
         sr = self.generator(lr)
+        logged: dict[str, Tensor] = {}
         if self.use_d:
             self.discriminator.requires_grad_(True)
             d_terms = {
                 "d_real": d_loss_real(self.discriminator(hr), self.gan_loss),
                 "d_fake": d_loss_fake(self.discriminator(sr.detach()), self.gan_loss),
             }
+            logged.update(d_terms)
             if self.losses_finite(d_terms):
-                opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_terms["d_real"] + d_terms["d_fake"])
-                self.step_optimizer(opt_d, [self.discriminator], "D")
-            self.log_dict({f"train/{k}": v.detach() for k, v in d_terms.items()}, on_step=True)
             self.discriminator.requires_grad_(False)
         terms = self.generator_terms(lr, hr, sr)
-        total = sum(self.weights[k] * v for k, v in terms.items())
-        if not self.losses_finite({**terms, "total": total}):
-            return
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(total)
-        if self.step_optimizer(opt_g, [self.generator], "G") and self.ema is not None:
-            self.ema.update_parameters(self.generator)
-        scheds = self.lr_schedulers()  # None, one scheduler or a list (with a discriminator)
-        for sched in scheds if isinstance(scheds, list) else filter(None, [scheds]):
+        self._calibrate(sr, hr, terms)
+        total = self.objective.total(terms)
+        logged.update(terms)
+        modules = [self.generator] + ([self.discriminator] if self.use_d else [])
+        if self.losses_finite({**terms, "total": total}):
+            self.manual_backward(total)
+            if self.step_optimizer(opt, modules, "G+D" if self.use_d else "G") and self.ema is not None:
+                self.ema.update_parameters(self.generator)
+            self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
+        sched = self.lr_schedulers()
+        if sched is not None:
             sched.step()  # once per batch, also a skipped one, so the schedule follows the batch count
-        self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in logged.items()}, on_step=True)
 
     # -- evaluation
     def _eval_step(self, batch, sr_metric: SRMetrics, bic_metric: SRMetrics) -> tuple[Tensor, Tensor]:
@@ -255,8 +228,8 @@ class SRModule(StageModule):
         bic_metric.reset()
         if not ours:
             return ours, bic
-        logged = {f"{split}/{k}": ours[k] for k in ("psnr", "ssim", "nmse")}
-        logged.update({f"{split}/{k}_bicubic": bic[k] for k in ("psnr", "ssim", "nmse")})
+        logged = {f"{split}/{k}": ours[k] for k in SUMMARY if k in ours}
+        logged.update({f"{split}/{k}_bicubic": bic[k] for k in SUMMARY if k in bic})
         logged[f"{split}/score"] = ours["psnr"]
         self.log_dict(logged, prog_bar=False)
         return ours, bic
@@ -282,6 +255,7 @@ class SRModule(StageModule):
         title = f"{info['dataset']} x{self.scale} ({info['degradation']}, loss={info['loss']}), test split"
         print_table(rows, title)
         csv_path, _ = write_results(self.trainer.default_root_dir, rows)
+        self.test_rows = rows
         log.info("results written to %s", csv_path)
 
 
@@ -319,9 +293,9 @@ def load_extractors(
     cfg: DictConfig, need_vit: bool = True, need_disent: bool = True
 ) -> tuple[nn.Module | None, nn.Module | None]:
     """The frozen ViT and disentanglement extractors the loss preset needs."""
-    loss, preset = cfg.loss, _choice("loss") or "this preset"
+    needed, preset = needed_extractors(cfg.loss), _choice("loss") or "this preset"
     vit = disent = None
-    if need_vit and float(loss.vit) > 0:
+    if need_vit and "vit" in needed:
         if not cfg.sr.get("vit_ckpt"):
             raise ConfigError(
                 f"loss={preset} needs sr.vit_ckpt=<stage-vit checkpoint> "
@@ -330,7 +304,7 @@ def load_extractors(
         from mrsr.stages.vit import load_extractor
 
         vit = load_extractor(cfg.sr.vit_ckpt)
-    if need_disent and (float(loss.str) > 0 or float(loss.tex) > 0):
+    if need_disent and "disent" in needed:
         if not cfg.sr.get("disent_ckpt"):
             raise ConfigError(
                 f"loss={preset} needs sr.disent_ckpt=<stage-disent checkpoint> "
@@ -342,6 +316,19 @@ def load_extractors(
     return vit, disent
 
 
+def init_generator(generator: nn.Module, path: str, scale: int) -> int:
+    """Copy the evaluation generator of the stage-``sr`` checkpoint ``path`` into ``generator``
+    (nothing else: no discriminator, optimiser, EMA state or step count). Returns the number
+    of tensors loaded; a network of another layout is refused in one line."""
+    source = load_generator(path, scale=scale)
+    ours, theirs = generator.state_dict(), source.state_dict()
+    if set(ours) != set(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
+        raise CheckpointError(path, "sr.init_from: its generator has another layout than model= (same model settings needed)")
+    generator.load_state_dict(theirs)
+    log.info("sr.init_from: loaded %d of %d generator tensors from %s", len(theirs), len(ours), path)
+    return len(theirs)
+
+
 def build(
     cfg: DictConfig,
     dm: Any,
@@ -350,44 +337,43 @@ def build(
 ) -> SRModule:
     """The SR module from the composed config (extractors may be passed in directly)."""
     generator = build_generator(cfg.model)
+    sr = cfg.sr
+    if sr.get("init_from"):
+        init_generator(generator, str(sr.init_from), int(cfg.scale))
     if vit_extractor is None or disent_extractor is None:
         vit, disent = load_extractors(
             cfg, need_vit=vit_extractor is None, need_disent=disent_extractor is None
         )
         vit_extractor, disent_extractor = vit_extractor or vit, disent_extractor or disent
-    sr = cfg.sr
-    disc = instantiate(sr.discriminator, _convert_="all") if float(cfg.loss.adv) > 0 else None
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    degradation = getattr(getattr(dm, "store", None), "degradation", None)
+    objective = SRObjective(loss, int(cfg.scale), degradation, vit_extractor, disent_extractor)
+    disc = instantiate(sr.discriminator, _convert_="all") if objective.uses_discriminator else None
     config = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "sr": OmegaConf.to_container(sr, resolve=True),
-        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        "loss": loss,
         "scale": int(cfg.scale),
         "data": {  # what predict/eval need to feed the network as in training
-            "degradation": getattr(getattr(dm, "store", None), "degradation", None),
+            "degradation": degradation,
             "percentile": getattr(getattr(dm, "store", None), "percentile", 99.5),
         },
     }
-    info = {
-        "dataset": getattr(dm, "dataset_name", None),
-        "degradation": getattr(getattr(dm, "store", None), "degradation", None),
-        "loss": _choice("loss"),
-    }
+    info = {"dataset": getattr(dm, "dataset_name", None), "degradation": degradation, "loss": _choice("loss")}
     return SRModule(
         config=config,
         generator=generator,
         discriminator=disc,
         scale=int(cfg.scale),
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        objective=objective,
         lr=float(sr.lr),
         betas=tuple(sr.betas),
         ema_decay=float(sr.ema_decay),
         gan_loss=str(sr.gan_loss),
         nan_policy=str(sr.nan_policy),
-        lr_schedule=str(sr.get("lr_schedule", "constant")),
-        warmup_steps=int(sr.get("warmup_steps", 0)),
-        channels_last=bool(sr.get("channels_last", False)),
-        vit_extractor=vit_extractor,
-        disent_extractor=disent_extractor,
+        lr_schedule=str(sr.lr_schedule),
+        warmup_steps=int(sr.warmup_steps),
+        channels_last=bool(sr.channels_last),
         info=info,
     )
 

@@ -1,7 +1,12 @@
 """Stage ``vit``: pretext classification of a slice's dataset/contrast, then a frozen extractor.
 
+Optionally (``vit.mim_weight > 0``) a second pretext beside it: masked-image reconstruction
+(SimMIM-style: a random ``mask_ratio`` of the patches is zero-filled and a linear head predicts
+their pixels from the last-layer tokens, L1 on the masked pixels), which needs fine detail in
+the tokens where classification does not.
+
 ``build(cfg, dm)`` makes the LightningModule; :func:`load_extractor` turns its checkpoint into
-the frozen feature function f(image) that stage ``sr`` uses for L_ViT = 1 - cos(f(a), f(b)).
+the frozen feature function f(image) that stage ``sr`` uses for L_ViT.
 """
 
 from __future__ import annotations
@@ -40,14 +45,23 @@ class ViTModule(SliceEvalHooks, StageModule):
         pretrained: str | None = None,
         allow_partial: bool = False,
         nan_policy: str = "skip",
+        train_crop: int | None = None,
+        mim_weight: float = 0.0,
+        mask_ratio: float = 0.5,
     ) -> None:
         if len(classes) < 2:
             raise ConfigError(f"stage vit needs at least two classes in the data, got {classes}")
-        config = {"net": dict(net), "classes": list(classes), "lr": lr, "weight_decay": weight_decay}
+        if mim_weight < 0 or not 0 < mask_ratio < 1:
+            raise ConfigError(f"vit.mim_weight={mim_weight} must be >= 0 and vit.mask_ratio={mask_ratio} in (0, 1)")
+        config = {"net": dict(net), "classes": list(classes), "lr": lr, "weight_decay": weight_decay,
+                  "train_crop": train_crop, "mim_weight": mim_weight, "mask_ratio": mask_ratio}
         super().__init__(config=config, nan_policy=nan_policy)
         self.classes = list(classes)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.net = SliceViT(**net, num_classes=len(classes))
+        self.mim_weight, self.mask_ratio = float(mim_weight), float(mask_ratio)
+        p = self.net.patch_size
+        self.mim_head = nn.Linear(self.net.hidden_size, p * p) if self.mim_weight > 0 else None
         self.eval_table = SliceTable(("label", "correct"))
         if pretrained:
             load_pretrained_vit(self.net, pretrained, allow_partial=allow_partial)
@@ -59,16 +73,32 @@ class ViTModule(SliceEvalHooks, StageModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
+    def masked_reconstruction(self, images: Tensor) -> Tensor:
+        """L1 error of the pixels of randomly masked patches predicted from the tokens."""
+        x = self.net.resize(images)
+        p, g = self.net.patch_size, self.net.img_size // self.net.patch_size
+        mask = torch.rand(x.shape[0], 1, g, g, device=x.device) < self.mask_ratio
+        mask = mask.repeat_interleave(p, 2).repeat_interleave(p, 3)
+        _, tokens = self.net.encode(x.masked_fill(mask, 0.0))  # (N, D, g, g)
+        pred = self.mim_head(tokens.flatten(2).transpose(1, 2))  # (N, g*g, p*p)
+        pred = F.pixel_shuffle(pred.transpose(1, 2).reshape(x.shape[0], p * p, g, g), p)
+        return ((pred.float() - x.float()).abs() * mask).sum() / mask.sum().clamp_min(1)
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         _, hr, meta = batch
         labels = torch.as_tensor(meta.label, device=hr.device)
         logits = self.net(hr)
-        loss = F.cross_entropy(logits.float(), labels)
-        if not self.losses_finite({"ce": loss}):
+        terms = {"ce": F.cross_entropy(logits.float(), labels)}
+        if self.mim_head is not None:
+            terms["mim"] = self.masked_reconstruction(hr)
+        loss = terms["ce"] + self.mim_weight * terms.get("mim", 0.0)
+        if not self.losses_finite(terms):
             return None
         acc = (logits.argmax(1) == labels).float().mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc, prog_bar=True)
+        if "mim" in terms:
+            self.log("train/mim", terms["mim"].detach())
         return loss
 
     # -- evaluation: per-class correct/total counts, reduced over devices at epoch end
@@ -110,21 +140,30 @@ def build(cfg: DictConfig, dm: Any) -> ViTModule:
         pretrained=v.get("pretrained"),
         allow_partial=bool(v.get("allow_partial", False)),
         nan_policy=str(v.get("nan_policy", "skip")),
+        train_crop=int(v.train_crop),
+        mim_weight=float(v.get("mim_weight", 0.0)),
+        mask_ratio=float(v.get("mask_ratio", 0.5)),
     )
 
 
 class ViTExtractor(nn.Module):
-    """Frozen f(image) -> (N, D) features of a trained stage-``vit`` network.
+    """Frozen f(image) -> ``(pooled (N, D), token map (N, D, gh, gw))`` of a trained
+    stage-``vit`` network.
 
-    Parameters never require grad and the module stays in eval mode even when a parent calls
-    ``train()``; gradients still flow through it to its input. Features are returned in float32
-    (also under bf16 autocast) so cosine losses on them are computed at full precision.
+    Images are fed at the pixel scale the ViT was trained at (``pixel_scale`` = its
+    ``img_size / train_crop``): an SR patch of H x W pixels is resized to
+    ``round(H * pixel_scale / p) * p`` (at least one patch) and the position embedding follows
+    the token grid. Without a known scale (older checkpoints) every image is resized to
+    ``img_size``. Parameters never require grad and the module stays in eval mode even when a
+    parent calls ``train()``; gradients still flow through it to its input. Features are
+    returned in float32 (also under bf16 autocast) so distances are computed at full precision.
     """
 
-    def __init__(self, net: SliceViT, classes: list[str] | None = None) -> None:
+    def __init__(self, net: SliceViT, classes: list[str] | None = None, pixel_scale: float | None = None) -> None:
         super().__init__()
         self.net = net
         self.classes = list(classes or [])
+        self.pixel_scale = pixel_scale
         for p in self.net.parameters():
             p.requires_grad_(False)
         super().train(False)
@@ -136,8 +175,16 @@ class ViTExtractor(nn.Module):
     def dim(self) -> int:
         return self.net.hidden_size
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net.features(images).float()
+    def input_size(self, h: int, w: int) -> tuple[int, int] | None:
+        """The size an ``h x w`` image is fed at (None: ``img_size``)."""
+        if self.pixel_scale is None:
+            return None
+        p = self.net.patch_size
+        return tuple(max(p, round(n * self.pixel_scale / p) * p) for n in (h, w))  # type: ignore[return-value]
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        pooled, tokens = self.net.encode(images, self.input_size(*images.shape[-2:]))
+        return pooled.float(), tokens.float()
 
 
 def load_extractor(path: str | Path) -> ViTExtractor:
@@ -151,4 +198,5 @@ def load_extractor(path: str | Path) -> ViTExtractor:
         net.load_state_dict(sub_state_dict(ckpt["state_dict"], "net"))
     except (RuntimeError, TypeError, ConfigError) as err:
         raise CheckpointError(path, f"weights do not fit the stored ViT config ({str(err).splitlines()[0][:200]})") from err
-    return ViTExtractor(net, meta["classes"])
+    crop = meta.get("train_crop")
+    return ViTExtractor(net, meta["classes"], pixel_scale=net.img_size / crop if crop else None)

@@ -6,6 +6,14 @@ Layout of a pipeline folder (``pipeline.dir``, by default the run folder)::
     <dir>/disent/    stage disent
     <dir>/sr/        stage sr    (results.csv / results.json of the test split)
 
+Two-phase SR (SRGAN/ESRGAN practice): when the loss preset has adversarial or feature terms
+and ``pipeline.pretrain_fraction > 0``, the SR budget ``sr.max_steps`` (generator updates; or
+``sr.max_epochs`` when steps are unbounded) is split: a PSNR-oriented L1 phase (``<dir>/sr_l1``,
+that share of the budget) and the preset's fine-tuning from its best generator (``<dir>/sr``,
+the rest, ``sr.init_from``). The whole run makes as many generator updates as
+``stage=sr loss=l1`` with the same settings. In a multirun the L1 phase is trained once per
+data/model/schedule/seed in the shared folder (below) and reused by every preset.
+
 A stage whose ``FINISHED.json`` exists is skipped and its best checkpoint reused; an
 interrupted stage resumes from its ``checkpoints/last.ckpt``. Rerunning the same command
 with ``pipeline.dir=<that folder>`` therefore continues where it stopped.
@@ -32,6 +40,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mrsr.errors import ConfigError
+from mrsr.losses.objective import needed_extractors
 from mrsr.tasks.train import FINISHED, train_stage
 
 log = logging.getLogger("mrsr")
@@ -40,17 +49,6 @@ STAGES = ("vit", "disent", "sr")
 EXTRACTORS = ("vit", "disent")
 # Config keys that do not change what an extractor learns (left out of its folder key).
 _KEY_IGNORE = {"num_workers", "eval_batch_size", "max_cached_volumes", "on_bad_file", "cache_dir"}
-
-
-def needed_extractors(cfg: DictConfig) -> list[str]:
-    """The extractor stages the SR loss preset uses."""
-    loss = cfg.loss
-    needed = []
-    if float(loss.get("vit", 0.0)) > 0:
-        needed.append("vit")
-    if float(loss.get("str", 0.0)) > 0 or float(loss.get("tex", 0.0)) > 0:
-        needed.append("disent")
-    return needed
 
 
 def read_finished(folder: Path) -> dict[str, Any] | None:
@@ -80,13 +78,19 @@ def extractor_cfg(cfg: DictConfig) -> DictConfig:
 def extractor_key(cfg: DictConfig, stage: str) -> str:
     """A short, readable folder name for what the extractor ``stage`` is trained on and with."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    ignore = _KEY_IGNORE | {"scale", "degradation"}  # both extractors train on HR slices only
+    ignore = set(_KEY_IGNORE)
+    if not (stage == "disent" and cfg.disent.get("lr_views")):
+        ignore |= {"scale", "degradation"}  # trained on HR slices only
     parts = {
         "data": {k: v for k, v in data.items() if k not in ignore},  # type: ignore[union-attr]
         "net": OmegaConf.to_container(cfg[stage], resolve=True),
         "seed": cfg.seed,
         "vit": OmegaConf.to_container(cfg.vit, resolve=True) if stage == "disent" else None,
     }
+    return _key(data, parts)
+
+
+def _key(data: Any, parts: dict[str, Any]) -> str:
     digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
     target = str(data.get("_target_", "data")).rsplit(".", 1)[-1].removesuffix("DataModule").lower()  # type: ignore[union-attr]
     contrasts = "-".join(map(str, data.get("contrasts") or []))  # type: ignore[union-attr]
@@ -166,6 +170,67 @@ def run_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
     return record
 
 
+def two_phase(cfg: DictConfig) -> bool:
+    """Whether the SR stage runs as an L1 phase then a fine-tuning phase."""
+    loss = cfg.loss
+    fancy = any(float(loss.get(k, 0.0)) > 0 for k in ("adv", "vit", "str", "tex"))
+    return fancy and float(cfg.pipeline.get("pretrain_fraction") or 0.0) > 0
+
+
+def split_budget(cfg: DictConfig) -> tuple[dict[str, int], dict[str, int]]:
+    """``sr.max_steps`` (or ``sr.max_epochs`` when steps are unbounded) split into the L1 and
+    the fine-tuning phase by ``pipeline.pretrain_fraction``; each phase gets at least one."""
+    frac = float(cfg.pipeline.pretrain_fraction)
+    if not 0 < frac < 1:
+        raise ConfigError(f"pipeline.pretrain_fraction={frac} must be in [0, 1) (0: one phase)")
+    key = "max_steps" if int(cfg.sr.max_steps) > 0 else "max_epochs"
+    total = int(cfg.sr[key])
+    if total < 0:
+        raise ConfigError("stage sr needs max_steps or max_epochs >= 0")
+    if total < 2:
+        raise ConfigError(f"sr.{key}={total}: two SR phases need a budget of at least 2")
+    first = min(max(1, round(frac * total)), total - 1)
+    return {key: first}, {key: total - first}
+
+
+def pretrain_cfg(cfg: DictConfig, budget: dict[str, int]) -> DictConfig:
+    """``cfg`` for the L1 phase: the preset's pixel term alone against HR, its share of the budget."""
+    sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(sub):
+        sub.loss.update({"pixel": 1.0, "adv": 0.0, "vit": 0.0, "str": 0.0, "tex": 0.0,
+                         "target": "hr", "features": "pooled", "normalise": []})
+        sub.sr.update({"init_from": None, "vit_ckpt": None, "disent_ckpt": None, **budget})
+    return sub
+
+
+def pretrain_key(cfg: DictConfig) -> str:
+    """Folder name of an L1 phase: what it trains on, with which network, schedule and seed."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    parts = {
+        "data": {k: v for k, v in data.items() if k not in _KEY_IGNORE},  # type: ignore[union-attr]
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "sr": OmegaConf.to_container(cfg.sr, resolve=True),
+        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        "seed": cfg.seed,
+    }
+    return "sr_l1-" + _key(data, parts)
+
+
+def run_sr(cfg: DictConfig, root: Path, shared: Path | None, records: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``sr``, as two phases when :func:`two_phase` says so."""
+    if not two_phase(cfg):
+        return run_stage(cfg, "sr", root / "sr")
+    first, rest = split_budget(cfg)
+    pcfg = pretrain_cfg(cfg, first)
+    out = root / "sr_l1" if shared is None else shared / pretrain_key(pcfg) / "sr_l1"
+    with file_lock(out.parent):
+        records["sr_l1"] = run_stage(pcfg, "sr", out)
+    with open_dict(cfg):
+        cfg.sr.update({"init_from": records["sr_l1"]["best"], **rest})
+    log.info("fine-tuning from %s (%s)", records["sr_l1"]["best"], rest)
+    return run_stage(cfg, "sr", root / "sr")
+
+
 def pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run the stages of ``cfg.pipeline.stages`` in order, handing checkpoints on."""
     stages = list(cfg.pipeline.get("stages") or STAGES)
@@ -177,7 +242,7 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
     root = Path(cfg.pipeline.dir)
     root.mkdir(parents=True, exist_ok=True)
     shared = extractors_root(cfg, root)
-    needed = needed_extractors(cfg) if "sr" in stages else list(EXTRACTORS)
+    needed = needed_extractors(cfg.loss) if "sr" in stages else list(EXTRACTORS)
     given = {"vit": cfg.sr.get("vit_ckpt"), "disent": cfg.sr.get("disent_ckpt")}
     records: dict[str, Any] = {}
     for stage in (s for s in STAGES if s in stages):
@@ -195,10 +260,9 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
             with open_dict(cfg):
                 cfg.sr[f"{stage}_ckpt"] = records[stage]["best"]
         else:
-            records[stage] = run_stage(cfg, stage, root / stage)
+            records[stage] = run_sr(cfg, root, shared, records)
     summary = {s: {"best": r.get("best"), "test": r.get("test")} for s, r in records.items()}
     (root / "PIPELINE.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("pipeline finished in %s", root)
     last = records.get("sr") or records.get(stages[-1], {})
     return {"score": last.get("score", (last.get("test") or {}).get("test/score")), "stages": records}
-

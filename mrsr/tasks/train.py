@@ -67,19 +67,6 @@ def train_stage(cfg: DictConfig, stage: str, out: Path | None = None) -> dict[st
         finish_wandb()
 
 
-def _test_rows(out: Path, metrics: dict[str, float]) -> list[dict[str, Any]]:
-    """The stage's result rows: ``results.json`` written by its test step, else its test metrics."""
-    path = out / "results.json"
-    if path.is_file():
-        try:
-            rows = json.loads(path.read_text())
-            if isinstance(rows, list):
-                return rows
-        except ValueError:
-            pass
-    return [metrics] if metrics else []
-
-
 def _train_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
     resume = resolve_resume(cfg, out, stage)  # refuse a bad checkpoint before any work
     L.seed_everything(int(cfg.seed), workers=True)
@@ -98,7 +85,8 @@ def _train_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True, verbose=False)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    log_results_table(trainer, _test_rows(out, metrics), key=f"{stage}/results")
+    rows = getattr(module, "test_rows", None) or ([metrics] if metrics else [])
+    log_results_table(trainer, rows, key=f"{stage}/results")
     last = out / "checkpoints" / "last.ckpt"
     record = {"stage": stage, "best": best or str(last), "last": str(last), "test": metrics}
     if trainer.is_global_zero:

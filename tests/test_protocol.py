@@ -1,0 +1,162 @@
+"""The comparison protocol of stage ``sr``: equal generator budgets for every preset, validation
+at the last step, the data-consistency objective, ``sr.init_from`` and the two-phase split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume, upsample
+from mrsr.data.sources import demo_dir
+from mrsr.errors import CheckpointError, ConfigError
+from mrsr.losses.objective import SRObjective, spatial_cosine_distance
+from mrsr.stages import sr as sr_stage
+from mrsr.tasks.pipeline import split_budget, two_phase
+from tests.test_sr import DM, SMALL, TinyDisent, TinyViT, synthetic_loader
+
+PRESETS = ("l1", "paired", "paper", "paper_dc", "spatial")
+
+
+def _trainer(tmp_path: Path, steps: int, val_every: int | None = None, callbacks=()) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps, max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+        val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1,
+        limit_val_batches=1 if val_every else 0, num_sanity_val_steps=0, callbacks=list(callbacks),
+    )
+
+
+def _module(make_cfg, preset: str, *extra: str) -> sr_stage.SRModule:
+    cfg = make_cfg("stage=sr", f"loss={preset}", *SMALL, *extra)
+    return sr_stage.build(cfg, DM(), vit_extractor=TinyViT(), disent_extractor=TinyDisent())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_makes_the_same_generator_updates(preset: str, make_cfg, tmp_path: Path) -> None:
+    module = _module(make_cfg, preset)
+    trainer = _trainer(tmp_path, steps=5)
+    trainer.fit(module, train_dataloaders=synthetic_loader(n=8, batch=2))  # 4 batches per epoch
+    batches = trainer.fit_loop.epoch_loop.batch_progress.total.completed
+    assert trainer.global_step == 5 and batches == 5  # one step per batch, with or without D
+    assert int(module.ema.n_averaged) == 5  # 5 generator updates
+    assert len(trainer.optimizers) == 1
+    names = [g["name"] for g in trainer.optimizers[0].param_groups]
+    assert names == (["G", "D"] if module.use_d else ["G"])
+
+
+def test_validation_runs_at_the_last_step(make_cfg, tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    class Record(L.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            seen.append(trainer.global_step)
+
+    module = _module(make_cfg, "paired")
+    trainer = _trainer(tmp_path, steps=7, val_every=3, callbacks=[Record()])
+    trainer.fit(module, train_dataloaders=synthetic_loader(n=8, batch=2), val_dataloaders=synthetic_loader(n=2, batch=2))
+    assert seen == [3, 6, 7]  # 7 is not a multiple of 3: validated because it is the last step
+    seen.clear()
+    trainer = _trainer(tmp_path, steps=6, val_every=3, callbacks=[Record()])
+    trainer.fit(_module(make_cfg, "l1"), train_dataloaders=synthetic_loader(n=8, batch=2),
+                val_dataloaders=synthetic_loader(n=2, batch=2))
+    assert seen == [3, 6]  # once, not twice, when the last step is a validation step anyway
+
+
+def _real_slice(scale: int) -> torch.Tensor:
+    vol = normalise_volume(np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32))
+    hr = torch.from_numpy(np.ascontiguousarray(vol[:, :, vol.shape[2] // 2]))[None, None]
+    return crop_to_multiple(hr, scale)
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "kspace"])
+def test_data_consistency_is_minimised_by_the_true_hr_not_the_interpolated_lr(degradation: str, make_cfg) -> None:
+    from omegaconf import OmegaConf
+
+    scale = 2
+    hr = _real_slice(scale)
+    lr = degrade(hr, scale, degradation)  # what the data module feeds the network
+    no_adv = lambda x: x.sum() * 0  # noqa: E731 - the adversarial term is not what is tested
+    torch.manual_seed(0)
+    vit, dis = TinyViT(), TinyDisent()
+    for preset in ("paper_dc", "paper"):
+        loss = OmegaConf.to_container(make_cfg(f"loss={preset}").loss, resolve=True)
+        loss["features"] = "spatial" if preset == "paper_dc" else "pooled"
+        objective = SRObjective(loss, scale, degradation, vit, dis)
+        at_hr = objective.terms(lr, hr, hr.clone(), no_adv)
+        at_interp = objective.terms(lr, hr, upsample(lr, scale), no_adv)
+        at_hr.pop("adv"), at_interp.pop("adv")
+        if preset == "paper_dc":
+            assert set(at_hr) == {"pixel", "vit", "str", "tex"}
+            assert all(float(v) < 1e-5 for v in at_hr.values()), at_hr  # D(HR) = LR: every term ~0
+            assert float(at_hr["pixel"]) < 1e-7
+            # the interpolated LR is not a minimum: the pixel and the spatial terms see it
+            assert all(float(at_interp[k]) > 10 * float(at_hr[k]) + 1e-6 for k in ("pixel", "vit", "str")), at_interp
+            assert float(at_interp["tex"]) >= float(at_hr["tex"]) - 1e-6  # a pooled vector barely moves
+        else:  # the literal paper compares f(SR) with f(LR): the true HR is not a minimum
+            assert sum(float(v) for v in at_hr.values()) > 1e-4
+
+
+def test_spatial_distance_is_per_location() -> None:
+    a = torch.randn(2, 8, 4, 4)
+    b = a.clone()
+    b[:, :, 0, 0] *= -1  # one location flipped: cos = -1 there, 1 elsewhere
+    assert spatial_cosine_distance(a, b).item() == pytest.approx(2 / 16, abs=1e-6)
+    assert spatial_cosine_distance(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)  # scale-free per location
+
+
+def test_normalise_sets_weights_from_gradient_norms(make_cfg) -> None:
+    from omegaconf import OmegaConf
+
+    loss = OmegaConf.to_container(make_cfg("loss=spatial").loss, resolve=True)
+    objective = SRObjective(loss, 2, "bicubic", TinyViT(), TinyDisent())
+    lr, hr, _ = next(iter(synthetic_loader()))
+    sr = upsample(lr, 2).requires_grad_(True)
+    terms = objective.terms(lr, hr, sr, lambda x: x.mean() * 0)
+    scales = objective.calibrate(sr, hr, terms)
+    assert set(scales) == {"vit", "str"} and bool(objective.calibrated)
+    w = objective.effective_weights()
+
+    def gnorm(t: torch.Tensor) -> float:
+        return torch.autograd.grad(t, sr, retain_graph=True)[0].norm().item()
+
+    ref = gnorm(torch.nn.functional.l1_loss(sr, hr))
+    for k in ("vit", "str"):  # weighted gradient norm = configured weight x the L1 gradient norm
+        assert w[k] * gnorm(terms[k]) == pytest.approx(loss[k] * ref, rel=1e-4)
+    assert w["tex"] == loss["tex"] and objective.calibrate(sr, hr, terms) == {}  # once only
+
+
+def test_init_from_loads_the_generator_and_nothing_else(make_cfg, tmp_path: Path) -> None:
+    source = _module(make_cfg, "paired")
+    trainer = _trainer(tmp_path, steps=3)
+    trainer.fit(source, train_dataloaders=synthetic_loader(n=8, batch=2))
+    ckpt = tmp_path / "source.ckpt"
+    trainer.save_checkpoint(ckpt)
+    target = _module(make_cfg, "paired", f"sr.init_from={ckpt}")
+    ema = source.ema.module.state_dict()
+    assert all(torch.equal(v, ema[k]) for k, v in target.generator.state_dict().items())
+    assert all(torch.equal(v, ema[k]) for k, v in target.ema.module.state_dict().items())
+    assert int(target.ema.n_averaged) == 0 and target.global_step == 0
+    d_src, d_new = source.discriminator.state_dict(), target.discriminator.state_dict()
+    assert any(not torch.equal(v, d_src[k]) for k, v in d_new.items())  # D starts afresh
+    with pytest.raises(CheckpointError, match="another layout") as err:
+        _module(make_cfg, "paired", f"sr.init_from={ckpt}", "model.n_feats=12")
+    assert "\n" not in str(err.value)
+
+
+def test_pipeline_and_plain_l1_have_equal_generator_budgets(make_cfg) -> None:
+    cfg = make_cfg("stage=pipeline", "loss=paired")  # the default experiment
+    assert two_phase(cfg) and not two_phase(make_cfg("stage=pipeline", "loss=l1"))
+    first, rest = split_budget(cfg)
+    l1 = make_cfg("stage=sr", "loss=l1")
+    assert first["max_steps"] + rest["max_steps"] == int(l1.sr.max_steps) == int(cfg.sr.max_steps)
+    assert first["max_steps"] == round(float(cfg.pipeline.pretrain_fraction) * int(cfg.sr.max_steps))
+    epochs = split_budget(make_cfg("stage=pipeline", "loss=paper", "sr.max_steps=-1", "sr.max_epochs=10"))
+    assert epochs == ({"max_epochs": 5}, {"max_epochs": 5})
+    assert not two_phase(make_cfg("stage=pipeline", "loss=paper", "pipeline.pretrain_fraction=0"))
+    with pytest.raises(ConfigError, match="pretrain_fraction"):
+        split_budget(make_cfg("stage=pipeline", "loss=paper", "pipeline.pretrain_fraction=1.5"))
