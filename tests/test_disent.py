@@ -92,6 +92,41 @@ def test_one_step_updates_generator_and_discriminator():
         assert any(not torch.equal(sd[k], after[k]) for k in sd), f"{name} was not updated"
 
 
+def test_lr_views_learn_the_lr_hr_swap():
+    """With lr_views the step adds the LR/HR swap term; the LR view is the SR stage's input
+    (degraded, bicubic-upsampled); a repeated step on one batch lowers it."""
+    from mrsr.data.degrade import degrade, upsample
+
+    torch.manual_seed(0)
+    m = DisentModule(TINY, weights={"adv": 0.0, "swap": 0.0}, disc_channels=8, lr_views=True, scale=2,
+                     degradation="bicubic", lr=2e-3, betas=(0.9, 0.99))
+    _attach_trainer(m)
+    logged = {}
+    m.log_dict = lambda d, **k: logged.update({k_: float(v) for k_, v in d.items()})
+    hr = torch.rand(4, 1, 40, 40)
+    assert torch.equal(m.lr_view(hr), upsample(degrade(hr, 2, "bicubic"), 2))
+    batch = (hr, hr, _Meta(torch.as_tensor([0, 1, 0, 1])))
+    first = None
+    for _ in range(15):
+        m.training_step(batch, 0)
+        first = logged["train/lrswap"] if first is None else first
+    assert logged["train/lrswap"] < first
+    assert m.config["lr_views"] and m.config["degradation"] == "bicubic"
+    with pytest.raises(MrsrError, match="lr_views"):
+        DisentModule(TINY, lr_views=True)  # no scale
+
+
+def test_extractor_input_size_keeps_the_trained_pixel_scale():
+    from mrsr.stages.disent import DisentExtractor
+
+    enc = StructureTextureEncoder(**TINY).eval()
+    ext = DisentExtractor(enc, pixel_scale=32 / 64)  # trained on 64-px crops resized to 32
+    assert ext.input_size(96, 96) == (48, 48) and ext.input_size(10, 10) == (16, 16)
+    z_s, z_t = ext(torch.rand(2, 1, 96, 96))
+    assert z_s.shape == (2, 4, 12, 12) and z_t.shape == (2, 16)
+    assert DisentExtractor(enc)(torch.rand(2, 1, 96, 96))[0].shape == (2, 4, 8, 8)  # legacy: img_size
+
+
 def test_nan_step_is_skipped():
     m = DisentModule(TINY, disc_channels=8, r1_gamma=0.0)
     _attach_trainer(m)
