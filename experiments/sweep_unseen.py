@@ -1,0 +1,102 @@
+"""Score every finished SR model of a sweep on whole volumes it never saw, per preset over seeds.
+
+For each job of the sweep (a ``stage=pipeline`` or ``stage=sr`` job folder with ``.hydra/``), the
+best SR checkpoint is run through ``stage=predict`` on each volume with the protocol of
+``eval_unseen.py`` (LR made by antialiased bicubic down-sampling in the volume's own units,
+whole volume, peak = the HR maximum, nothing clipped) and PSNR, SSIM and HFEN are averaged per
+preset over the seeds (mean ± sample std). The budget of every row comes from its config.
+
+    python experiments/sweep_unseen.py SWEEP_DIR VOLUME.nii.gz ... --out results.json [--md table.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+
+import yaml
+from _bench import write_result
+from eval_unseen import evaluate
+from omegaconf import OmegaConf
+
+from mrsr.report import PRESETS
+from mrsr.tasks.pipeline import split_budget, two_phase
+
+
+def jobs(sweep: Path) -> list[dict]:
+    """Finished SR runs below ``sweep``: checkpoint, preset, seed, scale and budget."""
+    out = []
+    for finished in sorted(sweep.rglob("sr/FINISHED.json")) + sorted(sweep.glob("*/FINISHED.json")):
+        job = finished.parent.parent if finished.parent.name == "sr" else finished.parent
+        if not (job / ".hydra").is_dir():
+            continue
+        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        choices = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+        record = json.loads(finished.read_text())
+        out.append({"ckpt": record["best"], "preset": choices.get("loss"), "seed": cfg.get("seed"),
+                    "scale": int(cfg["scale"]), "budget": budget(OmegaConf.create(cfg)), "job": str(job)})
+    return out
+
+
+def budget(cfg) -> str:
+    """The generator updates of a job, and its phases."""
+    key = "max_steps" if int(cfg.sr.max_steps) > 0 else "max_epochs"
+    total = f"{cfg.sr[key]} {'updates' if key == 'max_steps' else 'epochs'}"
+    if cfg.get("stage", {}).get("name") == "pipeline" and two_phase(cfg):
+        first, rest = split_budget(cfg)
+        return f"{total} ({first[key]} L1 + {rest[key]} fine-tuning)"
+    return f"{total} (one phase)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep")
+    ap.add_argument("volumes", nargs="+")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--md", default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for j in jobs(Path(args.sweep)):
+            for vol in args.volumes:
+                r = evaluate(vol, j["scale"], j["ckpt"], 2, 1.0, Path(tmp))
+                rows.append({**j, **r})
+                print(f"{j['preset']:<10} seed {j['seed']} {r['volume']:<40} SR {r['sr_psnr']:.2f} dB "
+                      f"({r['gain_db']:+.2f}), SSIM {r['sr_ssim']:.4f}, HFEN {r['sr_hfen']:.4f}", flush=True)
+    summary = []
+    order = {p: i for i, p in enumerate(PRESETS)}
+    keys = sorted({(r["volume"], r["scale"], r["preset"]) for r in rows}, key=lambda k: (k[0], k[1], order.get(k[2], 99)))
+    for vol, scale, preset in keys:
+        sel = [r for r in rows if (r["volume"], r["scale"], r["preset"]) == (vol, scale, preset)]
+        rec = {"volume": vol, "scale": scale, "preset": preset, "n_seeds": len(sel), "budget": sel[0]["budget"]}
+        for m in ("psnr", "ssim", "hfen", "gain_db"):
+            vals = [r[f"sr_{m}"] if m != "gain_db" else r[m] for r in sel]
+            rec[m], rec[f"{m}_std"] = statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        rec["bicubic_psnr"], rec["bicubic_ssim"], rec["bicubic_hfen"] = (sel[0][k] for k in ("bicubic_psnr", "bicubic_ssim", "bicubic_hfen"))
+        summary.append(rec)
+    write_result(args.out, {"sweep": str(args.sweep), "rows": rows, "summary": summary})
+    lines = []
+    for vol in dict.fromkeys(r["volume"] for r in summary):
+        lines += [f"**{vol}** (whole volume, own units, peak = HR max; mean ± std over seeds)", "",
+                  "| method | budget | seeds | PSNR | SSIM | HFEN | gain vs bicubic (dB) |", "|---|---|---|---|---|---|---|"]
+        first = next(r for r in summary if r["volume"] == vol)
+        lines.append(f"| bicubic | — | — | {first['bicubic_psnr']:.2f} | {first['bicubic_ssim']:.4f} | "
+                     f"{first['bicubic_hfen']:.4f} | — |")
+        for r in (r for r in summary if r["volume"] == vol):
+            lines.append(f"| {PRESETS.get(r['preset'], r['preset'])} | {r['budget']} | {r['n_seeds']} | "
+                         f"{r['psnr']:.2f} ± {r['psnr_std']:.2f} | {r['ssim']:.4f} ± {r['ssim_std']:.4f} | "
+                         f"{r['hfen']:.4f} ± {r['hfen_std']:.4f} | {r['gain_db']:+.2f} ± {r['gain_db_std']:.2f} |")
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
