@@ -21,10 +21,8 @@ from pathlib import Path
 import yaml
 from _bench import write_result
 from eval_unseen import evaluate
-from omegaconf import OmegaConf
 
-from mrsr.report import PRESETS
-from mrsr.tasks.pipeline import split_budget, two_phase
+from mrsr.report import PRESETS, budget
 
 
 def jobs(sweep: Path) -> list[dict]:
@@ -38,18 +36,8 @@ def jobs(sweep: Path) -> list[dict]:
         choices = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
         record = json.loads(finished.read_text())
         out.append({"ckpt": record["best"], "preset": choices.get("loss"), "seed": cfg.get("seed"),
-                    "scale": int(cfg["scale"]), "budget": budget(OmegaConf.create(cfg)), "job": str(job)})
+                    "scale": int(cfg["scale"]), "budget": budget(cfg), "job": str(job)})
     return out
-
-
-def budget(cfg) -> str:
-    """The generator updates of a job, and its phases."""
-    key = "max_steps" if int(cfg.sr.max_steps) > 0 else "max_epochs"
-    total = f"{cfg.sr[key]} {'updates' if key == 'max_steps' else 'epochs'}"
-    if cfg.get("stage", {}).get("name") == "pipeline" and two_phase(cfg):
-        first, rest = split_budget(cfg)
-        return f"{total} ({first[key]} L1 + {rest[key]} fine-tuning)"
-    return f"{total} (one phase)"
 
 
 def main() -> None:

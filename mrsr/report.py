@@ -99,6 +99,25 @@ def collect(sweep: str | Path) -> list[Run]:
     return runs
 
 
+def budget(config: dict[str, Any]) -> str:
+    """A run's SR budget in generator updates (or epochs), with its phases: ``300 (150 L1 + 150
+    fine-tuning)`` for a two-phase pipeline job, ``300 (one phase)`` otherwise; ``—`` unknown."""
+    sr = config.get("sr") or {}
+    steps, epochs = int(sr.get("max_steps", -1) or -1), int(sr.get("max_epochs", -1) or -1)
+    if steps <= 0 and epochs <= 0:
+        return "—"
+    from omegaconf import OmegaConf
+
+    from mrsr.tasks.pipeline import split_budget, two_phase
+
+    unit, total = ("updates", steps) if steps > 0 else ("epochs", epochs)
+    cfg = OmegaConf.create(config)
+    if (config.get("stage") or {}).get("name") == "pipeline" and "pipeline" in config and two_phase(cfg):
+        first, rest = split_budget(cfg)
+        return f"{total} {unit} ({next(iter(first.values()))} L1 + {next(iter(rest.values()))} fine-tuning)"
+    return f"{total} {unit} (one phase)"
+
+
 def _seed(run: Run) -> Any:
     return run.config.get("seed")
 
@@ -119,7 +138,8 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
             key = (row.get("dataset"), row.get("degradation"), method, int(row["scale"]))
             if method == "bicubic" and key in by_seed:
                 continue
-            rec = {"dataset": key[0], "degradation": key[1], "method": method, "scale": key[3], "run": str(run.folder)}
+            rec = {"dataset": key[0], "degradation": key[1], "method": method, "scale": key[3], "run": str(run.folder),
+                   "budget": "—" if method == "bicubic" else budget(run.config)}
             for m in METRICS:
                 if f"{m}_vol" not in row and m not in row:
                     continue  # older results without this metric
@@ -136,7 +156,7 @@ def _over_seeds(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample std over the seeds' records (one record is returned as it is)."""
     if len(recs) == 1:
         return {**recs[0], "n_seeds": 1}
-    out = {k: recs[-1][k] for k in ("dataset", "degradation", "method", "scale", "run")}
+    out = {k: recs[-1][k] for k in ("dataset", "degradation", "method", "scale", "run", "budget")}
     out["n_seeds"] = len(recs)
     for m in METRICS:
         vals = [r[m] for r in recs if m in r]
@@ -181,13 +201,13 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     for (dataset, degradation), group in _groups(rows).items():
         scales, methods = _wide(group)
         metrics = _present(group)
-        head = ["method"] + [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
+        head = ["method", "SR budget"] + [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
         seeds = max(int(r.get("n_seeds", 1)) for r in group)
         spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "mean ± std over test volumes"
         lines = [f"**{dataset}**, {degradation} degradation ({spread})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method, by_scale in methods:
-            cells = [PRESETS.get(method, method)]
+            cells = [PRESETS.get(method, method), next(iter(by_scale.values())).get("budget", "—")]
             for s in scales:
                 cells += [_cell(by_scale.get(s), m) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
@@ -200,7 +220,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     no row has is left out, one that a row lacks is an empty field)."""
     buf = io.StringIO()
     cols = ["dataset", "degradation", "method", "scale"]
-    cols += [f"{m}{s}" for m in _present(rows) for s in ("", "_std")] + ["n_seeds", "run"]
+    cols += [f"{m}{s}" for m in _present(rows) for s in ("", "_std")] + ["n_seeds", "budget", "run"]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)

@@ -93,7 +93,7 @@ def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None
         ("bicubic", 2), ("bicubic", 4), ("l1", 4), ("paper", 2), ("tex_str", 2)]
     assert next(r for r in rows if r["method"] == "paper")["psnr"] == 30.0  # the volume mean
     md = report.to_markdown(rows)
-    assert "| ablation: L_tex + L_str | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 | — | — | — |" in md
+    assert "| ablation: L_tex + L_str | — | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 | — | — | — |" in md
 
 
 def test_needed_extractors_follow_the_loss_preset(make_cfg) -> None:

@@ -160,3 +160,18 @@ def test_pipeline_and_plain_l1_have_equal_generator_budgets(make_cfg) -> None:
     assert not two_phase(make_cfg("stage=pipeline", "loss=paper", "pipeline.pretrain_fraction=0"))
     with pytest.raises(ConfigError, match="pretrain_fraction"):
         split_budget(make_cfg("stage=pipeline", "loss=paper", "pipeline.pretrain_fraction=1.5"))
+
+
+def test_every_table_row_states_its_budget(make_cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from mrsr.report import budget
+
+    def plain(*o: str) -> dict:
+        cfg = make_cfg(*o)
+        return OmegaConf.to_container(cfg, resolve=False)  # as a job's .hydra/config.yaml holds it
+
+    assert budget(plain("stage=pipeline", "loss=paired")) == "700 updates (350 L1 + 350 fine-tuning)"
+    assert budget(plain("stage=pipeline", "loss=l1")) == "700 updates (one phase)"
+    assert budget(plain("stage=sr", "loss=paired")) == "700 updates (one phase)"
+    assert budget({}) == "—"
