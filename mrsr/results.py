@@ -65,12 +65,16 @@ def write_results(out_dir: str | Path, rows: Sequence[dict], name: str = "result
 
 
 def print_table(rows: Sequence[dict], title: str) -> None:
-    """Print PSNR/SSIM/NMSE (slice means and volume means) as a rich table."""
+    """Print the headline metrics (slice means, and volume means of PSNR/SSIM/NMSE) as a rich
+    table; HFEN and the foreground-masked PSNR/SSIM where the rows have them."""
     from rich.console import Console
     from rich.table import Table
 
+    extra = [(k, label, d) for k, label, d in (("hfen", "HFEN", 4), ("psnr_fg", "PSNR-fg", 2), ("ssim_fg", "SSIM-fg", 4))
+             if all(k in r for r in rows)]
     table = Table(title=title)
-    for col in ("method", "PSNR", "SSIM", "NMSE", "PSNR (vol)", "SSIM (vol)", "NMSE (vol)"):
+    cols = ("method", "PSNR", "SSIM", "NMSE", *(label for _, label, _ in extra), "PSNR (vol)", "SSIM (vol)", "NMSE (vol)")
+    for col in cols:
         table.add_column(col, justify="right" if col != "method" else "left")
     for r in rows:
         table.add_row(
@@ -78,6 +82,7 @@ def print_table(rows: Sequence[dict], title: str) -> None:
             f"{r['psnr']:.2f}",
             f"{r['ssim']:.4f}",
             f"{r['nmse']:.4f}",
+            *(f"{r[k]:.{d}f}" for k, _, d in extra),
             f"{r['psnr_vol']:.2f} ± {r['psnr_vol_std']:.2f}",
             f"{r['ssim_vol']:.4f} ± {r['ssim_vol_std']:.4f}",
             f"{r['nmse_vol']:.4f} ± {r['nmse_vol_std']:.4f}",
