@@ -10,6 +10,8 @@
   ``dc`` (data consistency): ``y`` re-degraded with the data's own degradation ``D`` is
   compared with the LR input, ``pixel(D(y), LR)`` and ``f(D(y))`` vs ``f(LR)``; the true HR
   minimises every term (``D(HR) = LR``), the interpolated LR does not.
+  Images on the LR grid are resized to the SR patch's size before an extractor sees them, so
+  every feature is taken at one physical scale.
 - ``features``: ``pooled`` compares one vector per image (mean ViT token, z_t, and z_s
   flattened), ``1 - cos``; ``spatial`` compares the ViT token map and the z_s map location by
   location (unit-normalised over channels at each location, ``1 - cos`` averaged over
@@ -17,7 +19,8 @@
 - ``normalise``: terms (of ``adv``, ``vit``, ``str``, ``tex``) whose weight is made relative
   to the pixel term: at the first training step each listed term is scaled so that its
   gradient on the SR output has the norm of the L1-vs-HR gradient; its configured weight is
-  then the ratio of the two norms. The scales are buffers, saved with the checkpoint.
+  then the ratio of the two norms (each factor capped at ``MAX_SCALE``). The scales are
+  buffers, saved with the checkpoint.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ PIXEL_LOSSES = ("l1", "charbonnier")
 TARGETS = ("hr", "lr", "dc")
 FEATURE_MODES = ("pooled", "spatial")
 NORMALISABLE = ("adv", "vit", "str", "tex")
+MAX_SCALE = 1e4  # a normalise factor is capped here (a term with almost no gradient stays small)
 
 
 def pixel_loss(sr: Tensor, hr: Tensor, kind: str = "l1", eps: float = 1e-3) -> Tensor:
@@ -59,6 +63,13 @@ def spatial_cosine_distance(a: Tensor, b: Tensor, eps: float = 1e-10) -> Tensor:
         a = a / (a.norm(dim=1, keepdim=True) + eps)
         b = b / (b.norm(dim=1, keepdim=True) + eps)
         return 0.5 * (a - b).pow(2).sum(dim=1).mean()
+
+
+def to_size(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``x`` resized to ``size`` (bilinear, antialiased); unchanged when it has that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def needed_extractors(loss: Mapping[str, Any]) -> list[str]:
@@ -133,7 +144,11 @@ class SRObjective(nn.Module):
         scales = self.term_scale.tolist()
         return {k: self.weights[k] * scales[i] for i, k in enumerate(LOSS_KEYS)}
 
-    def _feature_terms(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
+    def _feature_terms(self, x: Tensor, ref: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
+        """Feature distances of ``x`` and ``ref``, both first brought to ``size`` (the SR patch's
+        HR grid): LR-grid images cover the same anatomy in fewer pixels, and the extractors must
+        see every image at one physical scale (the one they were trained at)."""
+        x, ref = to_size(x, size), to_size(ref, size)
         terms: dict[str, Tensor] = {}
         spatial = self.mode == "spatial"
         if "vit" in self._features:
@@ -163,7 +178,8 @@ class SRObjective(nn.Module):
             if adv is None:
                 raise ConfigError("loss.adv > 0 needs a discriminator")
             terms["adv"] = adv(sr)
-        terms.update(self._feature_terms(out, ref))
+        if self._features:
+            terms.update(self._feature_terms(out, ref, tuple(sr.shape[-2:])))
         return terms
 
     def total(self, terms: dict[str, Tensor]) -> Tensor:
@@ -187,7 +203,7 @@ class SRObjective(nn.Module):
             return float(g.float().norm()) if g is not None else 0.0
 
         ref = norm(F.l1_loss(sr, hr))
-        scales = {k: ref / max(norm(terms[k]), 1e-12) for k in listed}
+        scales = {k: min(MAX_SCALE, ref / max(norm(terms[k]), 1e-12)) for k in listed}
         self._set_scales(scales)
         log.info("loss.normalise: gradient-norm scales %s (L1 gradient norm %.3g)",
                  ", ".join(f"{k} x{v:.3g}" for k, v in scales.items()), ref)
