@@ -26,6 +26,8 @@ import yaml
 
 from mrsr.results import atomic_write_text
 
+PRETRAIN_FOLDER = "sr_l1"  # the L1 phase of a two-phase pipeline job (see mrsr.tasks.pipeline)
+
 # Row order and labels (the paper's naming of the loss terms).
 PRESETS: dict[str, str] = {
     "bicubic": "bicubic",
@@ -83,6 +85,8 @@ def collect(sweep: str | Path) -> list[Run]:
         raise ReportError(f"{sweep}: not a folder")
     runs = []
     for path in sorted(sweep.rglob("results.json")):
+        if path.parent.name == PRETRAIN_FOLDER:
+            continue  # the L1 phase of a two-phase job: not a preset of the table
         try:
             rows = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -201,13 +205,16 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     for (dataset, degradation), group in _groups(rows).items():
         scales, methods = _wide(group)
         metrics = _present(group)
-        head = ["method", "SR budget"] + [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
+        head = ["method", "SR budget", "seeds"] + [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
         seeds = max(int(r.get("n_seeds", 1)) for r in group)
-        spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "mean ± std over test volumes"
+        spread = ("mean ± std over the seeds of each row (rows with one seed, and bicubic: over test volumes)"
+                  if seeds > 1 else "mean ± std over test volumes")
         lines = [f"**{dataset}**, {degradation} degradation ({spread})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method, by_scale in methods:
-            cells = [PRESETS.get(method, method), next(iter(by_scale.values())).get("budget", "—")]
+            first = next(iter(by_scale.values()))
+            cells = [PRESETS.get(method, method), first.get("budget", "—"),
+                     "—" if method == "bicubic" else str(first.get("n_seeds", 1))]
             for s in scales:
                 cells += [_cell(by_scale.get(s), m) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")

@@ -93,7 +93,7 @@ def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None
         ("bicubic", 2), ("bicubic", 4), ("l1", 4), ("paper", 2), ("tex_str", 2)]
     assert next(r for r in rows if r["method"] == "paper")["psnr"] == 30.0  # the volume mean
     md = report.to_markdown(rows)
-    assert "| ablation: L_tex + L_str | — | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 | — | — | — |" in md
+    assert "| ablation: L_tex + L_str | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 | — | — | — |" in md
 
 
 def test_needed_extractors_follow_the_loss_preset(make_cfg) -> None:
@@ -162,4 +162,13 @@ def test_report_gives_mean_and_std_over_seeds(tmp_path: Path) -> None:
     assert rows["l1"]["psnr_std"] == pytest.approx(1.0)  # sample std over the seeds
     assert rows["paper"]["n_seeds"] == 1 and rows["bicubic"]["psnr"] == 20.0
     md = report.to_markdown(list(rows.values()))
-    assert "mean ± std over 3 seeds" in md and "| 31.00 ± 1.00 |" in md
+    assert "mean ± std over the seeds of each row" in md and "| 3 | 31.00 ± 1.00 |" in md
+
+
+def test_report_leaves_out_the_l1_phase(tmp_path: Path) -> None:
+    phase = tmp_path / "extractors" / "sr_l1-demo-123" / "sr_l1"
+    phase.mkdir(parents=True)
+    base = {"dataset": "demo", "scale": 2, "degradation": "bicubic", "loss": "paired"}
+    (phase / "results.json").write_text(json.dumps([{"method": "sr", **base, "psnr_vol": 1.0}]))
+    with pytest.raises(report.ReportError, match="no finished runs"):
+        report.collect(tmp_path)

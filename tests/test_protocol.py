@@ -201,3 +201,43 @@ def test_every_target_works_with_extractors_at_their_trained_scale(target: str, 
     assert set(terms) == {"pixel", "vit", "str", "tex"} and all(torch.isfinite(v) for v in terms.values())
     objective.total(terms).backward()
     assert sr.grad is not None and sr.grad.abs().sum() > 0
+
+
+def test_calibration_waits_for_finite_gradients(make_cfg) -> None:
+    from omegaconf import OmegaConf
+
+    loss = OmegaConf.to_container(make_cfg("loss=spatial").loss, resolve=True)
+    objective = SRObjective(loss, 2, "bicubic", TinyViT(), TinyDisent())
+    lr, hr, _ = next(iter(synthetic_loader()))
+    sr = upsample(lr, 2).requires_grad_(True)
+    terms = objective.terms(lr, hr, sr, lambda x: x.mean() * 0)
+    bad = {**terms, "vit": terms["vit"] * float("nan")}
+    assert objective.calibrate(sr, hr, bad) == {} and not bool(objective.calibrated)
+    assert objective.effective_weights()["vit"] == loss["vit"]  # unscaled until a finite step
+    assert objective.calibrate(sr, hr, terms) and bool(objective.calibrated)
+
+
+def test_resume_of_older_checkpoints(make_cfg, tmp_path: Path) -> None:
+    """A 0.3 L1 checkpoint (no objective buffers) resumes; a 0.3 GAN checkpoint (two optimiser
+    states) is refused in one line before any work."""
+    from mrsr.tasks.train import resolve_resume
+
+    module = _module(make_cfg, "l1")
+    trainer = _trainer(tmp_path, steps=2)
+    trainer.fit(module, train_dataloaders=synthetic_loader(n=8, batch=2))
+    ckpt = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(ckpt)
+    old = torch.load(ckpt, weights_only=True)
+    for k in [k for k in old["state_dict"] if k.startswith("objective.")]:
+        del old["state_dict"][k]
+    torch.save(old, ckpt)
+    resumed = _module(make_cfg, "l1")
+    trainer = _trainer(tmp_path, steps=4)
+    trainer.fit(resumed, train_dataloaders=synthetic_loader(n=8, batch=2), ckpt_path=str(ckpt), weights_only=True)
+    assert trainer.global_step == 4 and bool(resumed.objective.calibrated)
+    old["optimizer_states"] = old["optimizer_states"] * 2
+    torch.save(old, ckpt)
+    cfg = make_cfg("stage=sr", f"ckpt_path={ckpt}")
+    with pytest.raises(CheckpointError, match="two optimisers") as err:
+        resolve_resume(cfg, tmp_path, "sr")
+    assert "\n" not in str(err.value)

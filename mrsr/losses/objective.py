@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -66,10 +67,11 @@ def spatial_cosine_distance(a: Tensor, b: Tensor, eps: float = 1e-10) -> Tensor:
 
 
 def to_size(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``x`` resized to ``size`` (bilinear, antialiased); unchanged when it has that size."""
+    """``x`` resized to ``size`` (bilinear, antialiased, in float32: CPU has no half-precision
+    antialiased kernel); unchanged when it has that size."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def needed_extractors(loss: Mapping[str, Any]) -> list[str]:
@@ -118,6 +120,7 @@ class SRObjective(nn.Module):
         self.scale, self.degradation = int(scale), degradation or "bicubic"
         self.register_buffer("term_scale", torch.ones(len(LOSS_KEYS)))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self._host: tuple[list[float], bool] | None = None
         self._features: dict[str, FeatureLoss] = {}
         needed = needed_extractors(self.weights)
         if "vit" in needed:
@@ -139,9 +142,24 @@ class SRObjective(nn.Module):
             f._apply(fn, *args, **kwargs)
         return self
 
+    def _is_calibrated(self) -> bool:
+        if self._host is None:
+            self._refresh()
+        return self._host[1]  # type: ignore[index]
+
+    def _refresh(self) -> None:
+        """Host copies of the buffers (no device sync per step)."""
+        self._host = (self.term_scale.tolist(), bool(self.calibrated))
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # buffers replaced: refresh the copies
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host = None
+
     def effective_weights(self) -> dict[str, float]:
         """The configured weights times the ``normalise`` scales."""
-        scales = self.term_scale.tolist()
+        if self._host is None:
+            self._refresh()
+        scales = self._host[0]  # type: ignore[index]
         return {k: self.weights[k] * scales[i] for i, k in enumerate(LOSS_KEYS)}
 
     def _feature_terms(self, x: Tensor, ref: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
@@ -191,19 +209,25 @@ class SRObjective(nn.Module):
         for k, v in scales.items():
             self.term_scale[LOSS_KEYS.index(k)] = v
         self.calibrated.fill_(True)
+        self._host = None
 
     def calibrate(self, sr: Tensor, hr: Tensor, terms: dict[str, Tensor]) -> dict[str, float]:
-        """Set the ``normalise`` scales from gradient norms on ``sr`` (once; a no-op after)."""
-        if not self.normalise or bool(self.calibrated):
+        """Set the ``normalise`` scales from gradient norms on ``sr`` (once; a no-op after, and
+        a no-op when a norm is not finite, so the next step tries again)."""
+        if not self.normalise or self._is_calibrated():
             return {}
         listed = [k for k in self.normalise if k in terms]
+        boost = float(sr.numel())  # every loss x the same constant: fp16 gradients stay representable
 
         def norm(t: Tensor) -> float:
-            (g,) = torch.autograd.grad(t, sr, retain_graph=True, allow_unused=True)
-            return float(g.float().norm()) if g is not None else 0.0
+            (g,) = torch.autograd.grad(t * boost, sr, retain_graph=True, allow_unused=True)
+            return float(g.float().norm()) / boost if g is not None else 0.0
 
         ref = norm(F.l1_loss(sr, hr))
-        scales = {k: min(MAX_SCALE, ref / max(norm(terms[k]), 1e-12)) for k in listed}
+        norms = {k: norm(terms[k]) for k in listed}
+        if not all(math.isfinite(v) for v in (ref, *norms.values())) or ref <= 0:
+            return {}
+        scales = {k: min(MAX_SCALE, ref / max(v, 1e-12)) for k, v in norms.items()}
         self._set_scales(scales)
         log.info("loss.normalise: gradient-norm scales %s (L1 gradient norm %.3g)",
                  ", ".join(f"{k} x{v:.3g}" for k, v in scales.items()), ref)

@@ -123,6 +123,15 @@ class SRModule(StageModule):
         self._grid: list[tuple[str, Tensor]] | None = None
         self.test_rows: list[dict[str, Any]] = []
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume checkpoints written before the objective had buffers (0.3): its scales start
+        at one, calibrated unless the preset asks for ``normalise``."""
+        super().on_load_checkpoint(checkpoint)
+        sd = checkpoint.get("state_dict", {})
+        for k, v in self.objective.state_dict().items():
+            if f"objective.{k}" not in sd:
+                sd[f"objective.{k}"] = v.clone() if k != "calibrated" else torch.tensor(not self.objective.normalise)
+
     @property
     def weights(self) -> dict[str, float]:
         """The configured loss weights (``objective.weights``)."""
@@ -193,15 +202,16 @@ class SRModule(StageModule):
                 self.manual_backward(d_terms["d_real"] + d_terms["d_fake"])
             self.discriminator.requires_grad_(False)
         terms = self.generator_terms(lr, hr, sr)
-        self._calibrate(sr, hr, terms)
-        total = self.objective.total(terms)
         logged.update(terms)
         modules = [self.generator] + ([self.discriminator] if self.use_d else [])
-        if self.losses_finite({**terms, "total": total}):
-            self.manual_backward(total)
-            if self.step_optimizer(opt, modules, "G+D" if self.use_d else "G") and self.ema is not None:
-                self.ema.update_parameters(self.generator)
-            self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
+        if self.losses_finite(terms):
+            self._calibrate(sr, hr, terms)  # once, on a finite step
+            total = self.objective.total(terms)
+            if self.losses_finite({"total": total}):
+                self.manual_backward(total)
+                if self.step_optimizer(opt, modules, "G+D" if self.use_d else "G") and self.ema is not None:
+                    self.ema.update_parameters(self.generator)
+                self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()  # once per batch, also a skipped one, so the schedule follows the batch count
@@ -346,7 +356,7 @@ def build(
         )
         vit_extractor, disent_extractor = vit_extractor or vit, disent_extractor or disent
     loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    degradation = getattr(getattr(dm, "store", None), "degradation", None)
+    degradation = getattr(getattr(dm, "store", None), "degradation", None) or cfg.data.get("degradation")
     objective = SRObjective(loss, int(cfg.scale), degradation, vit_extractor, disent_extractor)
     disc = instantiate(sr.discriminator, _convert_="all") if objective.uses_discriminator else None
     config = {

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mrsr.errors import ConfigError
 from mrsr.losses.objective import needed_extractors
+from mrsr.report import PRETRAIN_FOLDER
 from mrsr.tasks.train import FINISHED, train_stage
 
 log = logging.getLogger("mrsr")
@@ -171,10 +172,15 @@ def run_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
 
 
 def two_phase(cfg: DictConfig) -> bool:
-    """Whether the SR stage runs as an L1 phase then a fine-tuning phase."""
+    """Whether the SR stage runs as an L1 phase then a fine-tuning phase: a preset with
+    adversarial or feature terms, ``pipeline.pretrain_fraction > 0`` and no ``sr.init_from``
+    given (a given generator is the start instead of an L1 phase)."""
+    frac = float(cfg.pipeline.get("pretrain_fraction") or 0.0)
+    if not 0 <= frac < 1:
+        raise ConfigError(f"pipeline.pretrain_fraction={frac} must be in [0, 1) (0: one phase)")
     loss = cfg.loss
     fancy = any(float(loss.get(k, 0.0)) > 0 for k in ("adv", "vit", "str", "tex"))
-    return fancy and float(cfg.pipeline.get("pretrain_fraction") or 0.0) > 0
+    return fancy and frac > 0 and not cfg.sr.get("init_from")
 
 
 def split_budget(cfg: DictConfig) -> tuple[dict[str, int], dict[str, int]]:
@@ -182,7 +188,7 @@ def split_budget(cfg: DictConfig) -> tuple[dict[str, int], dict[str, int]]:
     the fine-tuning phase by ``pipeline.pretrain_fraction``; each phase gets at least one."""
     frac = float(cfg.pipeline.pretrain_fraction)
     if not 0 < frac < 1:
-        raise ConfigError(f"pipeline.pretrain_fraction={frac} must be in [0, 1) (0: one phase)")
+        raise ConfigError(f"pipeline.pretrain_fraction={frac} must be in (0, 1) for two phases")
     key = "max_steps" if int(cfg.sr.max_steps) > 0 else "max_epochs"
     total = int(cfg.sr[key])
     if total < 0:
@@ -199,7 +205,8 @@ def pretrain_cfg(cfg: DictConfig, budget: dict[str, int]) -> DictConfig:
     with open_dict(sub):
         sub.loss.update({"pixel": 1.0, "adv": 0.0, "vit": 0.0, "str": 0.0, "tex": 0.0,
                          "target": "hr", "features": "pooled", "normalise": []})
-        sub.sr.update({"init_from": None, "vit_ckpt": None, "disent_ckpt": None, **budget})
+        sub.sr.update({"init_from": None, "vit_ckpt": None, "disent_ckpt": None, **budget,
+                       "discriminator": None, "gan_loss": "nsgan"})  # unused without adv: not in the key
     return sub
 
 
@@ -211,23 +218,29 @@ def pretrain_key(cfg: DictConfig) -> str:
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "sr": OmegaConf.to_container(cfg.sr, resolve=True),
         "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        "trainer": {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()  # type: ignore[union-attr]
+                    if k not in ("default_root_dir", "log_every_n_steps", "enable_model_summary")},
+        "callbacks": OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=False),
         "seed": cfg.seed,
     }
-    return "sr_l1-" + _key(data, parts)
+    return f"{PRETRAIN_FOLDER}-" + _key(data, parts)
 
 
 def run_sr(cfg: DictConfig, root: Path, shared: Path | None, records: dict[str, Any]) -> dict[str, Any]:
     """Stage ``sr``, as two phases when :func:`two_phase` says so."""
     if not two_phase(cfg):
+        if cfg.sr.get("init_from"):
+            log.info("sr.init_from=%s given: one phase from it, no L1 phase", cfg.sr.init_from)
         return run_stage(cfg, "sr", root / "sr")
     first, rest = split_budget(cfg)
     pcfg = pretrain_cfg(cfg, first)
-    out = root / "sr_l1" if shared is None else shared / pretrain_key(pcfg) / "sr_l1"
+    out = root / PRETRAIN_FOLDER if shared is None else shared / pretrain_key(pcfg) / PRETRAIN_FOLDER
     with file_lock(out.parent):
-        records["sr_l1"] = run_stage(pcfg, "sr", out)
+        records[PRETRAIN_FOLDER] = run_stage(pcfg, "sr", out)
+    start = records[PRETRAIN_FOLDER]["best"]
     with open_dict(cfg):
-        cfg.sr.update({"init_from": records["sr_l1"]["best"], **rest})
-    log.info("fine-tuning from %s (%s)", records["sr_l1"]["best"], rest)
+        cfg.sr.update({"init_from": start, **rest})
+    log.info("fine-tuning from %s (%s)", start, rest)
     return run_stage(cfg, "sr", root / "sr")
 
 

@@ -17,7 +17,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from mrsr.checkpoint import load_checkpoint
-from mrsr.errors import ConfigError
+from mrsr.errors import CheckpointError, ConfigError
 from mrsr.results import atomic_write_text
 from mrsr.tasks.common import (
     build_datamodule,
@@ -51,7 +51,10 @@ def resolve_resume(cfg: DictConfig, out: Path, stage: str | None = None) -> str 
         if not path.exists():
             raise ConfigError(f"ckpt_path={ckpt}: checkpoint not found")
     if stage is not None:
-        load_checkpoint(path, stage=stage, scale=int(cfg.scale) if stage == "sr" else None)
+        ckpt = load_checkpoint(path, stage=stage, scale=int(cfg.scale) if stage == "sr" else None)
+        if stage == "sr" and len(ckpt.get("optimizer_states") or []) > 1:
+            raise CheckpointError(path, "a GAN checkpoint of mrsr 0.3 (two optimisers, two steps per batch) cannot be "
+                                        "resumed by this version: start from its generator with sr.init_from=<it>")
     return str(path)
 
 
