@@ -49,9 +49,15 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
+    done: set[tuple[str, str]] = set()
+    if Path(args.out).is_file():  # scored already (same checkpoint and volume): kept, not rerun
+        rows = json.loads(Path(args.out).read_text()).get("rows", [])
+        done = {(r["ckpt"], r["volume"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for j in jobs(Path(args.sweep)):
             for vol in args.volumes:
+                if (j["ckpt"], Path(vol).name) in done:
+                    continue
                 r = evaluate(vol, j["scale"], j["ckpt"], 2, 1.0, Path(tmp))
                 rows.append({**j, **r})
                 print(f"{j['preset']:<10} seed {j['seed']} {r['volume']:<40} SR {r['sr_psnr']:.2f} dB "

@@ -1,6 +1,6 @@
 """Collect a sweep's finished SR runs into Table-1/2-style Markdown and CSV and a figure.
 
-``python -m mrsr.report <sweep folder> [--out DIR] [--no-figure]``
+``python -m mrsr.report <sweep folder> [<sweep folder> ...] [--out DIR] [--no-figure]``
 
 Every ``results.json`` below the folder (a ``stage=sr`` job folder, or the ``sr/`` folder
 of a ``stage=pipeline`` job) is one finished run; the job's ``.hydra`` folder tells its
@@ -207,7 +207,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         metrics = _present(group)
         head = ["method", "SR budget", "seeds"] + [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
         seeds = max(int(r.get("n_seeds", 1)) for r in group)
-        spread = ("mean ± std over the seeds of each row (rows with one seed, and bicubic: over test volumes)"
+        spread = ("mean ± std over the seeds of each row; bicubic and one-seed rows: over test volumes"
                   if seeds > 1 else "mean ± std over test volumes")
         lines = [f"**{dataset}**, {degradation} degradation ({spread})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -313,15 +313,22 @@ def _relative(path: str, root: Path) -> str:
         return path
 
 
-def report(sweep: str | Path, out: str | Path | None = None, figure: bool = True) -> dict[str, Path]:
-    """Write ``table.md``, ``table.csv`` (and ``figure.png``) for the sweep into ``out``."""
-    runs = collect(sweep)
+def report(sweep: str | Path | list[str | Path], out: str | Path | None = None, figure: bool = True) -> dict[str, Path]:
+    """Write ``table.md``, ``table.csv`` (and ``figure.png``) for the sweep (or several sweep
+    folders, e.g. one per scale, in one table) into ``out`` (default: the first sweep folder)."""
+    sweeps = [Path(x) for x in (sweep if isinstance(sweep, list) else [sweep])]
+    runs = [r for x in sweeps for r in collect(x)]
     rows = table_rows(runs)
-    out = Path(out or sweep)
+    out = Path(out or sweeps[0])
     written = {"table.md": out / "table.md", "table.csv": out / "table.csv"}
     atomic_write_text(written["table.md"], to_markdown(rows))
-    root = Path(sweep).resolve()
-    relative = [{**r, "run": _relative(r["run"], root)} for r in rows]  # portable: paths inside the sweep
+    roots = [x.resolve() for x in sweeps]
+
+    def portable(path: str) -> str:  # paths inside their sweep
+        root = next((r for r in roots if Path(path).resolve().is_relative_to(r)), roots[0])
+        return _relative(path, root)
+
+    relative = [{**r, "run": portable(r["run"])} for r in rows]
     atomic_write_text(written["table.csv"], to_csv(relative))
     if figure:
         try:
@@ -337,12 +344,12 @@ def report(sweep: str | Path, out: str | Path | None = None, figure: bool = True
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mrsr.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="a multirun sweep folder (or any folder with finished runs)")
+    parser.add_argument("sweep", nargs="+", help="multirun sweep folder(s) (or any folders with finished runs)")
     parser.add_argument("--out", help="where to write table.md, table.csv, figure.png (default: the sweep folder)")
     parser.add_argument("--no-figure", action="store_true", help="only the tables")
     args = parser.parse_args(argv)
     try:
-        written = report(args.sweep, args.out, figure=not args.no_figure)
+        written = report(list(args.sweep), args.out, figure=not args.no_figure)
     except ReportError as err:
         print(f"mrsr.report: {err}", file=sys.stderr)
         return 2
