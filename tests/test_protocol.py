@@ -118,16 +118,17 @@ def test_normalise_sets_weights_from_gradient_norms(make_cfg) -> None:
     sr = upsample(lr, 2).requires_grad_(True)
     terms = objective.terms(lr, hr, sr, lambda x: x.mean() * 0)
     scales = objective.calibrate(sr, hr, terms)
-    assert set(scales) == {"vit", "str"} and bool(objective.calibrated)
+    assert set(scales) == {"vit", "str", "tex"} and bool(objective.calibrated)
     w = objective.effective_weights()
 
     def gnorm(t: torch.Tensor) -> float:
         return torch.autograd.grad(t, sr, retain_graph=True)[0].norm().item()
 
     ref = gnorm(torch.nn.functional.l1_loss(sr, hr))
-    for k in ("vit", "str"):  # weighted gradient norm = configured weight x the L1 gradient norm
-        assert w[k] * gnorm(terms[k]) == pytest.approx(loss[k] * ref, rel=1e-4)
-    assert w["tex"] == loss["tex"] and objective.calibrate(sr, hr, terms) == {}  # once only
+    for k in ("vit", "str", "tex"):  # weighted gradient norm = configured weight x the L1 gradient norm
+        if k != "tex" or scales[k] < 1e4:  # (z_t of the tiny test encoder may hardly move: capped)
+            assert w[k] * gnorm(terms[k]) == pytest.approx(loss[k] * ref, rel=1e-4)
+    assert w["pixel"] == loss["pixel"] and objective.calibrate(sr, hr, terms) == {}  # once only
 
 
 def test_init_from_loads_the_generator_and_nothing_else(make_cfg, tmp_path: Path) -> None:
