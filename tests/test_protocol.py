@@ -109,14 +109,19 @@ def test_spatial_distance_is_per_location() -> None:
     assert spatial_cosine_distance(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)  # scale-free per location
 
 
-def test_normalise_sets_weights_from_gradient_norms(make_cfg) -> None:
+def _spatial_objective(make_cfg):
+    """The ``spatial`` preset's objective and its terms at the interpolated LR of a batch."""
     from omegaconf import OmegaConf
 
     loss = OmegaConf.to_container(make_cfg("loss=spatial").loss, resolve=True)
     objective = SRObjective(loss, 2, "bicubic", TinyViT(), TinyDisent())
     lr, hr, _ = next(iter(synthetic_loader()))
     sr = upsample(lr, 2).requires_grad_(True)
-    terms = objective.terms(lr, hr, sr, lambda x: x.mean() * 0)
+    return loss, objective, hr, sr, objective.terms(lr, hr, sr, lambda x: x.mean() * 0)
+
+
+def test_normalise_sets_weights_from_gradient_norms(make_cfg) -> None:
+    loss, objective, hr, sr, terms = _spatial_objective(make_cfg)
     scales = objective.calibrate(sr, hr, terms)
     assert set(scales) == {"vit", "str", "tex"} and bool(objective.calibrated)
     w = objective.effective_weights()
@@ -205,13 +210,7 @@ def test_every_target_works_with_extractors_at_their_trained_scale(target: str, 
 
 
 def test_calibration_waits_for_finite_gradients(make_cfg) -> None:
-    from omegaconf import OmegaConf
-
-    loss = OmegaConf.to_container(make_cfg("loss=spatial").loss, resolve=True)
-    objective = SRObjective(loss, 2, "bicubic", TinyViT(), TinyDisent())
-    lr, hr, _ = next(iter(synthetic_loader()))
-    sr = upsample(lr, 2).requires_grad_(True)
-    terms = objective.terms(lr, hr, sr, lambda x: x.mean() * 0)
+    loss, objective, hr, sr, terms = _spatial_objective(make_cfg)
     bad = {**terms, "vit": terms["vit"] * float("nan")}
     assert objective.calibrate(sr, hr, bad) == {} and not bool(objective.calibrated)
     assert objective.effective_weights()["vit"] == loss["vit"]  # unscaled until a finite step

@@ -14,6 +14,15 @@ def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
         return (1 - F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1, eps=1e-8)).mean()
 
 
+def trained_scale_size(h: int, w: int, pixel_scale: float | None, multiple: int) -> tuple[int, int] | None:
+    """The size at which an extractor trained at ``pixel_scale`` (its ``img_size / train_crop``)
+    sees an ``h x w`` image: each side scaled and rounded to a multiple of ``multiple`` (at
+    least one). ``None`` when the scale is unknown (the extractor resizes to its ``img_size``)."""
+    if pixel_scale is None:
+        return None
+    return tuple(max(multiple, round(n * pixel_scale / multiple) * multiple) for n in (h, w))  # type: ignore[return-value]
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Parameters without gradients, eval mode; returns the module."""
     for p in module.parameters():

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.data.degrade import crop_to_multiple, degrade, upsample
 from mrsr.errors import CheckpointError, ConfigError
+from mrsr.losses.feature import trained_scale_size
 from mrsr.losses.gan import d_loss_fake, d_loss_real, g_loss
 from mrsr.metrics import SliceTable, psnr, ssim
 from mrsr.nets.swapae import (
@@ -379,10 +380,7 @@ class DisentExtractor(nn.Module):
 
     def input_size(self, h: int, w: int) -> tuple[int, int] | None:
         """The size an ``h x w`` image is fed at (None: ``img_size``)."""
-        if self.pixel_scale is None:
-            return None
-        m = self.encoder.size_multiple
-        return tuple(max(m, round(n * self.pixel_scale / m) * m) for n in (h, w))  # type: ignore[return-value]
+        return trained_scale_size(h, w, self.pixel_scale, self.encoder.size_multiple)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         z_s, z_t = self.encoder(images, self.input_size(*images.shape[-2:]))

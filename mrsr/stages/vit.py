@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.errors import CheckpointError, ConfigError
+from mrsr.losses.feature import trained_scale_size
 from mrsr.metrics import SliceTable
 from mrsr.nets.vit import SliceViT, load_pretrained_vit
 from mrsr.stages.base import SliceEvalHooks, StageModule
@@ -177,10 +178,7 @@ class ViTExtractor(nn.Module):
 
     def input_size(self, h: int, w: int) -> tuple[int, int] | None:
         """The size an ``h x w`` image is fed at (None: ``img_size``)."""
-        if self.pixel_scale is None:
-            return None
-        p = self.net.patch_size
-        return tuple(max(p, round(n * self.pixel_scale / p) * p) for n in (h, w))  # type: ignore[return-value]
+        return trained_scale_size(h, w, self.pixel_scale, self.net.patch_size)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         pooled, tokens = self.net.encode(images, self.input_size(*images.shape[-2:]))
