@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from mrsr.data.degrade import degrade, upsample
 from mrsr.data.readers import read_nifti
-from mrsr.metrics import log_filter, ssim
+from mrsr.metrics import hfen_terms, ssim
 from mrsr.tasks.predict import predict, write_nifti_atomic
 
 DEFAULT_VOLUMES = ["mrsr/assets/demo/seg3d_T1.nii.gz"]
@@ -61,8 +61,8 @@ def score(pred: np.ndarray, hr: np.ndarray, axis: int) -> dict[str, float]:
     p = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pred, axis, 0)))[:, None].float()
     t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(hr, axis, 0)))[:, None].float()
     s = torch.cat([ssim(p[i : i + 16], t[i : i + 16], data_range=peak) for i in range(0, len(p), 16)])
-    err = sum(float(log_filter(p[i : i + 16] - t[i : i + 16]).double().pow(2).sum()) for i in range(0, len(p), 16))
-    ref = sum(float(log_filter(t[i : i + 16]).double().pow(2).sum()) for i in range(0, len(p), 16))
+    terms = [hfen_terms(p[i : i + 16], t[i : i + 16]) for i in range(0, len(p), 16)]
+    err, ref = (float(sum(x[j].sum() for x in terms)) for j in (0, 1))
     return {"psnr": 10 * np.log10(peak**2 / mse), "ssim": float(s.mean()), "hfen": (err / ref) ** 0.5}
 
 

@@ -93,7 +93,7 @@ def log_filter(x: Tensor, sigma: float = LOG_SIGMA, size: int = LOG_SIZE) -> Ten
         return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), k, groups=c)
 
 
-def _hfen_terms(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+def hfen_terms(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Per image: ||LoG(pred) - LoG(target)||^2 and ||LoG(target)||^2 (float64 sums).
 
     The filter is linear, so the error's response is computed as LoG(pred - target)
@@ -106,7 +106,7 @@ def _hfen_terms(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 def hfen(pred: Tensor, target: Tensor) -> Tensor:
     """HFEN per image: ||LoG(pred) - LoG(target)||_2 / ||LoG(target)||_2 (lower is better)."""
-    err2, y2 = _hfen_terms(pred, target)
+    err2, y2 = hfen_terms(pred, target)
     return (err2 / y2.clamp_min(1e-12)).sqrt().float()
 
 
@@ -216,7 +216,7 @@ class SRMetrics(SliceTable):
             pred = pred.detach().float().clamp(min=0.0)
             target = target.detach().float()
             ssim_val, ssim_map = _ssim_map(pred, target)
-            log_err2, log_y2 = _hfen_terms(pred, target)
+            log_err2, log_y2 = hfen_terms(pred, target)
             fg_sse, fg_n, fg_ssim = _fg_terms(pred, target, ssim_map)
             self.add(
                 volume_idx,

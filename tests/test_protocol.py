@@ -241,3 +241,10 @@ def test_resume_of_older_checkpoints(make_cfg, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="two optimisers") as err:
         resolve_resume(cfg, tmp_path, "sr")
     assert "\n" not in str(err.value)
+
+
+def test_objective_loads_state_without_its_buffers(make_cfg) -> None:
+    """Any loader (not only Lightning's) accepts a 0.3 state without the objective's buffers."""
+    loss, objective, *_ = _spatial_objective(make_cfg)
+    objective.load_state_dict({})  # strict: the missing buffers are filled in, not reported
+    assert torch.equal(objective.term_scale, torch.ones(5)) and not bool(objective.calibrated)  # normalise set

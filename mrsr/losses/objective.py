@@ -151,8 +151,12 @@ class SRObjective(nn.Module):
         """Host copies of the buffers (no device sync per step)."""
         self._host = (self.term_scale.tolist(), bool(self.calibrated))
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # buffers replaced: refresh the copies
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Checkpoints written before these buffers existed (0.3) load with scales of one,
+        calibrated unless the preset asks for ``normalise``; the host copies are refreshed."""
+        state_dict.setdefault(prefix + "term_scale", torch.ones_like(self.term_scale))
+        state_dict.setdefault(prefix + "calibrated", torch.tensor(not self.normalise))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._host = None
 
     def effective_weights(self) -> dict[str, float]:

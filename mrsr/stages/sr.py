@@ -123,15 +123,6 @@ class SRModule(StageModule):
         self._grid: list[tuple[str, Tensor]] | None = None
         self.test_rows: list[dict[str, Any]] = []
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume checkpoints written before the objective had buffers (0.3): its scales start
-        at one, calibrated unless the preset asks for ``normalise``."""
-        super().on_load_checkpoint(checkpoint)
-        sd = checkpoint.get("state_dict", {})
-        for k, v in self.objective.state_dict().items():
-            if f"objective.{k}" not in sd:
-                sd[f"objective.{k}"] = v.clone() if k != "calibrated" else torch.tensor(not self.objective.normalise)
-
     @property
     def weights(self) -> dict[str, float]:
         """The configured loss weights (``objective.weights``)."""
