@@ -26,8 +26,6 @@ import yaml
 
 from mrsr.results import atomic_write_text
 
-PRETRAIN_FOLDER = "sr_l1"  # the L1 phase of a two-phase pipeline job (see mrsr.tasks.pipeline)
-
 # Row order and labels (the paper's naming of the loss terms).
 PRESETS: dict[str, str] = {
     "bicubic": "bicubic",
@@ -80,6 +78,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 def collect(sweep: str | Path) -> list[Run]:
     """The finished runs below ``sweep`` (folders with a ``results.json``), in path order."""
+    from mrsr.tasks.pipeline import PRETRAIN_FOLDER
+
     sweep = Path(sweep)
     if not sweep.is_dir():
         raise ReportError(f"{sweep}: not a folder")

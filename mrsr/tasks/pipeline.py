@@ -41,12 +41,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mrsr.errors import ConfigError
 from mrsr.losses.objective import needed_extractors
-from mrsr.report import PRETRAIN_FOLDER
 from mrsr.tasks.train import FINISHED, train_stage
 
 log = logging.getLogger("mrsr")
 
 STAGES = ("vit", "disent", "sr")
+PRETRAIN_FOLDER = "sr_l1"  # the L1 phase of a two-phase SR stage
 EXTRACTORS = ("vit", "disent")
 # Config keys that do not change what an extractor learns (left out of its folder key).
 _KEY_IGNORE = {"num_workers", "eval_batch_size", "max_cached_volumes", "on_bad_file", "cache_dir"}
