@@ -209,6 +209,14 @@ class SRObjective(nn.Module):
         return sum(w[k] * v for k, v in terms.items())  # type: ignore[return-value]
 
     @torch.no_grad()
+    def average_scales_over_ranks(self) -> None:
+        """One set of weights for every process of a distributed run (mean of their scales)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.term_scale)
+            self.term_scale /= torch.distributed.get_world_size()
+            self._host = None
+
+    @torch.no_grad()
     def _set_scales(self, scales: dict[str, float]) -> None:
         for k, v in scales.items():
             self.term_scale[LOSS_KEYS.index(k)] = v

@@ -169,9 +169,7 @@ class SRModule(StageModule):
     def _calibrate(self, sr: Tensor, hr: Tensor, terms: dict[str, Tensor]) -> None:
         if not self.objective.calibrate(sr, hr, terms):
             return
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # one set of weights
-            torch.distributed.all_reduce(self.objective.term_scale)
-            self.objective.term_scale /= torch.distributed.get_world_size()
+        self.objective.average_scales_over_ranks()
         self.log_dict({f"train/scale_{k}": self.objective.term_scale[LOSS_KEYS.index(k)]
                        for k in self.objective.normalise if k in terms}, on_step=True)
 
