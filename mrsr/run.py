@@ -1,4 +1,4 @@
-"""Command line: ``python -m mrsr.run stage=<vit|disent|sr|eval|predict|pipeline> ...``.
+"""Command line: ``python -m mrsr.run stage=<vit|disent|sr|eval|predict|pipeline|throughplane> ...``.
 
 A thin ``@hydra.main`` over :func:`mrsr.tasks.run_task`; expected errors are printed on
 one line (exit status 2) instead of a traceback.

@@ -58,7 +58,9 @@ class SRResNet(nn.Module):
     bicubic up-sampling of the input (not in the SPEC; off by default); its last conv then
     starts at zero, so an untrained network returns exactly the bicubic up-sampling.
     Pixel-shuffle convs start with ICNR (Aitken et al. 2017: no checkerboard at step 0).
-    Any ``(N, C, h, w)`` input gives ``(N, C, h*scale, w*scale)``.
+    Any ``(N, C, h, w)`` input gives ``(N, C, h*scale, w*scale)``. ``scale=1`` makes a
+    same-size restorer (through-plane SR: the input is already interpolated to the output
+    grid; with ``residual_bicubic`` the residual is added to the input itself).
     """
 
     trainable = True
@@ -76,7 +78,7 @@ class SRResNet(nn.Module):
         super().__init__()
         if upsampler not in UPSAMPLERS:
             raise ValueError(f"upsampler={upsampler!r}: expected one of {', '.join(UPSAMPLERS)}")
-        self.scale = check_scale(scale)
+        self.scale = 1 if scale == 1 else check_scale(scale)
         self.residual_bicubic = residual_bicubic
         self.head = nn.Sequential(nn.Conv2d(in_channels, n_feats, 9, padding=4), nn.ReLU(inplace=True))
         self.body = nn.Sequential(*[ResidualBlock(n_feats, batch_norm) for _ in range(n_blocks)])
@@ -112,5 +114,5 @@ class SRResNet(nn.Module):
         feat = feat + self.body_tail(self.body(feat))
         out = self.tail(self.upsample(feat))
         if self.residual_bicubic:
-            out = out + F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+            out = out + (x if self.scale == 1 else F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False))
         return out

@@ -333,29 +333,40 @@ def build(
     dm: Any,
     vit_extractor: nn.Module | None = None,
     disent_extractor: nn.Module | None = None,
+    *,
+    model: DictConfig | None = None,
+    train: DictConfig | None = None,
+    scale: int | None = None,
 ) -> SRModule:
-    """The SR module from the composed config (extractors may be passed in directly)."""
-    generator = build_generator(cfg.model)
-    sr = cfg.sr
+    """The SR module from the composed config (extractors may be passed in directly).
+
+    ``model``, ``train`` and ``scale`` default to ``cfg.model``, ``cfg.sr`` and ``cfg.scale``
+    (stage ``throughplane`` passes its own same-size network and schedule).
+    """
+    model = cfg.model if model is None else model
+    sr = cfg.sr if train is None else train
+    scale = int(cfg.scale) if scale is None else int(scale)
+    generator = build_generator(model)
     if sr.get("init_from"):
-        init_generator(generator, str(sr.init_from), int(cfg.scale))
+        init_generator(generator, str(sr.init_from), scale)
     if vit_extractor is None or disent_extractor is None:
         vit, disent = load_extractors(
             cfg, need_vit=vit_extractor is None, need_disent=disent_extractor is None
         )
         vit_extractor, disent_extractor = vit_extractor or vit, disent_extractor or disent
     loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    degradation = getattr(getattr(dm, "store", None), "degradation", None) or cfg.data.get("degradation")
-    objective = SRObjective(loss, int(cfg.scale), degradation, vit_extractor, disent_extractor)
+    store = getattr(dm, "store", dm)
+    degradation = getattr(store, "degradation", None) or cfg.data.get("degradation")
+    objective = SRObjective(loss, scale, degradation, vit_extractor, disent_extractor)
     disc = instantiate(sr.discriminator, _convert_="all") if objective.uses_discriminator else None
     config = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": OmegaConf.to_container(model, resolve=True),
         "sr": OmegaConf.to_container(sr, resolve=True),
         "loss": loss,
-        "scale": int(cfg.scale),
+        "scale": scale,
         "data": {  # what predict/eval need to feed the network as in training
             "degradation": degradation,
-            "percentile": getattr(getattr(dm, "store", None), "percentile", 99.5),
+            "percentile": getattr(store, "percentile", 99.5),
         },
     }
     info = {"dataset": getattr(dm, "dataset_name", None), "degradation": degradation, "loss": _choice("loss")}
@@ -363,7 +374,7 @@ def build(
         config=config,
         generator=generator,
         discriminator=disc,
-        scale=int(cfg.scale),
+        scale=scale,
         objective=objective,
         lr=float(sr.lr),
         betas=tuple(sr.betas),

@@ -22,6 +22,7 @@ TASKS = {
     "eval": "mrsr.tasks.evaluate:evaluate",
     "predict": "mrsr.tasks.predict:predict",
     "pipeline": "mrsr.tasks.pipeline:pipeline",
+    "throughplane": "mrsr.tasks.throughplane:throughplane",
 }
 
 

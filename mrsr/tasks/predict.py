@@ -100,7 +100,7 @@ def super_resolve_volume(
     return out
 
 
-def _check_paths(inp: Path, out: Path, overwrite: bool) -> None:
+def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
     if not inp.exists():
         raise ConfigError(f"input={inp}: file not found")
     if out.exists() and out.resolve() == inp.resolve():
@@ -158,7 +158,7 @@ def predict(cfg: DictConfig) -> dict:
     from mrsr.stages.sr import load_generator
 
     inp, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
-    _check_paths(inp, out, bool(cfg.get("overwrite", False)))
+    check_paths(inp, out, bool(cfg.get("overwrite", False)))
     p = cfg.predict
     if cfg.get("ckpt") in (None, ""):
         ckpt = bundled_model(int(cfg.get("scale", 2)))

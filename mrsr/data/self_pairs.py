@@ -1,0 +1,145 @@
+"""Training pairs made from one scan's own in-plane slices (self-supervised through-plane SR).
+
+An in-plane slice is high-resolution along both of its axes. Degrading it along one of them
+with the scan's slice profile and spacing, then interpolating back with a cubic spline, gives
+an input that looks like a slice cut across the thick axis after the same interpolation; the
+slice itself is the target (SMORE, Zhao et al. 2020). Both in-plane axes are degraded, each
+put on the image's first (height) axis, which is where the thick axis goes at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mrsr.data.datasets import collate_samples
+from mrsr.data.slice_profile import SliceProfile, along, thick_sampling, thick_to_fine
+from mrsr.data.types import Sample, SliceMeta
+from mrsr.errors import ConfigError
+
+PATCH_TRIES = 8  # random positions tried per patch before one with little foreground is kept
+FOREGROUND = 0.05  # normalised intensity above which a pixel counts as foreground
+
+
+def degrade_rows(slices: np.ndarray, voxel: float, spacing: float, profile: SliceProfile) -> np.ndarray:
+    """(n, h, w) slices of ``voxel`` mm pixels, degraded along h to thick slices every
+    ``spacing`` mm and interpolated back to h pixels (cubic spline)."""
+    h = slices.shape[1]
+    sampling, thick = thick_sampling(h, voxel, spacing, profile)
+    if thick.n < 4:
+        raise ConfigError(f"the in-plane field of view ({h} voxels of {voxel:g} mm) holds fewer than 4 slices of "
+                          f"{spacing:g} mm: too small to learn from")
+    return along(slices, thick_to_fine(thick.n, thick, h) @ sampling, axis=1)
+
+
+@dataclass
+class PairSet:
+    """Inputs and targets (n, h, w), the degraded axis first; ``source`` is the in-plane slice."""
+
+    inputs: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    source: list[int]
+
+
+def make_pairs(volume: np.ndarray, slices: list[int], voxel: float, spacing: float, profile: SliceProfile) -> PairSet:
+    """Pairs from the in-plane slices ``volume[k]`` (thick axis first), degraded along each
+    in-plane axis in turn."""
+    stack = volume[slices]
+    out = PairSet([], [], [])
+    for target in (stack, np.swapaxes(stack, 1, 2)):
+        degraded = degrade_rows(target, voxel, spacing, profile)
+        out.inputs += [torch.from_numpy(np.ascontiguousarray(s)) for s in degraded]
+        out.targets += [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in target]
+        out.source += list(slices)
+    return out
+
+
+class RandomPatches(Dataset):
+    """``length`` random patches of ``pairs``; item ``i`` depends only on ``(seed, i)`` (so a
+    run is reproducible), flipped left-right at random (the degraded axis is never flipped:
+    a measured slice profile need not be symmetric)."""
+
+    def __init__(self, pairs: PairSet, patch: int, length: int, seed: int) -> None:
+        self.pairs, self.length, self.seed = pairs, int(length), int(seed)
+        smallest = min(min(t.shape) for t in pairs.targets)
+        self.patch = min(int(patch), smallest)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> Sample:
+        rng = np.random.default_rng([self.seed, i])
+        k = int(rng.integers(len(self.pairs.targets)))
+        x, y = self.pairs.inputs[k], self.pairs.targets[k]
+        p = self.patch
+        for _ in range(PATCH_TRIES):
+            top, left = int(rng.integers(y.shape[0] - p + 1)), int(rng.integers(y.shape[1] - p + 1))
+            patch = y[top : top + p, left : left + p]
+            if float((patch > FOREGROUND).float().mean()) > 0.25:
+                break
+        xs, ys = x[None, top : top + p, left : left + p], y[None, top : top + p, left : left + p]
+        if rng.random() < 0.5:
+            xs, ys = xs.flip(-1), ys.flip(-1)
+        return Sample(xs.clone(), ys.clone(), SliceMeta("scan", 0, self.pairs.source[k], "", 0))
+
+
+class WholeSlices(Dataset):
+    """Whole held-out pairs, one per item (volume index: which in-plane axis was degraded)."""
+
+    def __init__(self, pairs: PairSet) -> None:
+        self.pairs = pairs
+        self.half = len(pairs.targets) // 2
+
+    def __len__(self) -> int:
+        return len(self.pairs.targets)
+
+    def __getitem__(self, i: int) -> Sample:
+        meta = SliceMeta("scan", int(i >= self.half), self.pairs.source[i], "", 0)
+        return Sample(self.pairs.inputs[i][None], self.pairs.targets[i][None], meta)
+
+
+class SelfPairsDataModule(L.LightningDataModule):
+    """Training patches from the scan's in-plane slices; every ``round(1 / holdout)``-th slice
+    is held out and scored whole (SR vs the cubic-spline input) at validation.
+
+    ``volume``: normalised, thick axis first. The run is one epoch of ``steps`` batches.
+    """
+
+    dataset_name = "scan"
+
+    def __init__(
+        self,
+        volume: np.ndarray,
+        voxel: float,
+        spacing: float,
+        profile: SliceProfile,
+        steps: int,
+        batch_size: int = 16,
+        patch_size: int = 48,
+        holdout: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 < holdout <= 0.5:
+            raise ConfigError(f"throughplane.holdout={holdout} must be in (0, 0.5]")
+        n = volume.shape[0]
+        every = max(2, int(round(1 / holdout)))
+        held = list(range(every // 2, n, every)) or [n // 2]
+        fitted = [k for k in range(n) if k not in held]
+        if not fitted:
+            raise ConfigError(f"the scan has {n} slice(s): too few to learn from")
+        self.held_out = held
+        self.train_pairs = make_pairs(volume, fitted, voxel, spacing, profile)
+        self.val_pairs = make_pairs(volume, held, voxel, spacing, profile)
+        self.steps, self.batch_size, self.patch_size, self.seed = int(steps), int(batch_size), int(patch_size), seed
+
+    def train_dataloader(self) -> DataLoader:
+        data = RandomPatches(self.train_pairs, self.patch_size, self.steps * self.batch_size, self.seed)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=collate_samples)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(WholeSlices(self.val_pairs), batch_size=1, shuffle=False, collate_fn=collate_samples)
