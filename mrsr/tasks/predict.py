@@ -81,6 +81,7 @@ def super_resolve_volume(
     overlap: int = 16,
     device: torch.device | None = None,
     progress: bool = True,
+    description: str = "super-resolving slices",
 ) -> np.ndarray:
     """SR of every slice of ``slices`` (n, h, w), normalised; returns (n, h*s, w*s) float32 >= 0."""
     from rich.progress import Progress
@@ -90,7 +91,7 @@ def super_resolve_volume(
     out = np.empty((n, h * scale, w * scale), dtype=np.float32)
     net = net.eval().to(device)
     with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
-        task = bar.add_task("super-resolving slices", total=n)
+        task = bar.add_task(description, total=n)
         for i in range(0, n, batch_size):
             x = torch.from_numpy(np.ascontiguousarray(slices[i : i + batch_size]))[:, None].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -167,6 +168,9 @@ def predict(cfg: DictConfig) -> dict:
         ckpt = Path(str(cfg.ckpt))
     net = load_generator(str(ckpt))
     scale = int(net.scale)
+    if scale == 1:
+        raise ConfigError(f"ckpt={ckpt} is a through-plane network (scale 1, from stage=throughplane): it was "
+                          "trained on one scan's slice profile; run stage=throughplane on the new scan instead")
     data, affine, axis, is_2d = read_input(inp, int(p.axis))
     percentile = float(getattr(net, "training_data", {}).get("percentile", 99.5))
     lo, hi = intensity_range(data, percentile)

@@ -29,7 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from mrsr.data.degrade import intensity_range, normalise_volume
 from mrsr.data.self_pairs import SelfPairsDataModule
-from mrsr.data.slice_profile import Grid, SliceProfile, along, resampled_grid, slice_profile, spline_matrix
+from mrsr.data.slice_profile import (
+    Grid,
+    SliceProfile,
+    along,
+    resampled_grid,
+    slice_profile,
+    spline_matrix,
+)
 from mrsr.errors import ConfigError
 from mrsr.results import atomic_write_text
 from mrsr.tasks.common import build_trainer, output_dir
@@ -105,9 +112,10 @@ def restore_across(net: torch.nn.Module, fine: np.ndarray, batch_size: int, tile
     """Apply the same-size network to every slice across the thick axis (axis 0 of ``fine``),
     thick axis on the image height, in both orientations; the mean of the two."""
     out = np.zeros_like(fine)
-    for plane_axis in (2, 1):  # slices at fixed y: (z, x) images; then at fixed x: (z, y)
-        slices = np.moveaxis(fine, plane_axis, 0)  # (n, z, other)
-        restored = super_resolve_volume(net, np.ascontiguousarray(slices), 1, batch_size, tile, 16, device, progress)
+    for n, plane_axis in enumerate((2, 1)):  # slices at fixed b: (thick, a) images; then at fixed a
+        slices = np.ascontiguousarray(np.moveaxis(fine, plane_axis, 0))  # (n, thick, other)
+        restored = super_resolve_volume(net, slices, 1, batch_size, tile, 16, device, progress,
+                                        f"restoring slices across the thick axis ({n + 1}/2)")
         out += np.moveaxis(restored, 0, plane_axis)
     return out / 2
 
