@@ -74,6 +74,12 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
     vol = read_nifti(path)
     ref = pad_to(vol.data, pad)
     voxel = float(vol.zooms[axis])
+    r = int(round(spacing / voxel))
+    if not np.isclose(r * voxel, spacing):
+        raise SystemExit(f"{path}: spacing {spacing} mm is not a multiple of the {voxel} mm voxels along axis {axis}")
+    keep = list(ref.shape)
+    keep[axis] -= keep[axis] % r  # whole thick slices only, so the output grid is the reference grid
+    ref = pad_to(ref, keep)
     thick, affine = simulate(ref, vol.affine, voxel, axis, spacing)
     name = Path(path).name.removesuffix(".nii.gz")
     thick_path, sr_path, run_dir = tmp / f"{name}_thick.nii.gz", tmp / f"{name}_iso.nii.gz", tmp / f"{name}_run"
@@ -97,11 +103,11 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
         "cubic_ssim": base["ssim"], "sr_ssim": ours["ssim"], "cubic_hfen": base["hfen"], "sr_hfen": ours["hfen"],
         "held_out_gain_db": (record["held_out_psnr"] or 0) - (record["held_out_psnr_cubic"] or 0),
         "seconds_total": seconds, "seconds_train": record["train_seconds"], "seconds_apply": record["apply_seconds"],
+        "device": record["device"],
     }
     k = ref.shape[inplane] // 2
     lo, hi = float(ref.min()), float(np.percentile(ref[ref > ref.min()], 99.5))
-    rep = np.repeat(thick, int(round(spacing / voxel)), axis=axis)
-    rep = pad_to(rep, list(ref.shape))
+    rep = np.repeat(thick, r, axis=axis)
 
     def cut(v: np.ndarray) -> torch.Tensor:  # the slice at the middle of ``inplane``, thick axis vertical
         img = np.take(v, k, axis=inplane)
@@ -137,7 +143,7 @@ def main() -> None:
     print(f"mean gain {np.mean(gains):+.2f} dB over {len(rows)} volume(s)")
     if args.out:
         threads = os.environ.get("OMP_NUM_THREADS", "all")
-        write_result(args.out, {"device": device_name(torch.device("cpu")), "omp_threads": threads,
+        write_result(args.out, {"cpu": device_name(torch.device("cpu")), "omp_threads": threads,
                                 "overrides": overrides, "spacing_mm": args.spacing, "pad": args.pad, "rows": rows})
         h = max(im.shape[0] for ims in figure for im in ims)
         w = max(im.shape[1] for ims in figure for im in ims)

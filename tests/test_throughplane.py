@@ -19,7 +19,6 @@ from mrsr.data.slice_profile import (
     slice_profile,
     spline_matrix,
     thick_sampling,
-    thick_to_fine,
 )
 from mrsr.errors import ConfigError, DataError, MrsrError
 from mrsr.nets.srresnet import SRResNet
@@ -90,17 +89,24 @@ def test_measured_profile_file(tmp_path: Path) -> None:
         slice_profile("triangle", 4.0)
 
 
-def test_training_pairs_match_the_thick_axis() -> None:
-    """Degrading an in-plane axis is exactly what sampling and re-interpolating the thick axis
-    does: the same matrices on a volume whose thick axis is the degraded one."""
-    vol = read_nifti(DEMO / "stroke_T1.nii.gz").data[40:80, 30:70, 40:80]
-    profile = slice_profile("gaussian", 4.0)
-    rows = degrade_rows(vol, 1.0, 4.0, profile)  # along axis 1
-    sampling, thick = thick_sampling(40, 1.0, 4.0, profile)
-    direct = along(along(vol, sampling, 1), thick_to_fine(thick.n, thick, 40), 1)
-    assert np.allclose(rows, direct, atol=1e-3)
-    on_grid = cubic_along(np.moveaxis(along(vol, sampling, 1), 1, 0), 0, resampled_grid(thick.n, 4.0, 1.0))
-    assert np.allclose(np.moveaxis(on_grid, 0, 1), rows, atol=1e-3)  # 40 / 4 exact: identical grids
+@pytest.mark.parametrize(("h", "spacing"), [(40, 4.0), (39, 4.0), (40, 3.0), (41, 5.0)])
+def test_training_pairs_match_the_thick_axis(h: int, spacing: float) -> None:
+    """A training input is what the scan's thick axis becomes at inference: slices sampled with
+    the profile, then the cubic spline onto the working grid, with the same sampling phase
+    whether or not the in-plane size divides by the factor."""
+    vol = read_nifti(DEMO / "stroke_T1.nii.gz").data[40:50, 30 : 30 + h, 40:80]
+    profile = slice_profile("gaussian", spacing)
+    inputs, targets = degrade_rows(vol, 1.0, spacing, profile)
+    n_thick = int(h // spacing)
+    assert targets.shape[1] == inputs.shape[1] == n_thick * spacing
+    # the same targets acquired as a scan whose thick axis is axis 1, then interpolated as at inference
+    sampling, thick = thick_sampling(targets.shape[1], 1.0, spacing, profile)
+    scan = along(targets, sampling, 1)
+    assert thick.n == n_thick and np.allclose(thick.positions, (np.arange(n_thick) + 0.5) * spacing - 0.5)
+    at_inference = cubic_along(np.moveaxis(scan, 1, 0), 0, resampled_grid(n_thick, spacing, 1.0))
+    assert np.allclose(np.moveaxis(at_inference, 0, 1), inputs, atol=1e-3)
+    start = (h - targets.shape[1]) // 2
+    assert np.array_equal(targets, vol[:, start : start + targets.shape[1]])
 
 
 def test_same_size_network_starts_at_its_input() -> None:
@@ -117,7 +123,8 @@ def test_self_pairs_hold_out_slices() -> None:
     assert dm.held_out == [5, 15]
     assert len(dm.train_pairs.targets) == 2 * 18 and set(dm.train_pairs.source).isdisjoint(dm.held_out)
     shapes = {tuple(t.shape) for t in dm.val_pairs.targets}
-    assert shapes == {(32, 24), (24, 32)}  # both in-plane axes degraded, each on the height axis
+    assert shapes == {(30, 24), (24, 32)}  # both in-plane axes degraded (on the height axis, cropped to
+    # the 10 or 8 slices of 3 mm they span)
     batch = next(iter(dm.train_dataloader()))
     assert batch.lr.shape == batch.hr.shape == (4, 1, 16, 16)
     again = next(iter(dm.train_dataloader()))
@@ -185,20 +192,30 @@ def test_throughplane_beats_cubic_and_lands_on_the_reference_grid(make_cfg, thic
         predict(make_cfg("stage=predict", f"ckpt={ckpt}", f"input={path}", f"output={tmp_path / 'p.nii.gz'}"))
 
 
-def test_non_integer_ratio_and_spacing(make_cfg, tmp_path: Path) -> None:
-    vol = read_nifti(DEMO / "stroke_T2.nii.gz").data[30:90, 40:100, 40:75]
-    affine = np.diag([1.0, 1.0, 3.5, 1.0])
-    path = write_volume(tmp_path / "t2.nii.gz", vol[:, :, ::1], affine)
+def test_non_integer_ratio_spacing_and_thick_axis_0(make_cfg, tmp_path: Path) -> None:
+    """3.5 mm slices along axis 0 under a rotated affine, re-sampled to 1.25 mm. With the network
+    held at its start (the identity: lr=0) the output is the spline of the input, which must
+    reproduce an intensity ramp along the thick axis at every output voxel's world position."""
+    n_thick = 20
+    ramp = 100.0 + 10.0 * np.arange(n_thick)
+    vol = np.broadcast_to(ramp[:, None, None], (n_thick, 40, 36)).astype(np.float32)
+    affine = rotated_affine() @ np.diag([3.5, 0.5, 1 / 3, 1.0])  # voxels 3.5 x 1 x 1 mm
+    path = write_volume(tmp_path / "ramp.nii.gz", vol, affine)
     out = tmp_path / "iso.nii.gz"
-    cfg = make_cfg("stage=throughplane", f"input={path}", f"output={out}", "throughplane.max_steps=2",
-                   "throughplane.spacing=1.25", *TINY)
-    throughplane(cfg)
+    throughplane(make_cfg("stage=throughplane", f"input={path}", f"output={out}", "throughplane.max_steps=2",
+                          "throughplane.lr=0", "throughplane.spacing=1.25", *TINY))
     img = nib.load(str(out))
-    assert img.shape == (60, 60, 98) and np.allclose(img.header.get_zooms(), (1, 1, 1.25))
+    assert img.shape == (56, 40, 36) and np.allclose(img.header.get_zooms(), (1.25, 1, 1))
+    got = np.asarray(img.dataobj)
+    to_input = np.linalg.inv(affine) @ img.affine  # output voxel -> input voxel index
+    for j in range(56):
+        t = (to_input @ [j, 5, 7, 1.0])[0]  # the thick-axis index of output slice j
+        assert np.allclose(to_input[1:3, :3] @ [j, 5, 7] + to_input[1:3, 3], [5, 7], atol=1e-6)
+        if 4 <= t <= n_thick - 5:  # the spline reproduces a ramp away from the mirror boundary
+            assert np.allclose(got[j], 100.0 + 10.0 * t, atol=1e-2), (j, t)
     # the output's field of view is the input's: first and last voxel edges coincide
-    first_edge_in, first_edge_out = apply_affine(affine, (0, 0, -0.5)), apply_affine(img.affine, (0, 0, -0.5))
-    last_in, last_out = apply_affine(affine, (0, 0, 34.5)), apply_affine(img.affine, (0, 0, 97.5))
-    assert np.allclose(first_edge_in, first_edge_out) and np.allclose(last_in, last_out)
+    assert np.allclose(apply_affine(affine, (-0.5, 0, 0)), apply_affine(img.affine, (-0.5, 0, 0)))
+    assert np.allclose(apply_affine(affine, (n_thick - 0.5, 0, 0)), apply_affine(img.affine, (55.5, 0, 0)))
 
 
 def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
@@ -224,6 +241,8 @@ def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
         run(out=path)
     with pytest.raises(ConfigError, match="loss.target=hr"):
         run("loss.target=dc")
+    with pytest.raises(ConfigError, match="one device"):
+        run("trainer=ddp_cpu")
     stamp = path.stat().st_mtime_ns
     (tmp_path / "taken.nii.gz").write_bytes(b"keep")
     with pytest.raises(MrsrError, match="overwrite=true"):

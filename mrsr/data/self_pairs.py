@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mrsr.data.datasets import collate_samples
-from mrsr.data.slice_profile import SliceProfile, along, thick_sampling, thick_to_fine
+from mrsr.data.slice_profile import SliceProfile, along, thick_axis_operator
 from mrsr.data.types import Sample, SliceMeta
 from mrsr.errors import ConfigError
 
@@ -25,15 +25,17 @@ PATCH_TRIES = 8  # random positions tried per patch before one with little foreg
 FOREGROUND = 0.05  # normalised intensity above which a pixel counts as foreground
 
 
-def degrade_rows(slices: np.ndarray, voxel: float, spacing: float, profile: SliceProfile) -> np.ndarray:
-    """(n, h, w) slices of ``voxel`` mm pixels, degraded along h to thick slices every
-    ``spacing`` mm and interpolated back to h pixels (cubic spline)."""
+def degrade_rows(slices: np.ndarray, voxel: float, spacing: float, profile: SliceProfile) -> tuple[np.ndarray, np.ndarray]:
+    """(n, h, w) slices of ``voxel`` mm pixels, degraded along h like the thick axis (thick
+    slices every ``spacing`` mm, interpolated back by cubic spline at the inference phase).
+    Returns the inputs and the targets, both cropped along h to the voxels the thick slices span."""
     h = slices.shape[1]
-    sampling, thick = thick_sampling(h, voxel, spacing, profile)
-    if thick.n < 4:
+    if h * voxel / spacing < 4:
         raise ConfigError(f"the in-plane field of view ({h} voxels of {voxel:g} mm) holds fewer than 4 slices of "
                           f"{spacing:g} mm: too small to learn from")
-    return along(slices, thick_to_fine(thick.n, thick, h) @ sampling, axis=1)
+    span, operator = thick_axis_operator(h, voxel, spacing, profile)
+    targets = slices[:, span]
+    return along(targets, operator, axis=1), targets
 
 
 @dataclass
@@ -50,8 +52,8 @@ def make_pairs(volume: np.ndarray, slices: list[int], voxel: float, spacing: flo
     in-plane axis in turn."""
     stack = volume[slices]
     out = PairSet([], [], [])
-    for target in (stack, np.swapaxes(stack, 1, 2)):
-        degraded = degrade_rows(target, voxel, spacing, profile)
+    for oriented in (stack, np.swapaxes(stack, 1, 2)):
+        degraded, target = degrade_rows(oriented, voxel, spacing, profile)
         out.inputs += [torch.from_numpy(np.ascontiguousarray(s)) for s in degraded]
         out.targets += [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in target]
         out.source += list(slices)

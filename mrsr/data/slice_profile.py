@@ -54,7 +54,7 @@ def resampled_grid(n_in: int, step_in: float, step_out: float) -> Grid:
 class SliceProfile:
     """The sensitivity of one thick slice along the slice axis, as a function of mm from its
     centre: a Gaussian of FWHM ``width``, a boxcar of ``width``, or measured ``samples`` taken
-    every ``step`` mm (centred, linearly interpolated, zero outside)."""
+    every ``step`` mm (centred on their centroid, linearly interpolated, zero outside)."""
 
     kind: str
     width: float = 0.0
@@ -67,17 +67,9 @@ class SliceProfile:
         if self.kind == "boxcar":
             return (np.abs(mm) <= self.width / 2).astype(np.float64)
         s = np.asarray(self.samples, dtype=np.float64)
-        x = (np.arange(s.size) - (s.size - 1) / 2) * self.step
+        centroid = float((np.arange(s.size) * s).sum() / s.sum())  # the slice's position
+        x = (np.arange(s.size) - centroid) * self.step
         return np.interp(mm, x, s, left=0.0, right=0.0)
-
-    @property
-    def support(self) -> float:
-        """Half-width in mm beyond which the profile is (numerically) zero."""
-        if self.kind == "gaussian":
-            return 4.0 * self.width * FWHM_TO_SIGMA
-        if self.kind == "boxcar":
-            return self.width / 2
-        return (len(self.samples) + 1) / 2 * self.step
 
     def describe(self) -> str:
         if self.kind == "measured":
@@ -111,19 +103,47 @@ def slice_profile(kind: str, thickness: float, step: float | None = None) -> Sli
 
 # -- one-axis operators ----------------------------------------------------------------------
 
-def thick_sampling(n: int, voxel: float, spacing: float, profile: SliceProfile) -> tuple[np.ndarray, Grid]:
-    """The (n_thick, n) matrix that turns ``n`` voxels of ``voxel`` mm into thick slices every
-    ``spacing`` mm acquired with ``profile`` (each row: the profile integrated over the
-    voxels, normalised to sum 1), and the thick grid in the fine grid's voxel index."""
-    thick = resampled_grid(n, voxel, spacing)
+def sampling_matrix(n: int, voxel: float, thick: Grid, profile: SliceProfile) -> np.ndarray:
+    """The (thick.n, n) matrix that turns ``n`` voxels of ``voxel`` mm into the slices centred at
+    ``thick``'s positions (in voxel index) acquired with ``profile``: each row is the profile
+    integrated over the voxels, normalised to sum 1."""
     sub = (np.arange(SUBSAMPLES) + 0.5) / SUBSAMPLES - 0.5  # sub-voxel offsets
     fine = (np.arange(n)[:, None] + sub[None, :]).ravel()  # (n * SUBSAMPLES,)
     rows = profile((fine[None, :] - thick.positions[:, None]) * voxel)
     m = rows.reshape(thick.n, n, SUBSAMPLES).sum(-1)
     total = m.sum(1, keepdims=True)
     if (total <= 0).any():
-        raise ConfigError(f"the slice profile {profile.describe()} is narrower than a {voxel:g} mm voxel")
-    return m / total, thick
+        raise ConfigError(f"the slice profile {profile.describe()} is too narrow to sample {voxel:g} mm voxels")
+    return m / total
+
+
+def thick_sampling(n: int, voxel: float, spacing: float, profile: SliceProfile) -> tuple[np.ndarray, Grid]:
+    """Thick slices every ``spacing`` mm over the field of view of ``n`` voxels of ``voxel`` mm
+    (centred): the sampling matrix and the thick grid in the fine voxel index."""
+    thick = resampled_grid(n, voxel, spacing)
+    return sampling_matrix(n, voxel, thick, profile), thick
+
+
+def inverse(grid: Grid, n: int) -> Grid:
+    """The ``n`` voxels of the grid's source, in the grid's own index."""
+    return Grid(n, -grid.offset / grid.slope, 1.0 / grid.slope)
+
+
+def thick_axis_operator(h: int, voxel: float, spacing: float, profile: SliceProfile) -> tuple[slice, np.ndarray]:
+    """What acquiring thick slices and interpolating them back does along an axis of ``h``
+    voxels, with the same sampling phase as the scan's thick axis at inference.
+
+    At inference ``n_thick`` slices are interpolated onto ``resampled_grid(n_thick, spacing,
+    voxel)``; here ``n_thick = floor(h · voxel / spacing)`` slices are simulated at the positions
+    that grid gives them, on the centred ``n_fine`` voxels it spans. Returns those voxels (a
+    slice of the axis) and the (n_fine, n_fine) matrix: sampling, then cubic spline.
+    """
+    n_thick = int(np.floor(h * voxel / spacing + 1e-9))
+    fine = resampled_grid(n_thick, spacing, voxel)  # the inference grid, in thick index
+    start = (h - fine.n) // 2
+    thick = inverse(fine, n_thick)  # thick centres in fine index
+    up = spline_matrix(n_thick, fine.positions)
+    return slice(start, start + fine.n), up @ sampling_matrix(fine.n, voxel, thick, profile)
 
 
 def _bspline3(x: np.ndarray) -> np.ndarray:
@@ -154,13 +174,6 @@ def spline_matrix(n: int, positions: np.ndarray) -> np.ndarray:
         m = base + d
         np.add.at(basis, (np.arange(positions.size), _mirror(m, n)), _bspline3(positions - m))
     return basis @ np.linalg.inv(prefilter)
-
-
-def thick_to_fine(n_thick: int, thick_in_fine: Grid, n_fine: int) -> np.ndarray:
-    """Cubic-spline interpolation from the thick grid back to the ``n_fine`` fine voxels
-    (the inverse map of ``thick_in_fine``, the thick centres in fine voxel index)."""
-    positions = (np.arange(n_fine) - thick_in_fine.offset) / thick_in_fine.slope
-    return spline_matrix(n_thick, positions)
 
 
 def along(x: np.ndarray, matrix: np.ndarray, axis: int) -> np.ndarray:

@@ -126,7 +126,12 @@ def _profile(tp: DictConfig, geom: ThickGeometry) -> SliceProfile:
     return slice_profile(str(tp.slice_profile), float(thickness), float(step))
 
 
-def _check_loss(cfg: DictConfig) -> None:
+def _check_settings(cfg: DictConfig) -> None:
+    tp = cfg.throughplane
+    if tp.get("spacing") is not None and not float(tp.spacing) > 0:
+        raise ConfigError(f"throughplane.spacing={tp.spacing} must be > 0 mm (or null: the in-plane voxel size)")
+    if int(tp.max_steps) < 1:
+        raise ConfigError(f"throughplane.max_steps={tp.max_steps} must be >= 1 (training steps on the scan)")
     target = str(cfg.loss.get("target", "hr"))
     if target != "hr":
         raise ConfigError(f"loss.target={target}: through-plane SR compares with the in-plane slice itself "
@@ -143,7 +148,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     if inp.suffix in (".h5", ".hdf5"):
         raise ConfigError(f"input={inp}: through-plane SR needs a NIfTI volume with its voxel sizes")
     tp = cfg.throughplane
-    _check_loss(cfg)
+    _check_settings(cfg)
     vol = read_nifti(inp, ndims=(3,))
     geom = thick_geometry(vol.zooms, vol.data.shape, None if tp.get("axis") is None else int(tp.axis))
     profile = _profile(tp, geom)
@@ -156,6 +161,10 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     percentile = float(tp.percentile)
     lo, hi = intensity_range(vol.data, percentile)
     norm = np.moveaxis(normalise_volume(vol.data, percentile), geom.axis, 0)  # (thick, a, b)
+    run_dir = output_dir(cfg)
+    trainer = build_trainer(cfg, tp, default_root_dir=str(run_dir))
+    if trainer.world_size > 1:
+        raise ConfigError("stage=throughplane trains on one scan on one device: use trainer=default or trainer=gpu")
     L.seed_everything(int(cfg.seed), workers=True)
     dm = SelfPairsDataModule(norm, geom.voxel, geom.spacing, profile, int(tp.max_steps), int(tp.batch_size),
                              int(tp.patch_size), float(tp.holdout), int(cfg.seed))
@@ -163,8 +172,6 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     train = OmegaConf.merge(cfg.sr, {k: tp[k] for k in TRAIN_KEYS})
     module = build(cfg, dm, model=tp.net, train=train, scale=1)
     module.config["throughplane"] = {"profile": profile.describe(), **asdict(geom)}
-    run_dir = output_dir(cfg)
-    trainer = build_trainer(cfg, tp, default_root_dir=str(run_dir))
     trainer.fit(module, datamodule=dm)
     held = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/psnr", "val/psnr_bicubic")}
     t_train = time.perf_counter() - t0
