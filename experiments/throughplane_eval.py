@@ -10,7 +10,8 @@ along the thick axis are scored against the reference over the whole volume, as
 on the slices that cut across the thick axis). The network never sees the reference: it
 learns from the thick scan's own in-plane slices.
 
-    python experiments/throughplane_eval.py [--pad 256 256 160] [--out results/x.json] [-- overrides]
+    python experiments/throughplane_eval.py [VOLUME[:axis] ...] [--pad 256 256 160] [--orientations] \
+        [--out experiments/results/throughplane/x.json] [-- throughplane.max_steps=600 ...]
 
 ``--pad`` zero-pads each reference (centred) first: the timing case of a 256 x 256 x 40 scan
 at 1 x 1 x 4 mm. Volumes are given as ``path[:axis]`` (default: the embedded demo volumes).
@@ -36,7 +37,7 @@ from eval_unseen import score
 from mrsr.data.readers import read_nifti
 from mrsr.data.slice_profile import along, slice_profile, thick_sampling
 from mrsr.tasks.predict import write_nifti_atomic
-from mrsr.tasks.throughplane import cubic_along, grid_affine, thick_geometry
+from mrsr.tasks.throughplane import cubic_along, grid_affine, make_isotropic, thick_geometry
 from mrsr.viz import save_grid
 
 DEMO = "mrsr/assets/demo"
@@ -68,7 +69,8 @@ def run_stage(thick: Path, out: Path, run_dir: Path, voxel: float, overrides: li
     return time.perf_counter() - t0
 
 
-def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[str], tmp: Path) -> tuple[dict, list]:
+def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[str], tmp: Path,
+             orientations: bool = False) -> tuple[dict, list]:
     path, _, axis_s = spec.partition(":")
     axis = int(axis_s or 2)
     vol = read_nifti(path)
@@ -95,6 +97,15 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
     record = json.loads((run_dir / "throughplane.json").read_text())
     inplane = next(a for a in range(3) if a != axis)  # score's slices along it contain the thick axis
     ours, base = score(sr, ref, inplane), score(cubic, ref, inplane)
+    per_orientation = {}
+    if orientations:  # the same network, each orientation alone (the stage averages both)
+        from mrsr.stages.sr import load_generator
+
+        net = load_generator(str(run_dir / "checkpoints" / "best.ckpt"))
+        for planes in ((2,), (1,), (2, 1)):
+            alone = make_isotropic(net, thick, geom, grid, progress=False, planes=planes)
+            per_orientation["+".join(f"fixed axis {geom.inplane[p - 1]}" for p in planes)] = (
+                score(alone, ref, inplane)["psnr"] - base["psnr"])
     row = {
         "volume": Path(path).name, "axis": axis, "shape_thick": list(thick.shape), "shape_ref": list(ref.shape),
         "voxel_mm": voxel, "spacing_mm": spacing, "affine_matches_reference": bool(np.allclose(sr_img.affine, vol.affine,
@@ -103,7 +114,7 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
         "cubic_ssim": base["ssim"], "sr_ssim": ours["ssim"], "cubic_hfen": base["hfen"], "sr_hfen": ours["hfen"],
         "held_out_gain_db": (record["held_out_psnr"] or 0) - (record["held_out_psnr_cubic"] or 0),
         "seconds_total": seconds, "seconds_train": record["train_seconds"], "seconds_apply": record["apply_seconds"],
-        "device": record["device"],
+        "device": record["device"], "gain_db_by_orientation": per_orientation,
     }
     k = ref.shape[inplane] // 2
     lo, hi = float(ref.min()), float(np.percentile(ref[ref > ref.min()], 99.5))
@@ -126,12 +137,13 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=4.0)
     ap.add_argument("--pad", type=int, nargs=3, default=None)
     ap.add_argument("--out", default=None, help="JSON file to write (and a .png figure beside it)")
+    ap.add_argument("--orientations", action="store_true", help="also score each orientation alone")
     args, overrides = ap.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     rows, figure = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.volumes:
-            row, images = evaluate(spec, args.spacing, args.pad, overrides, Path(tmp))
+            row, images = evaluate(spec, args.spacing, args.pad, overrides, Path(tmp), args.orientations)
             rows.append(row)
             figure.append(images)
             print(f"{row['volume']:<22} {row['shape_thick']} -> {row['shape_ref']}: cubic {row['cubic_psnr']:.2f} dB / "
@@ -139,6 +151,9 @@ def main() -> None:
                   f"{row['sr_ssim']:.4f} / {row['sr_hfen']:.4f} ({row['gain_db']:+.2f} dB); "
                   f"{row['seconds_total']:.0f} s (train {row['seconds_train']:.0f} s, apply {row['seconds_apply']:.0f} s)",
                   flush=True)
+            if row["gain_db_by_orientation"]:
+                print("  gain by orientation: " + ", ".join(f"{k} {v:+.2f} dB" for k, v in
+                                                          row["gain_db_by_orientation"].items()), flush=True)
     gains = [r["gain_db"] for r in rows]
     print(f"mean gain {np.mean(gains):+.2f} dB over {len(rows)} volume(s)")
     if args.out:

@@ -87,8 +87,9 @@ def thick_geometry(zooms: tuple[float, ...], shape: tuple[int, ...], axis: int |
                           "from in-plane slices and needs equal in-plane voxel sizes (resample them first)")
     geom = ThickGeometry(axis, inplane, (a + b) / 2, zooms[axis], int(shape[axis]))  # type: ignore[arg-type]
     if geom.ratio < MIN_RATIO:
-        raise ConfigError(f"voxels are {sizes} mm: axis {axis} is only {geom.ratio:.2f}x the in-plane size, so the "
-                          f"scan is (nearly) isotropic and there is nothing to do (needs >= {MIN_RATIO}x)")
+        raise ConfigError(f"voxels are {sizes} mm: the scan is (nearly) isotropic, nothing to do (the thickest "
+                          f"axis, {axis}, is {geom.ratio:.2f}x the in-plane voxel size; through-plane SR needs "
+                          f">= {MIN_RATIO}x)")
     if geom.n_thick < 2:
         raise ConfigError(f"the scan has {geom.n_thick} slice along axis {axis}: nothing to interpolate")
     return geom
@@ -108,16 +109,36 @@ def cubic_along(volume: np.ndarray, axis: int, grid: Grid) -> np.ndarray:
 
 
 def restore_across(net: torch.nn.Module, fine: np.ndarray, batch_size: int, tile: int | None,
-                   device: torch.device, progress: bool = True) -> np.ndarray:
+                   device: torch.device, progress: bool = True, planes: tuple[int, ...] = (2, 1)) -> np.ndarray:
     """Apply the same-size network to every slice across the thick axis (axis 0 of ``fine``),
-    thick axis on the image height, in both orientations; the mean of the two."""
+    thick axis on the image height, in the orientations of ``planes`` (2: slices at fixed
+    index of axis 2, i.e. (thick, axis-1) images; 1: at fixed axis 1); the mean of them."""
     out = np.zeros_like(fine)
-    for n, plane_axis in enumerate((2, 1)):  # slices at fixed b: (thick, a) images; then at fixed a
+    for n, plane_axis in enumerate(planes):
         slices = np.ascontiguousarray(np.moveaxis(fine, plane_axis, 0))  # (n, thick, other)
         restored = super_resolve_volume(net, slices, 1, batch_size, tile, 16, device, progress,
-                                        f"restoring slices across the thick axis ({n + 1}/2)")
+                                        f"restoring slices across the thick axis ({n + 1}/{len(planes)})")
         out += np.moveaxis(restored, 0, plane_axis)
-    return out / 2
+    return out / len(planes)
+
+
+def make_isotropic(net: torch.nn.Module, data: np.ndarray, geom: ThickGeometry, out_grid: Grid,
+                   percentile: float = 99.5, batch_size: int = 8, tile: int | None = None,
+                   device: torch.device | None = None, planes: tuple[int, ...] = (2, 1),
+                   progress: bool = True) -> np.ndarray:
+    """The scan ``data`` (file axis order, its own units) on ``out_grid`` along the thick axis:
+    normalised as in training, cubic spline to the in-plane voxel size, restored across the thick
+    axis (:func:`restore_across`), re-sampled to ``out_grid`` if that differs, mapped back to the
+    input's units (nothing clipped at the top, nothing below the input's minimum)."""
+    lo, hi = intensity_range(data, percentile)
+    norm = np.moveaxis(normalise_volume(data, percentile), geom.axis, 0)  # (thick, a, b)
+    fine_grid = geom.fine_grid()
+    sr = restore_across(net, cubic_along(norm, 0, fine_grid), batch_size, tile, device or torch.device("cpu"),
+                        progress, planes)
+    if fine_grid != out_grid:  # re-sample from the working grid to the asked spacing
+        sr = cubic_along(sr, 0, Grid(out_grid.n, (out_grid.offset - fine_grid.offset) / fine_grid.slope,
+                                     out_grid.slope / fine_grid.slope))
+    return np.maximum(np.moveaxis(sr, 0, geom.axis) * np.float32(hi - lo) + np.float32(lo), np.float32(lo))
 
 
 def _profile(tp: DictConfig, geom: ThickGeometry) -> SliceProfile:
@@ -159,7 +180,6 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     percentile = float(tp.percentile)
-    lo, hi = intensity_range(vol.data, percentile)
     norm = np.moveaxis(normalise_volume(vol.data, percentile), geom.axis, 0)  # (thick, a, b)
     run_dir = output_dir(cfg)
     trainer = build_trainer(cfg, tp, default_root_dir=str(run_dir))
@@ -178,14 +198,9 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
 
     t1 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fine_grid = geom.fine_grid()
-    fine = cubic_along(norm, 0, fine_grid)
     tile = None if tp.get("tile") in (None, 0) else int(tp.tile)
-    sr = restore_across(module.eval_generator, fine, int(tp.infer_batch_size), tile, device)
-    if fine_grid != out_grid:  # re-sample from the working grid to the asked spacing
-        sr = cubic_along(sr, 0, Grid(out_grid.n, (out_grid.offset - fine_grid.offset) / fine_grid.slope,
-                                     out_grid.slope / fine_grid.slope))
-    result = np.maximum(np.moveaxis(sr, 0, geom.axis) * np.float32(hi - lo) + np.float32(lo), np.float32(lo))
+    result = make_isotropic(module.eval_generator, vol.data, geom, out_grid, percentile, int(tp.infer_batch_size),
+                            tile, device)
     write_nifti_atomic(out, result, grid_affine(vol.affine, geom.axis, out_grid))
     t_apply = time.perf_counter() - t1
 
