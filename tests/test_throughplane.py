@@ -218,6 +218,18 @@ def test_non_integer_ratio_spacing_and_thick_axis_0(make_cfg, tmp_path: Path) ->
     assert np.allclose(apply_affine(affine, (n_thick - 0.5, 0, 0)), apply_affine(img.affine, (55.5, 0, 0)))
 
 
+def test_losses_are_selectable_like_stage_sr(make_cfg, thick_scan, tmp_path: Path) -> None:
+    """An adversarial preset trains a discriminator beside the same-size generator."""
+    path, *_ = thick_scan
+    cfg = make_cfg("stage=throughplane", f"input={path}", f"output={tmp_path / 'gan.nii.gz'}",
+                   "throughplane.max_steps=2", "loss.adv=0.01", "loss.pixel_type=charbonnier", *TINY)
+    throughplane(cfg)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", weights_only=True)
+    assert any(k.startswith("discriminator.") for k in ckpt["state_dict"])
+    assert ckpt["mrsr"]["scale"] == 1 and ckpt["mrsr"]["config"]["loss"]["adv"] == 0.01
+    assert ckpt["mrsr"]["config"]["throughplane"]["axis"] == 2
+
+
 def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
     path, ref, _ = thick_scan
 
