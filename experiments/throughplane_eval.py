@@ -38,7 +38,13 @@ from eval_unseen import score
 from mrsr.data.readers import read_nifti
 from mrsr.data.slice_profile import along, slice_profile, thick_sampling
 from mrsr.tasks.predict import write_nifti_atomic
-from mrsr.tasks.throughplane import cubic_along, grid_affine, make_isotropic, thick_geometry
+from mrsr.tasks.throughplane import (
+    cubic_along,
+    grid_affine,
+    make_isotropic,
+    normalised_scan,
+    thick_geometry,
+)
 from mrsr.viz import save_grid
 
 DEMO = "mrsr/assets/demo"
@@ -103,8 +109,9 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
         from mrsr.stages.sr import load_generator
 
         net = load_generator(str(run_dir / "checkpoints" / "best.ckpt"))
+        norm, lo, hi = normalised_scan(thick, geom.axis)
         for planes in ((2,), (1,), (2, 1)):
-            alone = make_isotropic(net, thick, geom, grid, progress=False, planes=planes)
+            alone = make_isotropic(net, norm, lo, hi, geom, grid, progress=False, planes=planes)
             per_orientation["+".join(f"fixed axis {geom.inplane[p - 1]}" for p in planes)] = (
                 score(alone, ref, inplane)["psnr"] - base["psnr"])
     row = {

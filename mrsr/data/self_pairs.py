@@ -18,11 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from mrsr.data.datasets import collate_samples
 from mrsr.data.slice_profile import SliceProfile, along, thick_axis_operator
+from mrsr.data.store import FOREGROUND
 from mrsr.data.types import Sample, SliceMeta
 from mrsr.errors import ConfigError
 
 PATCH_TRIES = 8  # random positions tried per patch before one with little foreground is kept
-FOREGROUND = 0.05  # normalised intensity above which a pixel counts as foreground
+PATCH_FOREGROUND = 0.25  # share of foreground pixels that makes a patch worth keeping
 
 
 def degrade_rows(slices: np.ndarray, voxel: float, spacing: float, profile: SliceProfile) -> tuple[np.ndarray, np.ndarray]:
@@ -81,12 +82,12 @@ class RandomPatches(Dataset):
         for _ in range(PATCH_TRIES):
             top, left = int(rng.integers(y.shape[0] - p + 1)), int(rng.integers(y.shape[1] - p + 1))
             patch = y[top : top + p, left : left + p]
-            if float((patch > FOREGROUND).float().mean()) > 0.25:
+            if float((patch > FOREGROUND).float().mean()) > PATCH_FOREGROUND:
                 break
         xs, ys = x[None, top : top + p, left : left + p], y[None, top : top + p, left : left + p]
         if rng.random() < 0.5:
             xs, ys = xs.flip(-1), ys.flip(-1)
-        return Sample(xs.clone(), ys.clone(), SliceMeta("scan", 0, self.pairs.source[k], "", 0))
+        return Sample(xs, ys, SliceMeta("scan", 0, self.pairs.source[k], "", 0))  # collate copies
 
 
 class WholeSlices(Dataset):
@@ -108,7 +109,8 @@ class SelfPairsDataModule(L.LightningDataModule):
     """Training patches from the scan's in-plane slices; every ``round(1 / holdout)``-th slice
     is held out and scored whole (SR vs the cubic-spline input) at validation.
 
-    ``volume``: normalised, thick axis first. The run is one epoch of ``steps`` batches.
+    ``volume``: normalised (with ``percentile``), thick axis first. The run is one epoch of
+    ``steps`` batches.
     """
 
     dataset_name = "scan"
@@ -124,8 +126,11 @@ class SelfPairsDataModule(L.LightningDataModule):
         patch_size: int = 48,
         holdout: float = 0.1,
         seed: int = 0,
+        percentile: float = 99.5,
     ) -> None:
         super().__init__()
+        # what a checkpoint records about the data (read by the SR module's builder)
+        self.degradation, self.percentile = f"slice profile {profile.describe()}", float(percentile)
         if not 0 < holdout <= 0.5:
             raise ConfigError(f"throughplane.holdout={holdout} must be in (0, 0.5]")
         n = volume.shape[0]

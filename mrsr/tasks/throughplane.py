@@ -122,16 +122,21 @@ def restore_across(net: torch.nn.Module, fine: np.ndarray, batch_size: int, tile
     return out / len(planes)
 
 
-def make_isotropic(net: torch.nn.Module, data: np.ndarray, geom: ThickGeometry, out_grid: Grid,
-                   percentile: float = 99.5, batch_size: int = 8, tile: int | None = None,
+def normalised_scan(data: np.ndarray, axis: int, percentile: float = 99.5) -> tuple[np.ndarray, float, float]:
+    """The scan normalised as in training (nothing clipped), thick ``axis`` first, and the
+    ``(lo, hi)`` that map it back to the input's units."""
+    lo, hi = intensity_range(data, percentile)
+    return np.moveaxis(normalise_volume(data, percentile), axis, 0), lo, hi
+
+
+def make_isotropic(net: torch.nn.Module, norm: np.ndarray, lo: float, hi: float, geom: ThickGeometry,
+                   out_grid: Grid, batch_size: int = 8, tile: int | None = None,
                    device: torch.device | None = None, planes: tuple[int, ...] = (2, 1),
                    progress: bool = True) -> np.ndarray:
-    """The scan ``data`` (file axis order, its own units) on ``out_grid`` along the thick axis:
-    normalised as in training, cubic spline to the in-plane voxel size, restored across the thick
-    axis (:func:`restore_across`), re-sampled to ``out_grid`` if that differs, mapped back to the
-    input's units (nothing clipped at the top, nothing below the input's minimum)."""
-    lo, hi = intensity_range(data, percentile)
-    norm = np.moveaxis(normalise_volume(data, percentile), geom.axis, 0)  # (thick, a, b)
+    """The scan (``norm, lo, hi`` from :func:`normalised_scan`) on ``out_grid`` along the thick
+    axis, in the file's axis order and units: cubic spline to the in-plane voxel size, restored
+    across the thick axis (:func:`restore_across`), re-sampled to ``out_grid`` if that differs,
+    mapped back (nothing clipped at the top, nothing below the input's minimum)."""
     fine_grid = geom.fine_grid()
     sr = restore_across(net, cubic_along(norm, 0, fine_grid), batch_size, tile, device or torch.device("cpu"),
                         progress, planes)
@@ -180,15 +185,14 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     percentile = float(tp.percentile)
-    norm = np.moveaxis(normalise_volume(vol.data, percentile), geom.axis, 0)  # (thick, a, b)
+    norm, lo, hi = normalised_scan(vol.data, geom.axis, percentile)  # (thick, a, b)
     run_dir = output_dir(cfg)
     trainer = build_trainer(cfg, tp, default_root_dir=str(run_dir))
     if trainer.world_size > 1:
         raise ConfigError("stage=throughplane trains on one scan on one device: use trainer=default or trainer=gpu")
     L.seed_everything(int(cfg.seed), workers=True)
     dm = SelfPairsDataModule(norm, geom.voxel, geom.spacing, profile, int(tp.max_steps), int(tp.batch_size),
-                             int(tp.patch_size), float(tp.holdout), int(cfg.seed))
-    dm.degradation, dm.percentile = f"slice profile {profile.describe()}", percentile
+                             int(tp.patch_size), float(tp.holdout), int(cfg.seed), percentile)
     train = OmegaConf.merge(cfg.sr, {k: tp[k] for k in TRAIN_KEYS})
     module = build(cfg, dm, model=tp.net, train=train, scale=1)
     module.config["throughplane"] = {"profile": profile.describe(), **asdict(geom)}
@@ -199,8 +203,8 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     t1 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tile = None if tp.get("tile") in (None, 0) else int(tp.tile)
-    result = make_isotropic(module.eval_generator, vol.data, geom, out_grid, percentile, int(tp.infer_batch_size),
-                            tile, device)
+    result = make_isotropic(module.eval_generator, norm, lo, hi, geom, out_grid, int(tp.infer_batch_size), tile,
+                            device)
     write_nifti_atomic(out, result, grid_affine(vol.affine, geom.axis, out_grid))
     t_apply = time.perf_counter() - t1
 
