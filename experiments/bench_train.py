@@ -54,6 +54,7 @@ class StepTimer(L.Callback):
         self.times: list[float] = []
         self.flops = 0
         self._t0 = 0.0
+        self._step = -1  # batches seen over all epochs (batch_idx restarts each epoch)
         self._counter: FlopCounterMode | None = None
 
     def _sync(self, trainer: L.Trainer) -> None:
@@ -62,10 +63,11 @@ class StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sync(trainer)
-        if batch_idx == self.warmup:
+        self._step += 1
+        if self._step == self.warmup:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
-        elif batch_idx == self.warmup + 1 and trainer.strategy.root_device.type == "cuda":
+        elif self._step == self.warmup + 1 and trainer.strategy.root_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self._t0 = time.perf_counter()
 
@@ -75,7 +77,7 @@ class StepTimer(L.Callback):
             self._counter.__exit__(None, None, None)
             self.flops = int(self._counter.get_total_flops())
             self._counter = None
-        elif batch_idx > self.warmup:
+        elif self._step > self.warmup:
             self.times.append(time.perf_counter() - self._t0)
 
 
