@@ -4,10 +4,11 @@
 
 Every ``results.json`` below the folder (a ``stage=sr`` job folder, or the ``sr/`` folder
 of a ``stage=pipeline`` job) is one finished run; the job's ``.hydra`` folder tells its
-loss preset. Rows: bicubic, the ``l1`` baseline, the default ``paired`` preset, the paper's
+loss preset and network. Rows: bicubic, the comparison networks (``model=srcnn``, ``edsr``, ...), the ``l1`` baseline, the default ``paired`` preset, the paper's
 full method and each ablation; columns: scale x PSNR / SSIM / NMSE (and HFEN, PSNR and SSIM
 over the foreground where the results have them), mean ± std over the test volumes
-(``psnr_vol ± psnr_vol_std``, ...). A metric that no run of a table has is left out of it;
+(``psnr_vol ± psnr_vol_std``, ...); parameter count and inference time per test slice where the
+results have them. A metric that no run of a table has is left out of it;
 a run without a metric that others have shows "—" there (results written before it existed).
 """
 
@@ -39,6 +40,16 @@ PRESETS: dict[str, str] = {
     "paper_dc": "paper's losses, data consistency: D(SR) vs LR",
     "spatial": "L1 + L_adv + per-location L_ViT/L_str + L_tex vs HR",
 }
+# The comparison networks (``model=``), in the paper's row order; SRResNet rows are named by loss preset.
+MODELS: dict[str, str] = {
+    "srcnn": "SRCNN (Dong 2016)",
+    "vdsr": "VDSR (Kim 2016)",
+    "edsr": "EDSR (Lim 2017)",
+    "rdn": "RDN (Zhang 2018)",
+    "rcan": "RCAN (Zhang 2018)",
+    "swinir": "SwinIR (Liang 2021)",
+}
+COST = ("params", "ms_per_slice")
 METRICS = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg")
 DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4, "hfen": 4, "psnr_fg": 2, "ssim_fg": 4}
 LABELS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "hfen": "HFEN", "psnr_fg": "PSNR-fg", "ssim_fg": "SSIM-fg"}
@@ -56,6 +67,7 @@ class Run:
     job: Path  # the Hydra job folder (has .hydra/), or ``folder``
     rows: list[dict[str, Any]]
     preset: str
+    model: str | None = None
     choices: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -97,7 +109,8 @@ def collect(sweep: str | Path) -> list[Run]:
         hydra = _load_yaml(job / ".hydra" / "hydra.yaml").get("hydra", {})
         choices = (hydra.get("runtime") or {}).get("choices") or {}
         preset = choices.get("loss") or rows[0].get("loss") or rows[0].get("loss_preset") or "?"
-        runs.append(Run(path.parent, job, rows, str(preset), choices, _load_yaml(job / ".hydra" / "config.yaml")))
+        model = choices.get("model") or rows[0].get("model")
+        runs.append(Run(path.parent, job, rows, str(preset), model, choices, _load_yaml(job / ".hydra" / "config.yaml")))
     if not runs:
         raise ReportError(f"{sweep}: no finished runs (no results.json below it)")
     return runs
@@ -122,6 +135,35 @@ def budget(config: dict[str, Any]) -> str:
     return f"{total} {unit} (one phase)"
 
 
+def method_name(model: str | None, preset: str) -> str:
+    """A row's key: the loss preset for SRResNet runs (the paper's rows), else the network's
+    config name (``edsr_small``), with ``+<preset>`` when it is not the ``l1`` protocol."""
+    if model is None or model.startswith("srresnet"):
+        return preset
+    return model if preset == "l1" else f"{model}+{preset}"
+
+
+def method_label(method: str) -> str:
+    """The row's label in the Markdown table."""
+    if method in PRESETS:
+        return PRESETS[method]
+    model, _, preset = method.partition("+")
+    family = model.removesuffix("_small")
+    if family not in MODELS:
+        return method
+    label = MODELS[family] + (", CPU size" if model.endswith("_small") else "")
+    return label + (f", loss={preset}" if preset else "")
+
+
+def _order(method: str) -> tuple[int, str]:
+    family = method.partition("+")[0].removesuffix("_small")
+    if method == "bicubic":
+        return 0, method
+    if family in MODELS:
+        return 1 + list(MODELS).index(family), method
+    return 1 + len(MODELS) + (list(PRESETS).index(method) if method in PRESETS else len(PRESETS)), method
+
+
 def _seed(run: Run) -> Any:
     return run.config.get("seed")
 
@@ -138,12 +180,13 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
     by_seed: dict[tuple, dict[Any, dict[str, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r.folder / "results.json").stat().st_mtime):
         for row in run.rows:
-            method = "bicubic" if row.get("method") == "bicubic" else run.preset
+            method = "bicubic" if row.get("method") == "bicubic" else method_name(run.model, run.preset)
             key = (row.get("dataset"), row.get("degradation"), method, int(row["scale"]))
             if method == "bicubic" and key in by_seed:
                 continue
             rec = {"dataset": key[0], "degradation": key[1], "method": method, "scale": key[3], "run": str(run.folder),
                    "budget": "—" if method == "bicubic" else budget(run.config)}
+            rec.update({k: row[k] for k in (*COST, "device") if row.get(k) is not None})
             for m in METRICS:
                 if f"{m}_vol" not in row and m not in row:
                     continue  # older results without this metric
@@ -151,9 +194,7 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 rec[f"{m}_std"] = float(row.get(f"{m}_vol_std", 0.0))
             by_seed.setdefault(key, {})[None if method == "bicubic" else _seed(run)] = rec
     out = [_over_seeds(list(recs.values())) for recs in by_seed.values()]
-    order = {p: i for i, p in enumerate(PRESETS)}
-    return sorted(out, key=lambda r: (str(r["dataset"]), str(r["degradation"]),
-                                      order.get(r["method"], len(order)), r["method"], r["scale"]))
+    return sorted(out, key=lambda r: (str(r["dataset"]), str(r["degradation"]), _order(r["method"]), r["scale"]))
 
 
 def _over_seeds(recs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -162,6 +203,10 @@ def _over_seeds(recs: list[dict[str, Any]]) -> dict[str, Any]:
         return {**recs[0], "n_seeds": 1}
     out = {k: recs[-1][k] for k in ("dataset", "degradation", "method", "scale", "run", "budget")}
     out["n_seeds"] = len(recs)
+    out.update({k: recs[-1][k] for k in ("params", "device") if k in recs[-1]})
+    times = [r["ms_per_slice"] for r in recs if "ms_per_slice" in r]
+    if times:
+        out["ms_per_slice"] = sum(times) / len(times)
     for m in METRICS:
         vals = [r[m] for r in recs if m in r]
         if not vals:
@@ -199,22 +244,38 @@ def _wide(rows: list[dict[str, Any]]) -> tuple[list[int], list[tuple[str, dict[i
     return scales, list(methods.items())
 
 
+def _per_scale(by_scale: dict[int, dict[str, Any]], scales: list[int], key: str, fmt) -> str:
+    if not any(key in (by_scale.get(s) or {}) for s in scales):
+        return "—"
+    return " / ".join(fmt(by_scale[s][key]) if key in (by_scale.get(s) or {}) else "—" for s in scales)
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """Markdown tables, one per dataset/degradation: methods x (scale x PSNR/SSIM/NMSE/...)."""
     parts = []
     for (dataset, degradation), group in _groups(rows).items():
         scales, methods = _wide(group)
         metrics = _present(group)
-        head = ["method", "SR budget", "seeds"] + [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
+        cost = any("params" in r for r in group)
+        head = ["method", *(["params", "ms / slice"] if cost else []), "SR budget", "seeds"]
+        head += [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
         seeds = max(int(r.get("n_seeds", 1)) for r in group)
         spread = ("mean ± std over the seeds of each row; bicubic and one-seed rows: over test volumes"
                   if seeds > 1 else "mean ± std over test volumes")
         lines = [f"**{dataset}**, {degradation} degradation ({spread})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        if cost:
+            devices = sorted({str(r["device"]) for r in group if r.get("device")})
+            per = " / ".join(f"x{s}" for s in scales)
+            lines[1:1] = ["", f"params and ms / slice per scale ({per}); ms / slice: the network's forward pass "
+                              f"per test slice at the test batch size, on {', '.join(devices) or 'the test device'}"]
         for method, by_scale in methods:
             first = next(iter(by_scale.values()))
-            cells = [PRESETS.get(method, method), first.get("budget", "—"),
-                     "—" if method == "bicubic" else str(first.get("n_seeds", 1))]
+            cells = [method_label(method)]
+            if cost:
+                cells += [_per_scale(by_scale, scales, "params", lambda v: f"{v / 1e6:.3f} M"),
+                          _per_scale(by_scale, scales, "ms_per_slice", lambda v: f"{v:.1f}")]
+            cells += [first.get("budget", "—"), "—" if method == "bicubic" else str(first.get("n_seeds", 1))]
             for s in scales:
                 cells += [_cell(by_scale.get(s), m) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
@@ -227,7 +288,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     no row has is left out, one that a row lacks is an empty field)."""
     buf = io.StringIO()
     cols = ["dataset", "degradation", "method", "scale"]
-    cols += [f"{m}{s}" for m in _present(rows) for s in ("", "_std")] + ["n_seeds", "budget", "run"]
+    cols += [f"{m}{s}" for m in _present(rows) for s in ("", "_std")]
+    cols += [k for k in (*COST, "device") if any(k in r for r in rows)] + ["n_seeds", "budget", "run"]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)

@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 METRIC_COLUMNS = ("psnr", "ssim", "nmse", "psnr_vol", "ssim_vol", "nmse_vol", "psnr_vol_std", "ssim_vol_std", "nmse_vol_std")
 
 
@@ -88,3 +90,10 @@ def print_table(rows: Sequence[dict], title: str) -> None:
             f"{r['nmse_vol']:.4f} ± {r['nmse_vol_std']:.4f}",
         )
     Console(width=max(120, Console().width)).print(table)
+
+
+def device_label(device: torch.device) -> str:
+    """``cuda (<GPU model>)`` or ``cpu (<n> threads)``: where a timing was taken."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

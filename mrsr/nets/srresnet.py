@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrsr.data.degrade import check_scale
-
-
-def icnr_(weight: Tensor, factor: int) -> Tensor:
-    """ICNR: initialise a conv followed by ``PixelShuffle(factor)`` so that its output is a
-    nearest-neighbour up-sampling of a (Kaiming-initialised) lower-resolution conv."""
-    out_ch = weight.shape[0] // factor**2
-    sub = torch.empty(out_ch, *weight.shape[1:])
-    nn.init.kaiming_normal_(sub)
-    with torch.no_grad():
-        weight.copy_(sub.repeat_interleave(factor**2, dim=0))
-    return weight
-
+from mrsr.nets.upsample import icnr_
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.gan import check_gan_loss, d_loss_fake, d_loss_real, g_loss
 from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
 from mrsr.metrics import SUMMARY, SRMetrics
-from mrsr.results import print_table, write_results
+from mrsr.nets.upsample import n_params
+from mrsr.results import device_label, print_table, write_results
 from mrsr.stages.base import StageModule
 
 log = logging.getLogger("mrsr")
@@ -122,6 +124,7 @@ class SRModule(StageModule):
         self.test_sr, self.test_bicubic = SRMetrics(), SRMetrics()
         self._grid: list[tuple[str, Tensor]] | None = None
         self.test_rows: list[dict[str, Any]] = []
+        self._infer: list[tuple[float, int]] = []  # (seconds, slices) of each test batch's forward pass
 
     @property
     def weights(self) -> dict[str, float]:
@@ -207,9 +210,19 @@ class SRModule(StageModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in logged.items()}, on_step=True)
 
     # -- evaluation
-    def _eval_step(self, batch, sr_metric: SRMetrics, bic_metric: SRMetrics) -> tuple[Tensor, Tensor]:
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _eval_step(self, batch, sr_metric: SRMetrics, bic_metric: SRMetrics, timed: bool = False) -> tuple[Tensor, Tensor]:
         lr, hr, meta = batch
+        if timed:
+            self._sync()
+            start = time.perf_counter()
         sr = self.eval_generator(self._memory_format(lr)).clamp(min=0)
+        if timed:
+            self._sync()
+            self._infer.append((time.perf_counter() - start, lr.shape[0]))
         bic = upsample(lr, int(self.scale))
         sr_metric.update(sr, hr, meta.volume_idx, meta.slice)
         bic_metric.update(bic, hr, meta.volume_idx, meta.slice)
@@ -241,16 +254,28 @@ class SRModule(StageModule):
         if ours:
             log.info("step %d: val PSNR %.2f dB", self.global_step, ours["psnr"])
 
+    def on_test_epoch_start(self) -> None:
+        self._infer = []
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_sr, self.test_bicubic)
+        self._eval_step(batch, self.test_sr, self.test_bicubic, timed=True)
+
+    def inference_ms_per_slice(self) -> float | None:
+        """Mean forward time of the evaluation generator per test slice (ms), on this process's
+        device at the test batch size; the first batch (warm-up) is left out when there are more."""
+        timed = self._infer[1:] if len(self._infer) > 1 else self._infer
+        slices = sum(n for _, n in timed)
+        return 1000 * sum(t for t, _ in timed) / slices if slices else None
 
     def on_test_epoch_end(self) -> None:
         ours, bic = self._log_metrics("test", self.test_sr, self.test_bicubic)
         if not ours or not self.trainer.is_global_zero:
             return
-        info = {k: self.info.get(k) for k in ("dataset", "scale", "degradation", "loss")}
+        info = {k: self.info.get(k) for k in ("dataset", "scale", "degradation", "loss", "model")}
         info["scale"] = self.scale
-        rows = [{"method": "sr", **info, **ours}, {"method": "bicubic", **info, **bic}]
+        cost = {"params": n_params(self.eval_generator), "ms_per_slice": self.inference_ms_per_slice(),
+                "device": device_label(self.device)}
+        rows = [{"method": "sr", **info, **ours, **cost}, {"method": "bicubic", **info, **bic}]
         title = f"{info['dataset']} x{self.scale} ({info['degradation']}, loss={info['loss']}), test split"
         print_table(rows, title)
         csv_path, _ = write_results(self.trainer.default_root_dir, rows)
@@ -282,7 +307,7 @@ def build_generator(model_cfg: Any, where: str = "model") -> nn.Module:
     if not getattr(net, "trainable", False):
         name = str(model_cfg["_target_"]).rsplit(".", 1)[-1]
         raise ConfigError(
-            f"{where}={name} is not trainable: stage=sr needs model=srresnet|srresnet_small "
+            f"{where}={name} is not trainable: stage=sr needs a network (model=srresnet, edsr, swinir, ...) "
             "(evaluate interpolation baselines with stage=eval model=bicubic)"
         )
     return net
@@ -369,7 +394,8 @@ def build(
             "percentile": getattr(store, "percentile", 99.5),
         },
     }
-    info = {"dataset": getattr(dm, "dataset_name", None), "degradation": degradation, "loss": _choice("loss")}
+    info = {"dataset": getattr(dm, "dataset_name", None), "degradation": degradation, "loss": _choice("loss"),
+            "model": _choice("model")}
     return SRModule(
         config=config,
         generator=generator,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from mrsr.data.degrade import intensity_range, normalise_volume
 from mrsr.errors import ConfigError
-from mrsr.results import atomic_write
+from mrsr.results import atomic_write, device_label
 
 log = logging.getLogger("mrsr")
 
@@ -192,9 +192,3 @@ def predict(cfg: DictConfig) -> dict:
         axis, n, device_label(device), seconds, n / max(seconds, 1e-9),
     )
     return {"output": str(out), "shape": list(result.shape), "scale": scale, "seconds": seconds, "ckpt": str(ckpt)}
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"

@@ -38,9 +38,9 @@ from mrsr.data.slice_profile import (
     spline_matrix,
 )
 from mrsr.errors import ConfigError
-from mrsr.results import atomic_write_text
+from mrsr.results import atomic_write_text, device_label
 from mrsr.tasks.common import build_trainer, output_dir
-from mrsr.tasks.predict import check_paths, device_label, super_resolve_volume, write_nifti_atomic
+from mrsr.tasks.predict import check_paths, super_resolve_volume, write_nifti_atomic
 
 log = logging.getLogger("mrsr")
 MIN_RATIO = 1.5  # slice spacing / in-plane voxel size below which there is nothing to do
