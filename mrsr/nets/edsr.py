@@ -25,22 +25,28 @@ class ResBlock(nn.Module):
         return x + self.body(x) * self.res_scale
 
 
-class EDSR(nn.Module):
-    """Head conv, ``n_blocks`` residual blocks and a conv closing the global skip, pixel-shuffle
-    up-sampling, tail conv."""
+class GlobalSkipSR(nn.Module):
+    """EDSR's layout, shared with RCAN: head conv; ``blocks`` and a conv closing the global
+    skip from the head; pixel-shuffle up-sampling and a tail conv."""
 
     trainable = True
 
-    def __init__(self, scale: int, n_blocks: int = 32, n_feats: int = 256, res_scale: float = 0.1,
-                 in_channels: int = 1) -> None:
+    def __init__(self, scale: int, n_feats: int, blocks: list[nn.Module], in_channels: int = 1) -> None:
         super().__init__()
         self.scale = check_scale(scale)
         self.head = nn.Conv2d(in_channels, n_feats, 3, padding=1)
-        self.body = nn.Sequential(*[ResBlock(n_feats, res_scale) for _ in range(n_blocks)],
-                                  nn.Conv2d(n_feats, n_feats, 3, padding=1))
+        self.body = nn.Sequential(*blocks, nn.Conv2d(n_feats, n_feats, 3, padding=1))
         self.tail = nn.Sequential(PixelShuffleUpsampler(n_feats, self.scale),
                                   nn.Conv2d(n_feats, in_channels, 3, padding=1))
 
     def forward(self, lr: Tensor) -> Tensor:
         feat = self.head(lr)
         return self.tail(feat + self.body(feat))
+
+
+class EDSR(GlobalSkipSR):
+    """``n_blocks`` residual blocks of ``n_feats`` maps in :class:`GlobalSkipSR`."""
+
+    def __init__(self, scale: int, n_blocks: int = 32, n_feats: int = 256, res_scale: float = 0.1,
+                 in_channels: int = 1) -> None:
+        super().__init__(scale, n_feats, [ResBlock(n_feats, res_scale) for _ in range(n_blocks)], in_channels)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mrsr.data.degrade import check_scale
-from mrsr.nets.upsample import PixelShuffleUpsampler
+from mrsr.nets.edsr import GlobalSkipSR
 
 
 class ChannelAttention(nn.Module):
@@ -50,22 +49,10 @@ class ResidualGroup(nn.Module):
         return x + self.body(x)
 
 
-class RCAN(nn.Module):
-    """Head conv, ``n_groups`` residual groups and a conv closing the long skip, pixel-shuffle
-    up-sampling, tail conv."""
-
-    trainable = True
+class RCAN(GlobalSkipSR):
+    """``n_groups`` residual groups (the long skip is :class:`GlobalSkipSR`'s)."""
 
     def __init__(self, scale: int, n_groups: int = 10, n_blocks: int = 20, n_feats: int = 64, reduction: int = 16,
                  in_channels: int = 1) -> None:
-        super().__init__()
-        self.scale = check_scale(scale)
-        self.head = nn.Conv2d(in_channels, n_feats, 3, padding=1)
-        self.body = nn.Sequential(*[ResidualGroup(n_feats, n_blocks, reduction) for _ in range(n_groups)],
-                                  nn.Conv2d(n_feats, n_feats, 3, padding=1))
-        self.tail = nn.Sequential(PixelShuffleUpsampler(n_feats, self.scale),
-                                  nn.Conv2d(n_feats, in_channels, 3, padding=1))
-
-    def forward(self, lr: Tensor) -> Tensor:
-        feat = self.head(lr)
-        return self.tail(feat + self.body(feat))
+        groups = [ResidualGroup(n_feats, n_blocks, reduction) for _ in range(n_groups)]
+        super().__init__(scale, n_feats, groups, in_channels)
