@@ -1,3 +1,3 @@
 """mrsr: MR image super-resolution with a CNN GAN, a ViT and structure/texture disentanglement."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
