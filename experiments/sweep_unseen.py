@@ -1,10 +1,10 @@
-"""Score every finished SR model of a sweep on whole volumes it never saw, per preset over seeds.
+"""Score every finished SR model of a sweep on whole volumes it never saw, per method over seeds.
 
 For each job of the sweep (a ``stage=pipeline`` or ``stage=sr`` job folder with ``.hydra/``), the
 best SR checkpoint is run through ``stage=predict`` on each volume with the protocol of
 ``eval_unseen.py`` (LR made by antialiased bicubic down-sampling in the volume's own units,
 whole volume, peak = the HR maximum, nothing clipped) and PSNR, SSIM and HFEN are averaged per
-preset over the seeds (mean ± sample std). The budget of every row comes from its config.
+method (loss preset, or comparison network) over the seeds (mean ± sample std). The budget of every row comes from its config.
 
     python experiments/sweep_unseen.py SWEEP_DIR VOLUME.nii.gz ... --out results.json [--md table.md]
 """
@@ -22,11 +22,11 @@ import yaml
 from _bench import write_result
 from eval_unseen import evaluate
 
-from mrsr.report import PRESETS, budget
+from mrsr.report import budget, method_label, method_name, method_order
 
 
 def jobs(sweep: Path) -> list[dict]:
-    """Finished SR runs below ``sweep``: checkpoint, preset, seed, scale and budget."""
+    """Finished SR runs below ``sweep``: checkpoint, method, seed, scale and budget."""
     out = []
     for finished in sorted(sweep.rglob("sr/FINISHED.json")) + sorted(sweep.glob("*/FINISHED.json")):
         job = finished.parent.parent if finished.parent.name == "sr" else finished.parent
@@ -35,7 +35,8 @@ def jobs(sweep: Path) -> list[dict]:
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         choices = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
         record = json.loads(finished.read_text())
-        out.append({"ckpt": record["best"], "preset": choices.get("loss"), "seed": cfg.get("seed"),
+        out.append({"ckpt": record["best"], "preset": choices.get("loss"),
+                    "method": method_name(choices.get("model"), choices.get("loss")), "seed": cfg.get("seed"),
                     "scale": int(cfg["scale"]), "budget": budget(cfg), "job": str(job)})
     return out
 
@@ -60,14 +61,15 @@ def main() -> None:
                     continue
                 r = evaluate(vol, j["scale"], j["ckpt"], 2, 1.0, Path(tmp))
                 rows.append({**j, **r})
-                print(f"{j['preset']:<10} seed {j['seed']} {r['volume']:<40} SR {r['sr_psnr']:.2f} dB "
+                print(f"{j['method']:<14} seed {j['seed']} {r['volume']:<40} SR {r['sr_psnr']:.2f} dB "
                       f"({r['gain_db']:+.2f}), SSIM {r['sr_ssim']:.4f}, HFEN {r['sr_hfen']:.4f}", flush=True)
     summary = []
-    order = {p: i for i, p in enumerate(PRESETS)}
-    keys = sorted({(r["volume"], r["scale"], r["preset"]) for r in rows}, key=lambda k: (k[0], k[1], order.get(k[2], 99)))
-    for vol, scale, preset in keys:
-        sel = [r for r in rows if (r["volume"], r["scale"], r["preset"]) == (vol, scale, preset)]
-        rec = {"volume": vol, "scale": scale, "preset": preset, "n_seeds": len(sel), "budget": sel[0]["budget"]}
+    for r in rows:  # rows scored before methods were named
+        r.setdefault("method", r["preset"])
+    keys = sorted({(r["volume"], r["scale"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], method_order(k[2])))
+    for vol, scale, method in keys:
+        sel = [r for r in rows if (r["volume"], r["scale"], r["method"]) == (vol, scale, method)]
+        rec = {"volume": vol, "scale": scale, "method": method, "n_seeds": len(sel), "budget": sel[0]["budget"]}
         for m in ("psnr", "ssim", "hfen", "gain_db"):
             vals = [r[f"sr_{m}"] if m != "gain_db" else r[m] for r in sel]
             rec[m], rec[f"{m}_std"] = statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
@@ -82,7 +84,7 @@ def main() -> None:
         lines.append(f"| bicubic | — | — | {first['bicubic_psnr']:.2f} | {first['bicubic_ssim']:.4f} | "
                      f"{first['bicubic_hfen']:.4f} | — |")
         for r in (r for r in summary if r["volume"] == vol):
-            lines.append(f"| {PRESETS.get(r['preset'], r['preset'])} | {r['budget']} | {r['n_seeds']} | "
+            lines.append(f"| {method_label(r['method'])} | {r['budget']} | {r['n_seeds']} | "
                          f"{r['psnr']:.2f} ± {r['psnr_std']:.2f} | {r['ssim']:.4f} ± {r['ssim_std']:.4f} | "
                          f"{r['hfen']:.4f} ± {r['hfen_std']:.4f} | {r['gain_db']:+.2f} ± {r['gain_db_std']:.2f} |")
         lines.append("")

@@ -155,7 +155,8 @@ def method_label(method: str) -> str:
     return label + (f", loss={preset}" if preset else "")
 
 
-def _order(method: str) -> tuple[int, str]:
+def method_order(method: str) -> tuple[int, str]:
+    """Sort key of a row: bicubic, the comparison networks, then the SRResNet presets."""
     family = method.partition("+")[0].removesuffix("_small")
     if method == "bicubic":
         return 0, method
@@ -194,7 +195,7 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 rec[f"{m}_std"] = float(row.get(f"{m}_vol_std", 0.0))
             by_seed.setdefault(key, {})[None if method == "bicubic" else _seed(run)] = rec
     out = [_over_seeds(list(recs.values())) for recs in by_seed.values()]
-    return sorted(out, key=lambda r: (str(r["dataset"]), str(r["degradation"]), _order(r["method"]), r["scale"]))
+    return sorted(out, key=lambda r: (str(r["dataset"]), str(r["degradation"]), method_order(r["method"]), r["scale"]))
 
 
 def _over_seeds(recs: list[dict[str, Any]]) -> dict[str, Any]:
