@@ -25,6 +25,16 @@ from eval_unseen import evaluate
 from mrsr.report import budget, method_label, method_name, method_order
 
 
+def _method(job: Path, fallback: str = "?") -> str:
+    """The row a job belongs to (``mrsr.report``'s naming) from its ``.hydra`` choices
+    (``fallback`` when the job folder is gone)."""
+    try:
+        choices = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return fallback
+    return method_name(choices.get("model"), choices.get("loss") or "?")
+
+
 def jobs(sweep: Path) -> list[dict]:
     """Finished SR runs below ``sweep``: checkpoint, method, seed, scale and budget."""
     out = []
@@ -35,8 +45,7 @@ def jobs(sweep: Path) -> list[dict]:
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         choices = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
         record = json.loads(finished.read_text())
-        out.append({"ckpt": record["best"], "preset": choices.get("loss"),
-                    "method": method_name(choices.get("model"), choices.get("loss")), "seed": cfg.get("seed"),
+        out.append({"ckpt": record["best"], "preset": choices.get("loss"), "method": _method(job), "seed": cfg.get("seed"),
                     "scale": int(cfg["scale"]), "budget": budget(cfg), "job": str(job)})
     return out
 
@@ -64,8 +73,9 @@ def main() -> None:
                 print(f"{j['method']:<14} seed {j['seed']} {r['volume']:<40} SR {r['sr_psnr']:.2f} dB "
                       f"({r['gain_db']:+.2f}), SSIM {r['sr_ssim']:.4f}, HFEN {r['sr_hfen']:.4f}", flush=True)
     summary = []
-    for r in rows:  # rows scored before methods were named
-        r.setdefault("method", r["preset"])
+    for r in rows:  # rows scored before methods were named: from their job's choices
+        if "method" not in r:
+            r["method"] = _method(Path(r["job"]), fallback=r.get("preset") or "?")
     keys = sorted({(r["volume"], r["scale"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], method_order(k[2])))
     for vol, scale, method in keys:
         sel = [r for r in rows if (r["volume"], r["scale"], r["method"]) == (vol, scale, method)]

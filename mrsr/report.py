@@ -187,13 +187,20 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 continue
             rec = {"dataset": key[0], "degradation": key[1], "method": method, "scale": key[3], "run": str(run.folder),
                    "budget": "—" if method == "bicubic" else budget(run.config)}
-            rec.update({k: row[k] for k in (*COST, "device") if row.get(k) is not None})
+            rec.update({k: row[k] for k in COST if row.get(k) is not None})
+            if row.get("device"):
+                rec["device"] = f"{row['device']}, {row['precision']}" if row.get("precision") else str(row["device"])
             for m in METRICS:
                 if f"{m}_vol" not in row and m not in row:
                     continue  # older results without this metric
                 rec[m] = float(row.get(f"{m}_vol", row.get(m)))
                 rec[f"{m}_std"] = float(row.get(f"{m}_vol_std", 0.0))
-            by_seed.setdefault(key, {})[None if method == "bicubic" else _seed(run)] = rec
+            seeds = by_seed.setdefault(key, {})
+            seed = None if method == "bicubic" else _seed(run)
+            if seed in seeds and method != "bicubic" and seeds[seed]["model"] != run.model:
+                print(f"mrsr.report: {method} x{key[3]} seed {seed}: {run.folder} (model={run.model}) replaces "
+                      f"{seeds[seed]['run']} (model={seeds[seed]['model']})", file=sys.stderr)
+            seeds[seed] = {**rec, "model": run.model}
     out = [_over_seeds(list(recs.values())) for recs in by_seed.values()]
     return sorted(out, key=lambda r: (str(r["dataset"]), str(r["degradation"]), method_order(r["method"]), r["scale"]))
 
@@ -204,10 +211,13 @@ def _over_seeds(recs: list[dict[str, Any]]) -> dict[str, Any]:
         return {**recs[0], "n_seeds": 1}
     out = {k: recs[-1][k] for k in ("dataset", "degradation", "method", "scale", "run", "budget")}
     out["n_seeds"] = len(recs)
-    out.update({k: recs[-1][k] for k in ("params", "device") if k in recs[-1]})
+    out.update({k: recs[-1][k] for k in ("params", "model") if k in recs[-1]})
+    devices = {r.get("device") for r in recs}
     times = [r["ms_per_slice"] for r in recs if "ms_per_slice" in r]
-    if times:
-        out["ms_per_slice"] = sum(times) / len(times)
+    if len(devices) == 1 and times:  # times from different devices are not averaged
+        out["ms_per_slice"], out["device"] = sum(times) / len(times), recs[-1]["device"]
+    elif len(devices) > 1:
+        out["device"] = "several devices"
     for m in METRICS:
         vals = [r[m] for r in recs if m in r]
         if not vals:
@@ -265,17 +275,19 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
                   if seeds > 1 else "mean ± std over test volumes")
         lines = [f"**{dataset}**, {degradation} degradation ({spread})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        devices = sorted({str(r["device"]) for r in group if r.get("device")})
         if cost:
-            devices = sorted({str(r["device"]) for r in group if r.get("device")})
             per = " / ".join(f"x{s}" for s in scales)
             lines[1:1] = ["", f"params and ms / slice per scale ({per}); ms / slice: the network's forward pass "
-                              f"per test slice at the test batch size, on {', '.join(devices) or 'the test device'}"]
+                              f"per test slice at the test batch size (median over batches), on {', '.join(devices) or 'the test device'}"]
         for method, by_scale in methods:
             first = next(iter(by_scale.values()))
             cells = [method_label(method)]
             if cost:
-                cells += [_per_scale(by_scale, scales, "params", lambda v: f"{v / 1e6:.3f} M"),
-                          _per_scale(by_scale, scales, "ms_per_slice", lambda v: f"{v:.1f}")]
+                ms = _per_scale(by_scale, scales, "ms_per_slice", lambda v: f"{v:.1f}")
+                if len(devices) > 1 and first.get("device"):
+                    ms += f" ({first['device']})"
+                cells += [_per_scale(by_scale, scales, "params", lambda v: f"{v / 1e6:.3f} M"), ms]
             cells += [first.get("budget", "—"), "—" if method == "bicubic" else str(first.get("n_seeds", 1))]
             for s in scales:
                 cells += [_cell(by_scale.get(s), m) for m in metrics]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch import nn
 
 from mrsr import report
 from mrsr.nets.upsample import n_params
@@ -45,18 +46,49 @@ def test_paper_preset_has_the_published_size(make_cfg, model: str) -> None:
     assert net.scale == 2 and net(torch.rand(1, 1, 9, 11)).shape == (1, 1, 18, 22)
 
 
-def test_networks_refine_or_start_from_bicubic(make_cfg) -> None:
-    """VDSR starts as the bicubic up-sampling (zero last layer); SRCNN works on it."""
+def test_skips_and_inputs_are_where_the_papers_put_them(make_cfg) -> None:
+    """VDSR starts as the bicubic up-sampling (zero last layer) and SRCNN sees only it; with
+    their bodies' last convs zeroed, EDSR and RCAN are tail(head(x)) (global skip) and RDN is
+    tail(first shallow features)."""
     from mrsr.data.degrade import upsample
 
-    x = torch.rand(1, 1, 10, 12)
-    vdsr = instantiate(make_cfg("model=vdsr_small", "scale=2").model)
-    assert torch.equal(vdsr(x), upsample(x, 2))
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 10, 12)
+    net = lambda name: instantiate(make_cfg(f"model={name}_small", "scale=2").model)  # noqa: E731
+    assert torch.equal(net("vdsr")(x), upsample(x, 2))
+    srcnn = net("srcnn")
+    assert torch.equal(srcnn(x), srcnn.body(upsample(x, 2)))
+    with torch.no_grad():
+        for name in ("edsr", "rcan"):
+            m = net(name)
+            nn.init.zeros_(m.body[-1].weight)
+            nn.init.zeros_(m.body[-1].bias)
+            assert torch.allclose(m(x), m.tail(m.head(x)), atol=1e-6)
+        rdn = net("rdn")
+        nn.init.zeros_(rdn.fusion[-1].weight)
+        nn.init.zeros_(rdn.fusion[-1].bias)
+        assert torch.allclose(rdn(x), rdn.tail(rdn.shallow1(x)), atol=1e-6)
+
+
+def test_swinir_mirror_pads_once_to_whole_windows() -> None:
+    """Any size is the cropped output of the mirror-padded image (as SwinIR pads), also when
+    the image is narrower than a window."""
+    import torch.nn.functional as F
+
+    from mrsr.nets.swinir import SwinIR
+
+    torch.manual_seed(0)
+    net = SwinIR(2, embed_dim=16, depths=(2,), num_heads=(2,), upsampler="pixelshuffledirect").eval()
+    with torch.no_grad():
+        x = torch.rand(1, 1, 13, 17)
+        assert torch.allclose(net(x), net(F.pad(x, (0, 7, 0, 3), mode="reflect"))[..., :26, :34], atol=1e-6)
+        thin = torch.rand(1, 1, 3, 5)
+        assert torch.allclose(net(thin), net(F.pad(thin, (0, 3, 0, 5), mode="replicate"))[..., :6, :10], atol=1e-6)
 
 
 TINY = ["data.crop=[96,96,12]", "data.eval_batch_size=4", "sr.batch_size=4", "sr.train_crop=32", "sr.max_steps=2",
         "sr.val_check_interval=2", "sr.lr_schedule=constant", "sr.warmup_steps=0", "logger=csv",
-        "callbacks.progress_bar=null"]
+        "callbacks.progress_bar=null", "trainer.accelerator=cpu"]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -80,7 +112,7 @@ def test_trains_checkpoints_and_predicts(make_cfg, tmp_path: Path, model: str) -
     assert all(torch.equal(v, ema[k]) for k, v in net.state_dict().items())
     row = json.loads((out / "results.json").read_text())[0]
     assert row["model"] == f"{model}_small" and row["params"] == n_params(net) and row["ms_per_slice"] > 0
-    assert np.isfinite(row["psnr"]) and row["device"].startswith("cpu")
+    assert np.isfinite(row["psnr"]) and row["device"].startswith("cpu") and row["precision"] == "32-true"
 
     # the bundled-model path: weights and metadata only, read back like any checkpoint
     bundled = sr_stage.export_generator(result["best"], tmp_path / "bundled.ckpt")
@@ -95,14 +127,15 @@ def test_trains_checkpoints_and_predicts(make_cfg, tmp_path: Path, model: str) -
     assert np.allclose(np.diag(img.affine)[:3], [0.5, 0.5, 3.0])
 
 
-def _job(root: Path, name: str, model: str | None, preset: str, scale: int, psnr: float, cost: bool = True) -> None:
+def _job(root: Path, name: str, model: str | None, preset: str, scale: int, psnr: float, cost: bool = True,
+         seed: int = 42, device: str = "cpu (1 threads)") -> None:
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
     choices = f"      loss: {preset}\n" + (f"      model: {model}\n" if model else "")
     (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n{choices}")
-    (folder / ".hydra" / "config.yaml").write_text("seed: 42\nsr:\n  max_steps: 300\n")
+    (folder / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nsr:\n  max_steps: 300\n")
     base = {"dataset": "demo", "scale": scale, "degradation": "bicubic"}
-    extra = {"params": 1000 * scale, "ms_per_slice": 2.5 * scale, "device": "cpu (1 threads)"} if cost else {}
+    extra = {"params": 1000 * scale, "ms_per_slice": 2.5 * scale, "device": device, "precision": "32-true"} if cost else {}
     rows = [{"method": "sr", **base, "psnr_vol": psnr, "psnr_vol_std": 0.1, **extra},
             {"method": "bicubic", **base, "psnr_vol": 20.0, "psnr_vol_std": 0.1}]
     (folder / "results.json").write_text(json.dumps(rows))
@@ -121,7 +154,7 @@ def test_report_has_a_row_per_network_with_size_time_and_budget(tmp_path: Path) 
     assert "| method | params | ms / slice | SR budget | seeds | x2 PSNR | x4 PSNR |" in md
     assert "| SRCNN (Dong 2016), CPU size | 0.002 M / 0.004 M | 5.0 / 10.0 | 300 updates (one phase) | 1 | 20.00 ± 0.10 |" in md
     assert "| EDSR (Lim 2017), loss=paired |" in md and "| SRResNet, L1 (baseline) |" in md
-    assert "on cpu (1 threads)" in md
+    assert "on cpu (1 threads), 32-true" in md
     header = report.to_csv(rows).splitlines()[0]
     assert header.endswith("psnr,psnr_std,params,ms_per_slice,device,n_seeds,budget,run")
 
@@ -137,3 +170,21 @@ def test_short_training_beats_bicubic_on_the_held_out_subject(make_cfg) -> None:
     test = train_stage(cfg, "sr", Path(cfg.paths.output_dir))["test"]
     assert test["test/psnr"] - test["test/psnr_bicubic"] > 0.3
     assert test["test/ssim"] > test["test/ssim_bicubic"]
+
+
+def test_report_keeps_old_results_and_never_averages_times_over_devices(tmp_path: Path, capsys) -> None:
+    _job(tmp_path, "old", None, "l1", 2, 25.0, cost=False)  # results written before params/times existed
+    _job(tmp_path, "a", "edsr_small", "l1", 2, 25.0, seed=1, device="cpu (1 threads)")
+    _job(tmp_path, "b", "edsr_small", "l1", 2, 26.0, seed=2, device="cuda (NVIDIA H200)")
+    _job(tmp_path, "c", "swinir_small", "l1", 2, 27.0, seed=1, device="cuda (NVIDIA H200)")
+    rows = {r["method"]: r for r in report.table_rows(report.collect(tmp_path))}
+    assert "params" not in rows["l1"] and "ms_per_slice" not in rows["l1"]
+    assert rows["edsr_small"]["n_seeds"] == 2 and "ms_per_slice" not in rows["edsr_small"]
+    assert rows["edsr_small"]["device"] == "several devices"
+    md = report.to_markdown(list(rows.values()))
+    assert "| SRResNet, L1 (baseline) | — | — | 300 updates (one phase) | 1 |" in md
+    assert "| SwinIR (Liang 2021), CPU size | 0.002 M | 5.0 (cuda (NVIDIA H200), 32-true) |" in md
+    # two SRResNet sizes with one preset and seed share a row: the report says which run it kept
+    _job(tmp_path, "d", "srresnet", "l1", 2, 30.0, cost=False)
+    report.table_rows(report.collect(tmp_path))
+    assert "replaces" in capsys.readouterr().err

@@ -6,14 +6,18 @@ Shallow conv, residual Swin Transformer blocks (Swin layer + conv3x3 + skip), la
 closing the global skip, then up-sampling: ``pixelshuffle`` (classical SR: conv+LeakyReLU,
 pixel-shuffle stages, conv) or ``pixelshuffledirect`` (lightweight SR: one conv and a shuffle).
 Paper sizes: classical 180 channels, 6 blocks of depth 6, 6 heads, window 8, MLP ratio 2;
-lightweight 60 channels, 4 blocks of depth 6. Any input size: MONAI's layers pad each window
-grid and crop back (windows larger than the image shrink to it). The RGB mean shift is left out.
+lightweight 60 channels, 4 blocks of depth 6. Any input size: as in SwinIR, the input is
+mirror-padded once to a multiple of the window (edge-replicated where it is shorter than the
+pad) and the output cropped back, so no block sees zero padding and the image is never smaller
+than a window. Linear layers start as SwinIR's (truncated normal, std 0.02). The RGB mean shift
+is left out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import BasicLayer
 from torch import Tensor, nn
 
@@ -87,8 +91,24 @@ class SwinIR(nn.Module):
             last = nn.Conv2d(embed_dim, in_channels * self.scale**2, 3, padding=1)
             icnr_(last.weight, self.scale)
             self.tail = nn.Sequential(last, nn.PixelShuffle(self.scale))
+        self.window_size = int(window_size)
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """Mirror-pad bottom and right to a multiple of the window (replicate where too short)."""
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.window_size, -w % self.window_size
+        if ph == 0 and pw == 0:
+            return x
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        return F.pad(x, (0, pw, 0, ph), mode=mode)
 
     def forward(self, lr: Tensor) -> Tensor:
-        x = self.conv_first(lr)
+        h, w = lr.shape[-2:]
+        x = self.conv_first(self.pad(lr))
         feat = self.norm_out(self.blocks(self.norm_in(x)))
-        return self.tail(x + self.conv_after_body(feat))
+        return self.tail(x + self.conv_after_body(feat))[..., : h * self.scale, : w * self.scale]

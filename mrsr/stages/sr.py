@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -261,11 +262,13 @@ class SRModule(StageModule):
         self._eval_step(batch, self.test_sr, self.test_bicubic, timed=True)
 
     def inference_ms_per_slice(self) -> float | None:
-        """Mean forward time of the evaluation generator per test slice (ms), on this process's
-        device at the test batch size; the first batch (warm-up) is left out when there are more."""
+        """Forward time of the evaluation generator per test slice (ms): the median over test
+        batches of each batch's time per slice, on this process's device at the test batch size
+        (the median is robust to warm-up and to autotuning of a new slice shape; the first batch
+        is left out when there are others). Under DDP, rank 0's batches."""
         timed = self._infer[1:] if len(self._infer) > 1 else self._infer
-        slices = sum(n for _, n in timed)
-        return 1000 * sum(t for t, _ in timed) / slices if slices else None
+        per_slice = sorted(1000 * t / n for t, n in timed if n)
+        return statistics.median(per_slice) if per_slice else None
 
     def on_test_epoch_end(self) -> None:
         ours, bic = self._log_metrics("test", self.test_sr, self.test_bicubic)
@@ -274,7 +277,7 @@ class SRModule(StageModule):
         info = {k: self.info.get(k) for k in ("dataset", "scale", "degradation", "loss", "model")}
         info["scale"] = self.scale
         cost = {"params": n_params(self.eval_generator), "ms_per_slice": self.inference_ms_per_slice(),
-                "device": device_label(self.device)}
+                "device": device_label(self.device), "precision": str(self.trainer.precision)}
         rows = [{"method": "sr", **info, **ours, **cost}, {"method": "bicubic", **info, **bic}]
         title = f"{info['dataset']} x{self.scale} ({info['degradation']}, loss={info['loss']}), test split"
         print_table(rows, title)
