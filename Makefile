@@ -32,6 +32,7 @@ bench: $(VENV)/.installed
 	$(PY) experiments/bench_data.py
 	$(PY) experiments/bench_inference.py
 	$(PY) experiments/bench_train.py
+	$(PY) experiments/bench_models.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

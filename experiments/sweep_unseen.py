@@ -87,13 +87,14 @@ def main() -> None:
         summary.append(rec)
     write_result(args.out, {"sweep": str(args.sweep), "rows": rows, "summary": summary})
     lines = []
-    for vol in dict.fromkeys(r["volume"] for r in summary):
-        lines += [f"**{vol}** (whole volume, own units, peak = HR max; mean ± std over seeds)", "",
+    for vol, scale in dict.fromkeys((r["volume"], r["scale"]) for r in summary):
+        lines += [f"**{vol}**, x{scale} (whole volume, own units, peak = HR max; mean ± std over seeds)", "",
                   "| method | budget | seeds | PSNR | SSIM | HFEN | gain vs bicubic (dB) |", "|---|---|---|---|---|---|---|"]
-        first = next(r for r in summary if r["volume"] == vol)
+        sel = [r for r in summary if (r["volume"], r["scale"]) == (vol, scale)]
+        first = sel[0]
         lines.append(f"| bicubic | — | — | {first['bicubic_psnr']:.2f} | {first['bicubic_ssim']:.4f} | "
                      f"{first['bicubic_hfen']:.4f} | — |")
-        for r in (r for r in summary if r["volume"] == vol):
+        for r in sel:
             lines.append(f"| {method_label(r['method'])} | {r['budget']} | {r['n_seeds']} | "
                          f"{r['psnr']:.2f} ± {r['psnr_std']:.2f} | {r['ssim']:.4f} ± {r['ssim_std']:.4f} | "
                          f"{r['hfen']:.4f} ± {r['hfen_std']:.4f} | {r['gain_db']:+.2f} ± {r['gain_db_std']:.2f} |")
