@@ -24,7 +24,7 @@ from bench_inference import autocast, flops_per_image, timed
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from mrsr.nets.upsample import n_params
+from mrsr.nets import n_params
 
 FAMILIES = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir", "srresnet")
 

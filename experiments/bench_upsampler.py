@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import device_name, write_result  # noqa: E402
 
-from mrsr.nets.srresnet import UPSAMPLERS, SRResNet  # noqa: E402
+from mrsr.nets.srresnet import SRResNet  # noqa: E402
+from mrsr.nets.upsample import UPSAMPLERS  # noqa: E402
 
 
 def time_step(upsampler: str, scale: int, args: argparse.Namespace, device: torch.device) -> dict:

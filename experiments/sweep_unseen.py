@@ -25,13 +25,16 @@ from eval_unseen import evaluate
 from mrsr.report import budget, method_label, method_name, method_order
 
 
-def _method(job: Path, fallback: str = "?") -> str:
-    """The row a job belongs to (``mrsr.report``'s naming) from its ``.hydra`` choices
-    (``fallback`` when the job folder is gone)."""
+def _choices(job: Path) -> dict | None:
+    """The job's Hydra config-group choices (None when its folder is gone)."""
     try:
-        choices = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+        return yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return fallback
+        return None
+
+
+def _method(choices: dict) -> str:
+    """The row a job belongs to, named as ``mrsr.report`` names it."""
     return method_name(choices.get("model"), choices.get("loss") or "?")
 
 
@@ -43,9 +46,9 @@ def jobs(sweep: Path) -> list[dict]:
         if not (job / ".hydra").is_dir():
             continue
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-        choices = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+        choices = _choices(job) or {}
         record = json.loads(finished.read_text())
-        out.append({"ckpt": record["best"], "preset": choices.get("loss"), "method": _method(job), "seed": cfg.get("seed"),
+        out.append({"ckpt": record["best"], "preset": choices.get("loss"), "method": _method(choices), "seed": cfg.get("seed"),
                     "scale": int(cfg["scale"]), "budget": budget(cfg), "job": str(job)})
     return out
 
@@ -75,7 +78,8 @@ def main() -> None:
     summary = []
     for r in rows:  # rows scored before methods were named: from their job's choices
         if "method" not in r:
-            r["method"] = _method(Path(r["job"]), fallback=r.get("preset") or "?")
+            choices = _choices(Path(r["job"]))
+            r["method"] = _method(choices) if choices else r.get("preset") or "?"
     keys = sorted({(r["volume"], r["scale"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], method_order(k[2])))
     for vol, scale, method in keys:
         sel = [r for r in rows if (r["volume"], r["scale"], r["method"]) == (vol, scale, method)]

@@ -273,13 +273,13 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         seeds = max(int(r.get("n_seeds", 1)) for r in group)
         spread = ("mean ± std over the seeds of each row; bicubic and one-seed rows: over test volumes"
                   if seeds > 1 else "mean ± std over test volumes")
-        lines = [f"**{dataset}**, {degradation} degradation ({spread})", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         devices = sorted({str(r["device"]) for r in group if r.get("device")})
+        lines = [f"**{dataset}**, {degradation} degradation ({spread})", ""]
         if cost:
             per = " / ".join(f"x{s}" for s in scales)
-            lines[1:1] = ["", f"params and ms / slice per scale ({per}); ms / slice: the network's forward pass "
-                              f"per test slice at the test batch size (median over batches), on {', '.join(devices) or 'the test device'}"]
+            lines += [f"params and ms / slice per scale ({per}); ms / slice: the network's forward pass per test "
+                      f"slice at the test batch size (median over batches), on {', '.join(devices) or 'the test device'}", ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method, by_scale in methods:
             first = next(iter(by_scale.values()))
             cells = [method_label(method)]

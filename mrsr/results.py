@@ -9,8 +9,10 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 METRIC_COLUMNS = ("psnr", "ssim", "nmse", "psnr_vol", "ssim_vol", "nmse_vol", "psnr_vol_std", "ssim_vol_std", "nmse_vol_std")
 
@@ -94,6 +96,8 @@ def print_table(rows: Sequence[dict], title: str) -> None:
 
 def device_label(device: torch.device) -> str:
     """``cuda (<GPU model>)`` or ``cpu (<n> threads)``: where a timing was taken."""
+    import torch  # here, so that reading and writing results does not load torch
+
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"

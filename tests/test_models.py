@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from mrsr import report
-from mrsr.nets.upsample import n_params
+from mrsr.nets import n_params
 from mrsr.stages import sr as sr_stage
 from tests.conftest import phantom
 

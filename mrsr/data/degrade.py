@@ -114,5 +114,11 @@ def normalise_volume(vol: np.ndarray, percentile: float = 99.5) -> np.ndarray:
     minimum (the foreground). Background maps to 0, the percentile to 1, and the
     brightest voxels keep values above 1 (exactly invertible with :func:`intensity_range`).
     """
+    return normalise_with_range(vol, percentile)[0]
+
+
+def normalise_with_range(vol: np.ndarray, percentile: float = 99.5) -> tuple[np.ndarray, float, float]:
+    """:func:`normalise_volume` and the ``(lo, hi)`` it used (to map results back), with one
+    percentile pass over the volume."""
     lo, hi = intensity_range(vol, percentile)
-    return (vol.astype(np.float32) - lo) / np.float32(max(hi - lo, 1e-12))
+    return (vol.astype(np.float32) - lo) / np.float32(max(hi - lo, 1e-12)), lo, hi

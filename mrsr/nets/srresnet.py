@@ -6,9 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrsr.data.degrade import check_scale
-from mrsr.nets.upsample import icnr_
-
-UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
+from mrsr.nets.upsample import PixelShuffleDirect, check_upsampler, icnr_
 
 
 class ResidualBlock(nn.Module):
@@ -64,8 +62,7 @@ class SRResNet(nn.Module):
         upsampler: str = "pixelshuffle",
     ) -> None:
         super().__init__()
-        if upsampler not in UPSAMPLERS:
-            raise ValueError(f"upsampler={upsampler!r}: expected one of {', '.join(UPSAMPLERS)}")
+        check_upsampler(upsampler)
         self.scale = 1 if scale == 1 else check_scale(scale)
         self.residual_bicubic = residual_bicubic
         self.head = nn.Sequential(nn.Conv2d(in_channels, n_feats, 9, padding=4), nn.ReLU(inplace=True))
@@ -84,9 +81,8 @@ class SRResNet(nn.Module):
                 if isinstance(m, nn.Conv2d):
                     icnr_(m.weight, 2)
         else:  # pixelshuffledirect
-            last = nn.Conv2d(n_feats, in_channels * self.scale**2, 3, padding=1)
-            icnr_(last.weight, self.scale)
-            self.tail = nn.Sequential(last, nn.PixelShuffle(self.scale))
+            self.tail = PixelShuffleDirect(n_feats, in_channels, self.scale)
+            last = self.tail[0]
         self.upsample = nn.Sequential(*ups)
         if residual_bicubic:
             nn.init.zeros_(last.weight)

@@ -22,9 +22,7 @@ from monai.networks.nets.swin_unetr import BasicLayer
 from torch import Tensor, nn
 
 from mrsr.data.degrade import check_scale
-from mrsr.nets.upsample import PixelShuffleUpsampler, icnr_
-
-UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
+from mrsr.nets.upsample import PixelShuffleDirect, PixelShuffleUpsampler, check_upsampler
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -66,8 +64,7 @@ class SwinIR(nn.Module):
         in_channels: int = 1,
     ) -> None:
         super().__init__()
-        if upsampler not in UPSAMPLERS:
-            raise ValueError(f"upsampler={upsampler!r}: expected one of {', '.join(UPSAMPLERS)}")
+        check_upsampler(upsampler)
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
         if embed_dim % max(num_heads) != 0:
@@ -88,9 +85,7 @@ class SwinIR(nn.Module):
                 nn.Conv2d(embed_dim, feats, 3, padding=1), nn.LeakyReLU(inplace=True),
                 PixelShuffleUpsampler(feats, self.scale), nn.Conv2d(feats, in_channels, 3, padding=1))
         else:
-            last = nn.Conv2d(embed_dim, in_channels * self.scale**2, 3, padding=1)
-            icnr_(last.weight, self.scale)
-            self.tail = nn.Sequential(last, nn.PixelShuffle(self.scale))
+            self.tail = PixelShuffleDirect(embed_dim, in_channels, self.scale)
         self.window_size = int(window_size)
         for m in self.blocks.modules():
             if isinstance(m, nn.Linear):

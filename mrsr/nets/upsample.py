@@ -17,6 +17,15 @@ def icnr_(weight: Tensor, factor: int) -> Tensor:
     return weight
 
 
+UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
+
+
+def check_upsampler(name: str) -> str:
+    if name not in UPSAMPLERS:
+        raise ValueError(f"upsampler={name!r}: expected one of {', '.join(UPSAMPLERS)}")
+    return name
+
+
 class PixelShuffleUpsampler(nn.Sequential):
     """One 3x3 conv to ``4 * n_feats`` maps and a pixel shuffle (x2) per factor of two of
     ``scale`` (EDSR, RDN, RCAN, SwinIR-classical), ICNR-initialised; ``scale`` is a power of two."""
@@ -30,6 +39,11 @@ class PixelShuffleUpsampler(nn.Sequential):
         super().__init__(*layers)
 
 
-def n_params(net: nn.Module) -> int:
-    """Number of parameters of ``net`` (frozen ones too, e.g. an EMA copy)."""
-    return sum(p.numel() for p in net.parameters())
+class PixelShuffleDirect(nn.Sequential):
+    """``pixelshuffledirect`` (ESPCN; SwinIR's lightweight up-sampler): one 3x3 conv to
+    ``out_channels * scale**2`` maps, ICNR-initialised, and one pixel shuffle."""
+
+    def __init__(self, n_feats: int, out_channels: int, scale: int) -> None:
+        conv = nn.Conv2d(n_feats, out_channels * scale**2, 3, padding=1)
+        icnr_(conv.weight, scale)
+        super().__init__(conv, nn.PixelShuffle(scale))

@@ -33,7 +33,7 @@ from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.gan import check_gan_loss, d_loss_fake, d_loss_real, g_loss
 from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
 from mrsr.metrics import SUMMARY, SRMetrics
-from mrsr.nets.upsample import n_params
+from mrsr.nets import n_params
 from mrsr.results import device_label, print_table, write_results
 from mrsr.stages.base import StageModule
 
@@ -267,7 +267,7 @@ class SRModule(StageModule):
         (the median is robust to warm-up and to autotuning of a new slice shape; the first batch
         is left out when there are others). Under DDP, rank 0's batches."""
         timed = self._infer[1:] if len(self._infer) > 1 else self._infer
-        per_slice = sorted(1000 * t / n for t, n in timed if n)
+        per_slice = [1000 * t / n for t, n in timed if n]
         return statistics.median(per_slice) if per_slice else None
 
     def on_test_epoch_end(self) -> None:

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from mrsr.data.degrade import intensity_range, normalise_volume
+from mrsr.data.degrade import normalise_with_range
 from mrsr.errors import ConfigError
 from mrsr.results import atomic_write, device_label
 
@@ -173,8 +173,8 @@ def predict(cfg: DictConfig) -> dict:
                           "trained on one scan's slice profile; run stage=throughplane on the new scan instead")
     data, affine, axis, is_2d = read_input(inp, int(p.axis))
     percentile = float(getattr(net, "training_data", {}).get("percentile", 99.5))
-    lo, hi = intensity_range(data, percentile)
-    slices = np.moveaxis(normalise_volume(data, percentile), axis, 0)
+    norm, lo, hi = normalise_with_range(data, percentile)
+    slices = np.moveaxis(norm, axis, 0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tile = None if p.get("tile") in (None, 0) else int(p.tile)
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mrsr.data.degrade import intensity_range, normalise_volume
+from mrsr.data.degrade import normalise_with_range
 from mrsr.data.self_pairs import SelfPairsDataModule
 from mrsr.data.slice_profile import (
     Grid,
@@ -125,8 +125,8 @@ def restore_across(net: torch.nn.Module, fine: np.ndarray, batch_size: int, tile
 def normalised_scan(data: np.ndarray, axis: int, percentile: float = 99.5) -> tuple[np.ndarray, float, float]:
     """The scan normalised as in training (nothing clipped), thick ``axis`` first, and the
     ``(lo, hi)`` that map it back to the input's units."""
-    lo, hi = intensity_range(data, percentile)
-    return np.moveaxis(normalise_volume(data, percentile), axis, 0), lo, hi
+    norm, lo, hi = normalise_with_range(data, percentile)
+    return np.moveaxis(norm, axis, 0), lo, hi
 
 
 def make_isotropic(net: torch.nn.Module, norm: np.ndarray, lo: float, hi: float, geom: ThickGeometry,
