@@ -18,7 +18,6 @@ paper-size networks, ``--size demo`` the CPU-sized ones.
 from __future__ import annotations
 
 import argparse
-import importlib
 import resource
 import sys
 import tempfile
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import device_name, write_result  # noqa: E402
 
 from mrsr.tasks.common import build_datamodule, build_trainer  # noqa: E402
+from mrsr.tasks.train import build_module  # noqa: E402
 
 SIZES = {
     "paper": {"vit": ["vit=b16"], "disent": ["disent=paper"], "sr": ["model=srresnet"]},
@@ -97,34 +97,32 @@ def bench_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, An
     if stage == "sr":
         overrides += ["loss=l1", "loss.adv=1e-3"]
     if args.batch:
-        overrides.append(f"{stage}.batch_size={args.batch}")
+        overrides.append(f"data.batch_size={args.batch}")
     if args.crop:
-        overrides.append(f"{stage}.train_crop={args.crop}")
+        overrides.append(f"data.patch_size={args.crop}")
+    # manual-optimisation stages with two optimisers count one step per optimiser
+    n_opt = 2 if stage == "disent" else 1
+    overrides += [f"trainer.max_steps={(args.warmup + 1 + args.steps) * n_opt}", "trainer.max_epochs=-1",
+                  "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false",
+                  "+trainer.enable_progress_bar=false"]
     cfg = compose_cfg(out / stage, overrides)
     L.seed_everything(0)
-    stage_cfg = cfg[stage]
-    dm = build_datamodule(cfg, stage_cfg.batch_size, stage_cfg.train_crop)
+    dm = build_datamodule(cfg)
     dm.setup("fit")
-    module = importlib.import_module(f"mrsr.stages.{stage}").build(cfg, dm)
-    # manual-optimisation stages count one step per optimiser
-    n_opt = 2 if stage in ("sr", "disent") and not module.automatic_optimization else 1
+    module = build_module(cfg)
     timer = StepTimer(args.warmup)
-    trainer = build_trainer(
-        cfg, stage_cfg, max_steps=(args.warmup + 1 + args.steps) * n_opt, max_epochs=-1,
-        limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
-        default_root_dir=str(out / stage),
-    )
+    trainer = build_trainer(cfg)
     trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=dm)
     per_step = sum(timer.times) / max(1, len(timer.times))
-    batch = int(stage_cfg.batch_size) * trainer.world_size
+    batch = int(cfg.data.batch_size) * trainer.world_size
     if trainer.strategy.root_device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     row = {
-        "stage": stage, "batch": batch, "hr_crop": int(stage_cfg.train_crop), "scale": int(cfg.scale),
+        "stage": stage, "batch": batch, "hr_crop": int(cfg.data.patch_size), "scale": int(cfg.scale),
         "timed_steps": len(timer.times), "s_per_step": per_step, "slices_per_s": batch / per_step,
         "peak_memory_mib": peak, "trainable_params_m": params / 1e6,
         "gflops_per_step": timer.flops / 1e9, "achieved_tflops": timer.flops / per_step / 1e12,

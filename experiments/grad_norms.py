@@ -50,7 +50,7 @@ def main() -> None:
     with initialize_config_module(config_module="mrsr.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["stage=sr", *args.overrides])
     torch.manual_seed(0)
-    dm = build_datamodule(cfg, cfg.sr.batch_size, cfg.sr.train_crop)
+    dm = build_datamodule(cfg)
     dm.setup("fit")
     gen = load_generator(args.sr, scale=int(cfg.scale))
     vit, dis = load_vit(args.vit), load_disent(args.disent)

@@ -44,3 +44,21 @@ class CheckpointError(MrsrError):
 
 class NumericalError(MrsrError):
     """A NaN/inf loss or gradient under the 'stop' policy."""
+
+
+def user_error(err: BaseException) -> MrsrError | None:
+    """The :class:`MrsrError` in ``err``'s chain of causes, if any (e.g. one that Hydra's
+    ``instantiate`` wrapped); a missing mandatory config value becomes one."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, MrsrError):
+            return cur
+        if isinstance(cur, MissingMandatoryValue):
+            key = getattr(cur, "full_key", None) or "a value"
+            return ConfigError(f"{key}=... is required here (it has no default)")
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None

@@ -119,16 +119,22 @@ def collect(sweep: str | Path) -> list[Run]:
 def budget(config: dict[str, Any]) -> str:
     """A run's SR budget in generator updates (or epochs), with its phases: ``300 (150 L1 + 150
     fine-tuning)`` for a two-phase pipeline job, ``300 (one phase)`` otherwise; ``—`` unknown."""
-    sr = config.get("sr") or {}
-    steps, epochs = int(sr.get("max_steps", -1) or -1), int(sr.get("max_epochs", -1) or -1)
-    if steps <= 0 and epochs <= 0:
-        return "—"
     from omegaconf import OmegaConf
 
     from mrsr.tasks.pipeline import split_budget, two_phase
 
-    unit, total = ("updates", steps) if steps > 0 else ("epochs", epochs)
     cfg = OmegaConf.create(config)
+    # a stage-sr job ran trainer.max_steps (0.7+; it defaults to sr.max_steps), a pipeline sr.max_steps
+    source = "trainer" if cfg.get("trainer") and "max_steps" in cfg.trainer else "sr"
+
+    def length(key: str) -> int:
+        value = OmegaConf.select(cfg, f"{source}.{key}", default=-1, throw_on_resolution_failure=False)
+        return int(value) if isinstance(value, int) else -1
+
+    steps, epochs = length("max_steps"), length("max_epochs")
+    if steps <= 0 and epochs <= 0:
+        return "—"
+    unit, total = ("updates", steps) if steps > 0 else ("epochs", epochs)
     if (config.get("stage") or {}).get("name") == "pipeline" and "pipeline" in config and two_phase(cfg):
         first, rest = split_budget(cfg)
         return f"{total} {unit} ({next(iter(first.values()))} L1 + {next(iter(rest.values()))} fine-tuning)"

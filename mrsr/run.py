@@ -49,30 +49,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return run_task(cfg)
     except Exception as err:
         # An expected error wrapped by Hydra's instantiate (e.g. a bad scale for a model).
+        from mrsr.errors import user_error
+
         cause = user_error(err)
         if cause is None:
             raise
         print(f"mrsr: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def user_error(err: BaseException) -> BaseException | None:
-    """The :class:`~mrsr.errors.MrsrError` in ``err``'s chain of causes, if any."""
-    from omegaconf.errors import MissingMandatoryValue
-
-    from mrsr.errors import MrsrError
-
-    seen: set[int] = set()
-    cur: BaseException | None = err
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, MrsrError):
-            return cur
-        if isinstance(cur, MissingMandatoryValue):
-            key = getattr(cur, "full_key", None) or "a value"
-            return MrsrError(f"{key}=... is required here (it has no default)")
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 def null_groups_to_deletions(argv: list[str]) -> list[str]:

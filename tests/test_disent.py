@@ -14,7 +14,6 @@ from mrsr.metrics import psnr
 from mrsr.nets.swapae import StructureTextureEncoder, resize_to
 from mrsr.stages.disent import (
     DisentModule,
-    build,
     load_extractor,
     pearson,
     sobel_edges,
@@ -156,11 +155,12 @@ def test_training_improves_reconstruction_and_swap_keeps_structure(make_cfg):
         "disent.train_crop=64",
     )
     from mrsr.tasks.common import build_datamodule
+    from mrsr.tasks.train import build_module
 
     torch.manual_seed(0)
-    dm = build_datamodule(cfg, cfg.disent.batch_size, cfg.disent.train_crop)
+    dm = build_datamodule(cfg)
     dm.setup("fit")
-    m = build(cfg, dm)
+    m = build_module(cfg)
     _attach_trainer(m)
     val = _val_images(dm, m.img_size)  # held-out slab, never seen in training
 

@@ -101,7 +101,7 @@ def test_trains_checkpoints_and_predicts(make_cfg, tmp_path: Path, model: str) -
     cfg = make_cfg("stage=sr", "experiment=table_demo", f"model={model}_small", "scale=2", *TINY)
     out = Path(cfg.paths.output_dir)
     before = {k: v.clone() for k, v in sr_stage.build_generator(cfg.model).state_dict().items()}
-    result = train_stage(cfg, "sr", out)
+    result = train_stage(cfg)
     ckpt = torch.load(result["best"], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     raw = sr_stage.sub_state_dict(ckpt["state_dict"], "generator")
@@ -167,7 +167,7 @@ def test_short_training_beats_bicubic_on_the_held_out_subject(make_cfg) -> None:
     cfg = make_cfg("stage=sr", "experiment=table_demo", "model=vdsr_small", "model.depth=5", "scale=2",
                    "sr.batch_size=16", "sr.train_crop=32", "sr.max_steps=120", "sr.val_check_interval=120", "sr.lr=1e-3",
                    "sr.warmup_steps=0", "logger=csv", "callbacks.progress_bar=null", "data.val_slab=[0.6,0.63]")
-    test = train_stage(cfg, "sr", Path(cfg.paths.output_dir))["test"]
+    test = train_stage(cfg)["test"]
     assert test["test/psnr"] - test["test/psnr_bicubic"] > 0.3
     assert test["test/ssim"] > test["test/ssim_bicubic"]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from mrsr.callbacks import AtomicCheckpointIO, LastCheckpoint
 from mrsr.errors import NumericalError
 from mrsr.stages.base import StageModule
-from mrsr.tasks.common import AtomicCheckpointIO, LastCheckpoint
 
 BAD_STEP = 3
 

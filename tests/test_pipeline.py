@@ -117,7 +117,7 @@ def test_interrupted_pipeline_resumes_without_retraining_vit(make_cfg, caplog) -
     tiny = ["stage=pipeline", "loss=vit", *TINY_DATA, *FAST_SR, "vit.max_steps=10",
             "vit.val_check_interval=5", "vit.batch_size=4", "vit.train_crop=32"]
     cfg = make_cfg(*tiny, "sr.max_steps=-1", "sr.max_epochs=-1")
-    root = Path(cfg.pipeline.dir)
+    root = Path(cfg.paths.output_dir)
     with pytest.raises(Exception, match="max_steps or max_epochs"):
         pipeline(cfg)
     vit_done = json.loads((root / "vit" / "FINISHED.json").read_text())

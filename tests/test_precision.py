@@ -26,7 +26,7 @@ def test_bf16_mixed_on_cpu(make_cfg, stage: str) -> None:
 
     cfg = make_cfg(f"stage={stage}", *FAST[stage], *LIMITS, "trainer.precision=bf16-mixed")
     out = Path(cfg.paths.output_dir)
-    result = train_stage(cfg, stage)
+    result = train_stage(cfg)
     assert result["score"] is not None and torch.isfinite(torch.tensor(result["score"]))
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2

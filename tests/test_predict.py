@@ -22,10 +22,10 @@ SMALL = ["model=srresnet_small", "model.n_blocks=1", "model.n_feats=8", "model.r
 def save_sr_checkpoint(make_cfg, path: Path, scale: int = 2, bicubic_only: bool = True) -> Path:
     """A stage-sr checkpoint written as training writes it; with ``bicubic_only`` its EMA
     generator outputs exactly the bicubic up-sampling (zero residual)."""
-    from mrsr.stages.sr import build
+    from mrsr.tasks.train import build_module
 
     cfg = make_cfg("stage=sr", "loss=l1", f"scale={scale}", *SMALL)
-    module = build(cfg, None)
+    module = build_module(cfg)
     if bicubic_only:
         for m in (module.generator, module.ema.module):
             torch.nn.init.zeros_(m.last_conv.weight)

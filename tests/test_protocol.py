@@ -17,7 +17,8 @@ from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.objective import SRObjective, spatial_cosine_distance
 from mrsr.stages import sr as sr_stage
 from mrsr.tasks.pipeline import split_budget, two_phase
-from tests.test_sr import DM, SMALL, TinyDisent, TinyViT, synthetic_loader
+from mrsr.tasks.train import build_module
+from tests.test_sr import SMALL, TinyDisent, TinyViT, synthetic_loader
 
 PRESETS = ("l1", "paired", "paper", "paper_dc", "spatial")
 
@@ -33,7 +34,7 @@ def _trainer(tmp_path: Path, steps: int, val_every: int | None = None, callbacks
 
 def _module(make_cfg, preset: str, *extra: str) -> sr_stage.SRModule:
     cfg = make_cfg("stage=sr", f"loss={preset}", *SMALL, *extra)
-    return sr_stage.build(cfg, DM(), vit_extractor=TinyViT(), disent_extractor=TinyDisent())
+    return build_module(cfg, vit_extractor=TinyViT(), disent_extractor=TinyDisent())
 
 
 @pytest.mark.parametrize("preset", PRESETS)

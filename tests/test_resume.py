@@ -87,7 +87,7 @@ def test_kill_and_resume(tmp_path: Path, stage: str) -> None:
 
 def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch) -> None:
     """A save that dies half-way leaves the previous checkpoint intact and no partial file."""
-    from mrsr.tasks.common import AtomicCheckpointIO
+    from mrsr.callbacks import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -110,7 +110,7 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_resumable_sampler_and_seeded_dataset() -> None:
-    from mrsr.tasks.resumable import ResumableSampler, SeededDataset
+    from mrsr.data.resumable import ResumableSampler, SeededDataset
 
     data = list(range(11))
     full = list(ResumableSampler(data, seed=5))

@@ -19,6 +19,7 @@ from mrsr.losses.gan import d_loss, g_loss
 from mrsr.nets.discriminator import SRGANDiscriminator
 from mrsr.nets.srresnet import SRResNet
 from mrsr.stages import sr as sr_stage
+from mrsr.tasks.train import build_module
 
 PRESETS = ("paper", "paired", "l1", "tex_vit", "str_vit", "vit", "tex_str", "paper_dc", "spatial")
 SMALL = ("model=srresnet_small", "model.n_blocks=1", "model.n_feats=8", "sr.discriminator.base_channels=4",
@@ -138,7 +139,7 @@ def test_cosine_distance_and_feature_loss_frozen() -> None:
 def test_one_gan_step_updates_g_and_d_not_extractors(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("stage=sr", "loss=paired", *SMALL)
     vit, dis = TinyViT(), TinyDisent()
-    module = sr_stage.build(cfg, DM(), vit_extractor=vit, disent_extractor=dis)
+    module = build_module(cfg, vit_extractor=vit, disent_extractor=dis)
     assert module.use_d and set(module.objective._features) == {"vit", "disent"}
     g0, d0, v0, s0 = snapshot(module.generator), snapshot(module.discriminator), snapshot(vit), snapshot(dis)
     fit(module, tmp_path)
@@ -161,7 +162,7 @@ def test_one_gan_step_updates_g_and_d_not_extractors(make_cfg, tmp_path: Path) -
 @pytest.mark.parametrize("preset", PRESETS)
 def test_each_loss_preset_builds_and_steps(preset: str, make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("stage=sr", f"loss={preset}", *SMALL)
-    module = sr_stage.build(cfg, DM(), vit_extractor=TinyViT(), disent_extractor=TinyDisent())
+    module = build_module(cfg, vit_extractor=TinyViT(), disent_extractor=TinyDisent())
     w = module.weights
     assert module.use_d == (w["adv"] > 0)
     assert ("vit" in module.objective._features) == (w["vit"] > 0)
@@ -183,19 +184,19 @@ def test_each_loss_preset_builds_and_steps(preset: str, make_cfg, tmp_path: Path
 def test_presets_without_extractor_checkpoints_fail_clearly(preset: str, needs: str, make_cfg) -> None:
     cfg = make_cfg("stage=sr", f"loss={preset}", *SMALL)
     with pytest.raises(ConfigError, match=needs) as err:
-        sr_stage.build(cfg, DM())
+        build_module(cfg)
     assert "\n" not in str(err.value)
 
 
 def test_non_trainable_model_refused(make_cfg) -> None:
     cfg = make_cfg("stage=sr", "loss=l1", "model=bicubic")
     with pytest.raises(ConfigError, match="not trainable"):
-        sr_stage.build(cfg, DM())
+        build_module(cfg)
 
 
 def test_nan_loss_skips_step(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("stage=sr", "loss=l1", *SMALL)
-    module = sr_stage.build(cfg, DM())
+    module = build_module(cfg)
     module.weights["pixel"] = float("inf")  # inf * L1 = inf: a non-finite total
     g0 = snapshot(module.generator)
     fit(module, tmp_path)
@@ -219,7 +220,7 @@ def trained(tmp_path_factory):
         "sr.val_check_interval=250", "sr.ema_decay=0.9", "logger=csv", "callbacks.progress_bar=null",
         "data.val_slab=[0.6,0.63]",
     ])
-    result = train_stage(cfg, "sr", Path(cfg.paths.output_dir))
+    result = train_stage(cfg)
     return cfg, result
 
 

@@ -28,8 +28,8 @@ from tests.test_predict import rotated_affine, write_volume
 
 DEMO = Path(__file__).resolve().parents[1] / "mrsr" / "assets" / "demo"
 # A CPU-test-sized network and schedule (the stage's defaults are sized for whole scans).
-TINY = ["throughplane.net.n_blocks=3", "throughplane.net.n_feats=16", "throughplane.patch_size=32",
-        "throughplane.batch_size=8", "throughplane.warmup_steps=10", "~logger", "~callbacks.progress_bar"]
+TINY = ["stage.module.generator.n_blocks=3", "stage.module.generator.n_feats=16", "throughplane.patch_size=32",
+        "throughplane.batch_size=8", "stage.module.warmup_steps=10", "~logger", "~callbacks.progress_bar"]
 
 
 # -- operators -----------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def thick_scan(tmp_path: Path):
 def test_throughplane_beats_cubic_and_lands_on_the_reference_grid(make_cfg, thick_scan, tmp_path: Path) -> None:
     path, ref, ref_affine = thick_scan
     out = tmp_path / "iso.nii.gz"
-    cfg = make_cfg("stage=throughplane", f"input={path}", f"output={out}", "throughplane.max_steps=400", *TINY)
+    cfg = make_cfg("stage=throughplane", f"input={path}", f"output={out}", "trainer.max_steps=400", *TINY)
     result = throughplane(cfg)
     img = nib.load(str(out))
     sr = np.asarray(img.dataobj, dtype=np.float32)
@@ -202,8 +202,8 @@ def test_non_integer_ratio_spacing_and_thick_axis_0(make_cfg, tmp_path: Path) ->
     affine = rotated_affine() @ np.diag([3.5, 0.5, 1 / 3, 1.0])  # voxels 3.5 x 1 x 1 mm
     path = write_volume(tmp_path / "ramp.nii.gz", vol, affine)
     out = tmp_path / "iso.nii.gz"
-    throughplane(make_cfg("stage=throughplane", f"input={path}", f"output={out}", "throughplane.max_steps=2",
-                          "throughplane.lr=0", "throughplane.spacing=1.25", *TINY))
+    throughplane(make_cfg("stage=throughplane", f"input={path}", f"output={out}", "trainer.max_steps=2",
+                          "stage.module.lr=0", "throughplane.spacing=1.25", *TINY))
     img = nib.load(str(out))
     assert img.shape == (56, 40, 36) and np.allclose(img.header.get_zooms(), (1.25, 1, 1))
     got = np.asarray(img.dataobj)
@@ -222,7 +222,7 @@ def test_losses_are_selectable_like_stage_sr(make_cfg, thick_scan, tmp_path: Pat
     """An adversarial preset trains a discriminator beside the same-size generator."""
     path, *_ = thick_scan
     cfg = make_cfg("stage=throughplane", f"input={path}", f"output={tmp_path / 'gan.nii.gz'}",
-                   "throughplane.max_steps=2", "loss.adv=0.01", "loss.pixel_type=charbonnier", *TINY)
+                   "trainer.max_steps=2", "loss.adv=0.01", "loss.pixel_type=charbonnier", *TINY)
     throughplane(cfg)
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", weights_only=True)
     assert any(k.startswith("discriminator.") for k in ckpt["state_dict"])
@@ -235,7 +235,7 @@ def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
 
     def run(*extra: str, inp: Path = path, out: Path = tmp_path / "o.nii.gz"):
         return throughplane(make_cfg("stage=throughplane", f"input={inp}", f"output={out}",
-                                     "throughplane.max_steps=1", *TINY, *extra))
+                                     "trainer.max_steps=1", *TINY, *extra))
 
     iso = write_volume(tmp_path / "iso.nii.gz", ref, np.eye(4))
     with pytest.raises(ConfigError, match="nothing to do"):

@@ -182,14 +182,14 @@ def test_train_demo_classes_and_extractor(make_cfg, tmp_path: Path) -> None:
         "stage=vit", "~callbacks.progress_bar", "trainer=cpu", "vit.max_steps=400",
         "vit.val_check_interval=100", "vit.lr=1e-3",
     )
-    result = train_stage(cfg, "vit")
+    result = train_stage(cfg)
     best = Path(result["best"])
     assert best.name == "best.ckpt" and best.exists()
 
     # held-out accuracy, recomputed here from the best checkpoint on the val slab
     from mrsr.tasks.common import build_datamodule
 
-    dm = build_datamodule(cfg, 8, None)
+    dm = build_datamodule(cfg)
     dm.setup("fit")
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     assert ckpt["mrsr"]["config"]["classes"] == dm.classes and len(dm.classes) == 3

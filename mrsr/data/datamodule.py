@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from mrsr.data.datasets import Augment, SliceDataset, View, collate_samples
 from mrsr.data.degrade import DEGRADATIONS, check_scale
+from mrsr.data.resumable import ResumableLoader, resumable
 from mrsr.data.sources import (
     DEMO_SUBJECTS,
     DEMO_TEST_SUBJECT,
@@ -180,8 +181,16 @@ class MRDataModule(L.LightningDataModule):
             collate_fn=collate_samples,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+    def train_dataloader(self) -> ResumableLoader:
+        """Training batches in an order and with patches drawn from ``(seed, epoch, position)``:
+        a resumed run (also from mid-epoch) continues with exactly the batches it would have seen
+        (:mod:`mrsr.data.resumable`)."""
+        return resumable(self._loader("train", True), int(self.seed), self._batches_trained)
+
+    def _batches_trained(self) -> int:
+        """Training batches processed in the current epoch (the loader's checkpointed state)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False)

@@ -14,14 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from mrsr.errors import ConfigError
+from mrsr.ops import check_scale as check_scale  # re-exported: defined in mrsr.ops
+from mrsr.ops import upsample as upsample  # re-exported: defined in mrsr.ops
 
 DEGRADATIONS = ("bicubic", "kspace")
-
-
-def check_scale(scale: int) -> int:
-    if scale not in (2, 4):
-        raise ConfigError(f"scale={scale} is not supported: use 2 or 4")
-    return int(scale)
 
 
 def crop_to_multiple(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -89,12 +85,6 @@ def degrade(hr: torch.Tensor, scale: int, kind: str = "bicubic") -> torch.Tensor
     if kind == "kspace":
         return kspace_truncate(hr, scale)
     raise ConfigError(f"data.degradation={kind!r} is unknown: choose one of {', '.join(DEGRADATIONS)}")
-
-
-def upsample(lr: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tensor:
-    """Interpolation baseline: nearest, bilinear or bicubic up-sampling (ringing below 0 removed)."""
-    kwargs = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(lr, scale_factor=scale, mode=mode, **kwargs).clamp(min=0.0)
 
 
 def intensity_range(vol: np.ndarray, percentile: float = 99.5) -> tuple[float, float]:

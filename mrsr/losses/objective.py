@@ -84,6 +84,11 @@ def needed_extractors(loss: Mapping[str, Any]) -> list[str]:
     return needed
 
 
+def pretrains_with_l1(loss: Mapping[str, Any]) -> bool:
+    """Whether a loss config has adversarial or feature terms (which start from an L1 phase)."""
+    return any(float(loss.get(k, 0.0)) > 0 for k in NORMALISABLE)
+
+
 class SRObjective(nn.Module):
     """Weighted generator loss terms (see the module docstring).
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mrsr.data.degrade import check_scale
 from mrsr.nets.upsample import PixelShuffleUpsampler
+from mrsr.ops import check_scale
 
 
 class ResBlock(nn.Module):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mrsr.data.degrade import check_scale
 from mrsr.nets.upsample import PixelShuffleUpsampler
+from mrsr.ops import check_scale
 
 
 class ResidualDenseBlock(nn.Module):

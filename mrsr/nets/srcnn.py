@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mrsr.data.degrade import check_scale, upsample
+from mrsr.ops import check_scale, upsample
 
 
 class SRCNN(nn.Module):

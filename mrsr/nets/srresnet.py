@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrsr.data.degrade import check_scale
 from mrsr.nets.upsample import PixelShuffleDirect, check_upsampler, icnr_
+from mrsr.ops import check_scale
 
 
 class ResidualBlock(nn.Module):

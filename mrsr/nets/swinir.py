@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import BasicLayer
 from torch import Tensor, nn
 
-from mrsr.data.degrade import check_scale
 from mrsr.nets.upsample import PixelShuffleDirect, PixelShuffleUpsampler, check_upsampler
+from mrsr.ops import check_scale
 
 
 class ChannelNorm(nn.LayerNorm):

@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 import mrsr
@@ -20,12 +21,20 @@ log = logging.getLogger("mrsr")
 MIN_LOSS_SCALE = 1.0  # fp16 loss scale below which non-finite gradients count as a fault
 
 
+def plain(value: Any) -> Any:
+    """A config value as plain Python containers (what checkpoints and hyperparameters hold)."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 class StageModule(L.LightningModule):
     """Base for the ``vit``, ``disent`` and ``sr`` modules.
 
     Subclasses set ``stage`` and pass their (plain-container) config to ``__init__``; it is
     stored in every checkpoint under ``checkpoint["mrsr"]`` with the scale and package
-    version, which :func:`mrsr.checkpoint.load_checkpoint` checks.
+    version, which :func:`mrsr.checkpoint.load_checkpoint` checks. A module's test results
+    (one dict per row, rank zero) are left in ``test_rows`` for the task to write.
     """
 
     stage = "base"
@@ -39,6 +48,11 @@ class StageModule(L.LightningModule):
         self.nan_policy = nan_policy
         self.skipped_steps = 0
         self.overflow_steps = 0  # 16-mixed steps the loss scaler skipped (not faults)
+        self.test_rows: list[dict[str, Any]] = []
+
+    def results_title(self) -> str:
+        """Title of the printed results table."""
+        return f"stage {self.stage}, test split"
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mrsr"] = {

@@ -6,7 +6,7 @@ it (degraded with the data's degradation, bicubic-upsampled) and learns the LR/H
 the structure code is shared by the two views and the texture code carries their difference
 in detail.
 
-``build(cfg, dm)`` makes the LightningModule; :func:`load_extractor` turns its checkpoint into
+:class:`DisentModule` is the LightningModule (``conf/stage/disent.yaml``); :func:`load_extractor` turns its checkpoint into
 the frozen encoder that stage ``sr`` uses for L_str = 1 - cos(z_s(a), z_s(b)) and
 L_tex = 1 - cos(z_t(a), z_t(b)).
 
@@ -20,12 +20,12 @@ edges(x2)): positive means the swap keeps the structure (edges) of x1, the image
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
@@ -42,11 +42,10 @@ from mrsr.nets.swapae import (
     random_crops,
     resize_to,
 )
-from mrsr.stages.base import SliceEvalHooks, StageModule
+from mrsr.stages.base import SliceEvalHooks, StageModule, plain
 
 log = logging.getLogger("mrsr")
 
-NET_KEYS = ("img_size", "enc_channels", "structure_channels", "texture_dim")
 MAX_EVAL_IMAGES = 64  # evaluation slices kept (at img_size) for the swap check
 
 
@@ -95,8 +94,8 @@ class DisentModule(SliceEvalHooks, StageModule):
 
     def __init__(
         self,
-        net: dict[str, Any],
-        weights: dict[str, float] | None = None,
+        net: Mapping[str, Any],
+        weights: Mapping[str, float] | None = None,
         disc_channels: int = 64,
         cooccurrence: bool = False,
         r1_gamma: float = 10.0,
@@ -109,7 +108,9 @@ class DisentModule(SliceEvalHooks, StageModule):
         scale: int | None = None,
         degradation: str = "bicubic",
     ) -> None:
-        w = {"rec": 1.0, "adv": 0.7, "swap": 0.7, "cooc": 1.0, "lrswap": 1.0, **(weights or {})}
+        net = {k: ([int(c) for c in v] if k == "enc_channels" else int(v)) for k, v in plain(net).items()}
+        w = {"rec": 1.0, "adv": 0.7, "swap": 0.7, "cooc": 1.0, "lrswap": 1.0, **(plain(weights) or {})}
+        scale = scale if lr_views else None  # the data's scale matters for the LR views only
         if lr_views and scale is None:
             raise ConfigError("disent.lr_views=true needs the SR scale of the data")
         config = {
@@ -123,9 +124,10 @@ class DisentModule(SliceEvalHooks, StageModule):
             "r1_gamma": float(r1_gamma),
             "r1_every": int(r1_every),
             "lr": float(lr),
-            "betas": list(betas),
+            "betas": [float(b) for b in betas],
         }
         super().__init__(config=config, scale=scale, nan_policy=nan_policy)
+        self.save_hyperparameters({**config, "scale": scale, "nan_policy": nan_policy})
         self.lr_views, self.degradation = bool(lr_views), str(degradation)
         if int(r1_every) < 1:
             raise ConfigError(f"disent.r1_every={r1_every} must be >= 1")
@@ -324,36 +326,6 @@ class DisentModule(SliceEvalHooks, StageModule):
                 float(metrics.get("val/swap_struct_margin", float("nan"))),
             )
         return {k: float(v) for k, v in metrics.items()}
-
-
-def net_config(disent_cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The encoder/generator arguments from a ``disent`` config group (plain containers)."""
-    out = {k: disent_cfg[k] for k in NET_KEYS if k in disent_cfg}
-    if "enc_channels" in out:
-        out["enc_channels"] = [int(c) for c in out["enc_channels"]]
-    return {k: (int(v) if k != "enc_channels" else v) for k, v in out.items()}
-
-
-def build(cfg: DictConfig, dm: Any) -> DisentModule:
-    d = cfg.disent
-    weights = (
-        OmegaConf.to_container(d.weights, resolve=True) if d.get("weights") is not None else None
-    )
-    return DisentModule(
-        net=net_config(d),
-        weights=weights,
-        disc_channels=int(d.get("disc_channels", 64)),
-        cooccurrence=bool(d.get("cooccurrence", False)),
-        r1_gamma=float(d.get("r1_gamma", 10.0)),
-        r1_every=int(d.get("r1_every", 16)),
-        lr=float(d.get("lr", 2e-3)),
-        betas=tuple(d.get("betas", (0.0, 0.99))),
-        nan_policy=str(d.get("nan_policy", "skip")),
-        train_crop=int(d.train_crop),
-        lr_views=bool(d.get("lr_views", False)),
-        scale=int(dm.scale) if d.get("lr_views", False) else None,
-        degradation=str(getattr(getattr(dm, "store", None), "degradation", "bicubic")),
-    )
 
 
 class DisentExtractor(nn.Module):

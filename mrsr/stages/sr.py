@@ -18,29 +18,29 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
-from mrsr.data.degrade import upsample
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.gan import check_gan_loss, d_loss_fake, d_loss_real, g_loss
 from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
 from mrsr.metrics import SUMMARY, SRMetrics
 from mrsr.nets import n_params
-from mrsr.results import device_label, print_table, write_results
-from mrsr.stages.base import StageModule
+from mrsr.ops import upsample
+from mrsr.results import device_label
+from mrsr.stages.base import StageModule, plain
 
 log = logging.getLogger("mrsr")
 
 LR_SCHEDULES = ("constant", "cosine")
-__all__ = ["LOSS_KEYS", "SRModule", "build", "load_generator", "pixel_loss"]
+__all__ = ["LOSS_KEYS", "SRModule", "load_generator", "pixel_loss"]
 
 
 def lr_factor(schedule: str, warmup: int, total: int):
@@ -86,11 +86,15 @@ class SRModule(StageModule):
 
     def __init__(
         self,
-        config: dict[str, Any],
-        generator: nn.Module,
-        discriminator: nn.Module | None,
+        generator: Mapping[str, Any],
+        loss: Mapping[str, Any],
         scale: int,
-        objective: SRObjective,
+        discriminator: Mapping[str, Any] | None = None,
+        vit_extractor: Mapping[str, Any] | nn.Module | None = None,
+        disent_extractor: Mapping[str, Any] | nn.Module | None = None,
+        init_from: str | None = None,
+        degradation: str | None = "bicubic",
+        percentile: float = 99.5,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         ema_decay: float = 0.999,
@@ -99,32 +103,51 @@ class SRModule(StageModule):
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
         channels_last: bool = False,
-        info: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(config=config, scale=scale, nan_policy=nan_policy)
+        """``generator``, ``discriminator`` and the extractors are configs (``_target_``) that
+        are built here, in this order: generator (then ``init_from``), the extractors the loss
+        uses (from their checkpoints), the discriminator when ``loss.adv > 0``. Extractors may
+        also be given as modules."""
+        generator_cfg, loss_cfg = plain(generator), plain(loss)
+        schedule = {"lr": float(lr), "betas": [float(b) for b in betas], "ema_decay": float(ema_decay),
+                    "gan_loss": str(gan_loss), "nan_policy": str(nan_policy), "lr_schedule": str(lr_schedule),
+                    "warmup_steps": int(warmup_steps), "channels_last": bool(channels_last), "init_from": init_from,
+                    "discriminator": plain(discriminator)}
+        data = {"degradation": degradation, "percentile": float(percentile)}  # how predict/eval feed the network
+        config = {"model": generator_cfg, "sr": schedule, "loss": loss_cfg, "scale": int(scale), "data": data}
+        super().__init__(config=config, scale=int(scale), nan_policy=nan_policy)
+        self.save_hyperparameters({**schedule, "generator": generator_cfg, "loss": loss_cfg, "scale": int(scale),
+                                   **data, "extractors": {k: _describe(v) for k, v in
+                                                          (("vit", vit_extractor), ("disent", disent_extractor))}})
         self.automatic_optimization = False
-        self.objective = objective
+        self.generator = build_generator(generator_cfg)
+        if init_from:
+            init_generator(self.generator, str(init_from), int(scale))
+        needed = needed_extractors(loss_cfg)
+        vit = _extractor(vit_extractor, "vit", needed)
+        disent = _extractor(disent_extractor, "disent", needed)
+        self.objective = SRObjective(loss_cfg, int(scale), degradation, vit, disent)
         self.gan_loss = check_gan_loss(gan_loss)
         self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
         if lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"sr.lr_schedule={lr_schedule!r} is unknown: choose {' or '.join(LR_SCHEDULES)}")
         self.lr_schedule, self.warmup_steps = lr_schedule, int(warmup_steps)
         self.channels_last = bool(channels_last)
-        self.info = dict(info or {})
-        self.generator = generator
-        self.use_d = objective.uses_discriminator
-        self.discriminator = discriminator if self.use_d else None
-        if self.use_d and discriminator is None:
-            raise ConfigError("loss.adv > 0 needs a discriminator (sr.discriminator)")
+        self.degradation = degradation
+        self.use_d = self.objective.uses_discriminator
+        self.discriminator: nn.Module | None = None
+        if self.use_d:
+            if not discriminator:
+                raise ConfigError("loss.adv > 0 needs a discriminator (sr.discriminator)")
+            self.discriminator = instantiate(discriminator, _convert_="all")
         self.ema_decay = float(ema_decay)
         self.ema: AveragedModel | None = None
         if self.ema_decay > 0:
-            self.ema = AveragedModel(generator, multi_avg_fn=ema_warmup_fn(self.ema_decay), use_buffers=True)
+            self.ema = AveragedModel(self.generator, multi_avg_fn=ema_warmup_fn(self.ema_decay), use_buffers=True)
             self.ema.requires_grad_(False)
         self.val_sr, self.val_bicubic = SRMetrics(), SRMetrics()
         self.test_sr, self.test_bicubic = SRMetrics(), SRMetrics()
         self._grid: list[tuple[str, Tensor]] | None = None
-        self.test_rows: list[dict[str, Any]] = []
         self._infer: list[tuple[float, int]] = []  # (seconds, slices) of each test batch's forward pass
 
     @property
@@ -270,20 +293,24 @@ class SRModule(StageModule):
         per_slice = [1000 * t / n for t, n in timed if n]
         return statistics.median(per_slice) if per_slice else None
 
+    def run_info(self) -> dict[str, Any]:
+        """What the results rows say about the run: dataset, scale, degradation, presets."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return {"dataset": getattr(dm, "dataset_name", None), "scale": self.scale, "degradation": self.degradation,
+                "loss": _choice("loss"), "model": _choice("model")}
+
+    def results_title(self) -> str:
+        info = self.run_info()
+        return f"{info['dataset']} x{self.scale} ({info['degradation']}, loss={info['loss']}), test split"
+
     def on_test_epoch_end(self) -> None:
         ours, bic = self._log_metrics("test", self.test_sr, self.test_bicubic)
         if not ours or not self.trainer.is_global_zero:
             return
-        info = {k: self.info.get(k) for k in ("dataset", "scale", "degradation", "loss", "model")}
-        info["scale"] = self.scale
+        info = self.run_info()
         cost = {"params": n_params(self.eval_generator), "ms_per_slice": self.inference_ms_per_slice(),
                 "device": device_label(self.device), "precision": str(self.trainer.precision)}
-        rows = [{"method": "sr", **info, **ours, **cost}, {"method": "bicubic", **info, **bic}]
-        title = f"{info['dataset']} x{self.scale} ({info['degradation']}, loss={info['loss']}), test split"
-        print_table(rows, title)
-        csv_path, _ = write_results(self.trainer.default_root_dir, rows)
-        self.test_rows = rows
-        log.info("results written to %s", csv_path)
+        self.test_rows = [{"method": "sr", **info, **ours, **cost}, {"method": "bicubic", **info, **bic}]
 
 
 # -- construction from the config ------------------------------------------------------------
@@ -316,31 +343,25 @@ def build_generator(model_cfg: Any, where: str = "model") -> nn.Module:
     return net
 
 
-def load_extractors(
-    cfg: DictConfig, need_vit: bool = True, need_disent: bool = True
-) -> tuple[nn.Module | None, nn.Module | None]:
-    """The frozen ViT and disentanglement extractors the loss preset needs."""
-    needed, preset = needed_extractors(cfg.loss), _choice("loss") or "this preset"
-    vit = disent = None
-    if need_vit and "vit" in needed:
-        if not cfg.sr.get("vit_ckpt"):
-            raise ConfigError(
-                f"loss={preset} needs sr.vit_ckpt=<stage-vit checkpoint> "
-                "(train one with stage=vit, or use loss=l1 / stage=pipeline)"
-            )
-        from mrsr.stages.vit import load_extractor
+def _describe(extractor: Any) -> Any:
+    """An extractor argument as a hyperparameter: its config, or the class of a given module."""
+    return type(extractor).__name__ if isinstance(extractor, nn.Module) else plain(extractor)
 
-        vit = load_extractor(cfg.sr.vit_ckpt)
-    if need_disent and "disent" in needed:
-        if not cfg.sr.get("disent_ckpt"):
-            raise ConfigError(
-                f"loss={preset} needs sr.disent_ckpt=<stage-disent checkpoint> "
-                "(train one with stage=disent, or use loss=l1 / stage=pipeline)"
-            )
-        from mrsr.stages.disent import load_extractor as load_disent
 
-        disent = load_disent(cfg.sr.disent_ckpt)
-    return vit, disent
+def _extractor(given: Mapping[str, Any] | nn.Module | None, name: str, needed: list[str]) -> nn.Module | None:
+    """The frozen extractor ``name`` when the loss uses it: a given module, or its config's
+    loader called with the checkpoint path (``sr.<name>_ckpt``); None when it is not used."""
+    if name not in needed:
+        return None
+    if isinstance(given, nn.Module):
+        return given
+    if not given or not given.get("path"):
+        preset = _choice("loss") or "this preset"
+        raise ConfigError(
+            f"loss={preset} needs sr.{name}_ckpt=<stage-{name} checkpoint> "
+            f"(train one with stage={name}, or use loss=l1 / stage=pipeline)"
+        )
+    return instantiate(given, _convert_="all")
 
 
 def init_generator(generator: nn.Module, path: str, scale: int) -> int:
@@ -354,67 +375,6 @@ def init_generator(generator: nn.Module, path: str, scale: int) -> int:
     generator.load_state_dict(theirs)
     log.info("sr.init_from: loaded %d of %d generator tensors from %s", len(theirs), len(ours), path)
     return len(theirs)
-
-
-def build(
-    cfg: DictConfig,
-    dm: Any,
-    vit_extractor: nn.Module | None = None,
-    disent_extractor: nn.Module | None = None,
-    *,
-    model: DictConfig | None = None,
-    train: DictConfig | None = None,
-    scale: int | None = None,
-) -> SRModule:
-    """The SR module from the composed config (extractors may be passed in directly).
-
-    ``model``, ``train`` and ``scale`` default to ``cfg.model``, ``cfg.sr`` and ``cfg.scale``
-    (stage ``throughplane`` passes its own same-size network and schedule).
-    """
-    model = cfg.model if model is None else model
-    sr = cfg.sr if train is None else train
-    scale = int(cfg.scale) if scale is None else int(scale)
-    generator = build_generator(model)
-    if sr.get("init_from"):
-        init_generator(generator, str(sr.init_from), scale)
-    if vit_extractor is None or disent_extractor is None:
-        vit, disent = load_extractors(
-            cfg, need_vit=vit_extractor is None, need_disent=disent_extractor is None
-        )
-        vit_extractor, disent_extractor = vit_extractor or vit, disent_extractor or disent
-    loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    store = getattr(dm, "store", dm)
-    degradation = getattr(store, "degradation", None) or cfg.data.get("degradation")
-    objective = SRObjective(loss, scale, degradation, vit_extractor, disent_extractor)
-    disc = instantiate(sr.discriminator, _convert_="all") if objective.uses_discriminator else None
-    config = {
-        "model": OmegaConf.to_container(model, resolve=True),
-        "sr": OmegaConf.to_container(sr, resolve=True),
-        "loss": loss,
-        "scale": scale,
-        "data": {  # what predict/eval need to feed the network as in training
-            "degradation": degradation,
-            "percentile": getattr(store, "percentile", 99.5),
-        },
-    }
-    info = {"dataset": getattr(dm, "dataset_name", None), "degradation": degradation, "loss": _choice("loss"),
-            "model": _choice("model")}
-    return SRModule(
-        config=config,
-        generator=generator,
-        discriminator=disc,
-        scale=scale,
-        objective=objective,
-        lr=float(sr.lr),
-        betas=tuple(sr.betas),
-        ema_decay=float(sr.ema_decay),
-        gan_loss=str(sr.gan_loss),
-        nan_policy=str(sr.nan_policy),
-        lr_schedule=str(sr.lr_schedule),
-        warmup_steps=int(sr.warmup_steps),
-        channels_last=bool(sr.channels_last),
-        info=info,
-    )
 
 
 def load_generator(path: str, scale: int | None = None) -> nn.Module:

@@ -5,19 +5,19 @@ Optionally (``vit.mim_weight > 0``) a second pretext beside it: masked-image rec
 their pixels from the last-layer tokens, L1 on the masked pixels), which needs fine detail in
 the tokens where classification does not.
 
-``build(cfg, dm)`` makes the LightningModule; :func:`load_extractor` turns its checkpoint into
-the frozen feature function f(image) that stage ``sr`` uses for L_ViT.
+:class:`ViTModule` is the LightningModule (``conf/stage/vit.yaml``); :func:`load_extractor` turns
+its checkpoint into the frozen feature function f(image) that stage ``sr`` uses for L_ViT.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
@@ -25,11 +25,9 @@ from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.feature import trained_scale_size
 from mrsr.metrics import SliceTable
 from mrsr.nets.vit import SliceViT, load_pretrained_vit
-from mrsr.stages.base import SliceEvalHooks, StageModule
+from mrsr.stages.base import SliceEvalHooks, StageModule, plain
 
 log = logging.getLogger("mrsr")
-
-NET_KEYS = ("img_size", "patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads", "dropout_rate", "feature")
 
 
 class ViTModule(SliceEvalHooks, StageModule):
@@ -39,8 +37,8 @@ class ViTModule(SliceEvalHooks, StageModule):
 
     def __init__(
         self,
-        net: dict[str, Any],
-        classes: list[str],
+        net: Mapping[str, Any],
+        classes: list[str] | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         pretrained: str | None = None,
@@ -50,23 +48,41 @@ class ViTModule(SliceEvalHooks, StageModule):
         mim_weight: float = 0.0,
         mask_ratio: float = 0.5,
     ) -> None:
-        if len(classes) < 2:
-            raise ConfigError(f"stage vit needs at least two classes in the data, got {classes}")
+        """``classes`` None: the data module's classes, read when training starts (``setup``)."""
         if mim_weight < 0 or not 0 < mask_ratio < 1:
             raise ConfigError(f"vit.mim_weight={mim_weight} must be >= 0 and vit.mask_ratio={mask_ratio} in (0, 1)")
-        config = {"net": dict(net), "classes": list(classes), "lr": lr, "weight_decay": weight_decay,
+        net = plain(net)
+        config = {"net": dict(net), "classes": None, "lr": lr, "weight_decay": weight_decay,
                   "train_crop": train_crop, "mim_weight": mim_weight, "mask_ratio": mask_ratio}
         super().__init__(config=config, nan_policy=nan_policy)
-        self.classes = list(classes)
+        self.save_hyperparameters({**config, "pretrained": pretrained, "allow_partial": allow_partial,
+                                   "nan_policy": nan_policy})
         self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.net = SliceViT(**net, num_classes=len(classes))
         self.mim_weight, self.mask_ratio = float(mim_weight), float(mask_ratio)
+        self._pretrained, self._allow_partial = pretrained, bool(allow_partial)
+        self.eval_table = SliceTable(("label", "correct"))
+        self._counts: dict[str, Tensor] = {}
+        self.classes: list[str] = []
+        if classes is not None:
+            self.build_net(list(classes))
+
+    def build_net(self, classes: list[str]) -> None:
+        """The network and (with ``mim_weight > 0``) its reconstruction head, for ``classes``."""
+        if len(classes) < 2:
+            raise ConfigError(f"stage vit needs at least two classes in the data, got {classes}")
+        self.classes = list(classes)
+        self.config["classes"] = list(classes)
+        self.hparams["classes"] = list(classes)
+        self.net = SliceViT(**self.config["net"], num_classes=len(classes))
         p = self.net.patch_size
         self.mim_head = nn.Linear(self.net.hidden_size, p * p) if self.mim_weight > 0 else None
-        self.eval_table = SliceTable(("label", "correct"))
-        if pretrained:
-            load_pretrained_vit(self.net, pretrained, allow_partial=allow_partial)
-        self._counts: dict[str, Tensor] = {}
+        if self._pretrained:
+            load_pretrained_vit(self.net, self._pretrained, allow_partial=self._allow_partial)
+
+    def setup(self, stage: str) -> None:
+        if not self.classes:
+            dm = self.trainer.datamodule
+            self.build_net(list(getattr(dm, "classes", None) or []))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -124,27 +140,6 @@ class ViTModule(SliceEvalHooks, StageModule):
             if total[i] > 0:
                 metrics[f"{split}/acc_{name}"] = correct[i] / total[i]
         self.log_dict(metrics, prog_bar=split == "val")
-
-
-def net_config(vit_cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The :class:`SliceViT` arguments from a ``vit`` config group."""
-    return {k: vit_cfg[k] for k in NET_KEYS if k in vit_cfg}
-
-
-def build(cfg: DictConfig, dm: Any) -> ViTModule:
-    v = cfg.vit
-    return ViTModule(
-        net=net_config(v),
-        classes=list(dm.classes),
-        lr=float(v.lr),
-        weight_decay=float(v.weight_decay),
-        pretrained=v.get("pretrained"),
-        allow_partial=bool(v.get("allow_partial", False)),
-        nan_policy=str(v.get("nan_policy", "skip")),
-        train_crop=int(v.train_crop),
-        mim_weight=float(v.get("mim_weight", 0.0)),
-        mask_ratio=float(v.get("mask_ratio", 0.5)),
-    )
 
 
 class ViTExtractor(nn.Module):

@@ -16,9 +16,9 @@ from mrsr.errors import MrsrError
 log = logging.getLogger("mrsr")
 
 TASKS = {
-    "vit": "mrsr.tasks.train:train_vit",
-    "disent": "mrsr.tasks.train:train_disent",
-    "sr": "mrsr.tasks.train:train_sr",
+    "vit": "mrsr.tasks.train:train",
+    "disent": "mrsr.tasks.train:train",
+    "sr": "mrsr.tasks.train:train",
     "eval": "mrsr.tasks.evaluate:evaluate",
     "predict": "mrsr.tasks.predict:predict",
     "pipeline": "mrsr.tasks.pipeline:pipeline",
@@ -50,7 +50,9 @@ def run_task(cfg: DictConfig) -> float | None:
     """
     multirun = _in_multirun()
     try:
-        result = get_task(cfg.stage.name)(cfg)
+        task = get_task(cfg.stage.name)
+        log_once()
+        result = task(cfg)
     except MrsrError as err:
         msg = f"mrsr: {err}"
         if not multirun:
@@ -68,6 +70,19 @@ def run_task(cfg: DictConfig) -> float | None:
 
         finish_wandb()  # one wandb run per job: multirun jobs must not merge
     return result.get("score") if isinstance(result, dict) else None
+
+
+def log_once() -> None:
+    """Lightning's loggers print through their own console handler and also pass each record
+    on to the root logger that Hydra configured (console and the run's log file): every line
+    appeared twice. With a configured root logger they keep only the second route."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def _mark_failed(cfg: DictConfig, msg: str) -> None:

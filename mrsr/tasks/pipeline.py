@@ -1,6 +1,6 @@
 """``stage=pipeline``: train ``vit`` -> ``disent`` -> ``sr`` and hand the checkpoints on.
 
-Layout of a pipeline folder (``pipeline.dir``, by default the run folder)::
+Layout of a pipeline folder (``paths.output_dir``, the run folder)::
 
     <dir>/vit/       stage vit   (FINISHED.json, checkpoints/best.ckpt, last.ckpt, logs)
     <dir>/disent/    stage disent
@@ -16,7 +16,10 @@ data/model/schedule/seed in the shared folder (below) and reused by every preset
 
 A stage whose ``FINISHED.json`` exists is skipped and its best checkpoint reused; an
 interrupted stage resumes from its ``checkpoints/last.ckpt``. Rerunning the same command
-with ``pipeline.dir=<that folder>`` therefore continues where it stopped.
+with ``hydra.run.dir=<that folder>`` therefore continues where it stopped.
+
+Each stage runs with the config ``stage=<stage>`` would compose (:func:`stage_config`): its
+lengths and loader sizes come from its recipe group (``vit.max_steps``, ``sr.batch_size``, ...).
 
 The extractors (``vit``, ``disent``) are trained only when the loss preset uses them
 (``loss.vit > 0``; ``loss.str + loss.tex > 0``) and no checkpoint is given
@@ -33,6 +36,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mrsr.errors import ConfigError
-from mrsr.losses.objective import needed_extractors
+from mrsr.losses.objective import needed_extractors, pretrains_with_l1
+from mrsr.results import atomic_write_text
+from mrsr.tasks.common import output_dir
 from mrsr.tasks.train import FINISHED, train_stage
 
 log = logging.getLogger("mrsr")
@@ -134,11 +140,16 @@ def file_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def stage_cfg(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
-    """A copy of ``cfg`` for one stage: loggers and outputs in ``out``, resume from its last.ckpt."""
+def stage_config(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
+    """The config of one pipeline stage: ``cfg`` with ``conf/stage/<stage>.yaml`` merged in (what
+    ``stage=<stage>`` composes: its module, trainer lengths and loader sizes from the recipe
+    groups), writing into ``out`` (``paths.output_dir``), resuming from its ``last.ckpt``."""
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    own = OmegaConf.load(resources.files("mrsr.conf").joinpath("stage", f"{stage}.yaml"))
     last = out / "checkpoints" / "last.ckpt"
     with open_dict(sub):
+        sub.pop("stage")
+        sub.merge_with(own)
         sub.paths.output_dir = str(out)
         sub.ckpt_path = str(last) if last.is_file() else None
         wandb = sub.get("logger", {}) and sub.logger.get("wandb")
@@ -165,7 +176,7 @@ def run_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
         log.info("skipping %s: finished (%s)", stage, out / FINISHED)
         return done
     log.info("training %s in %s", stage, out)
-    record = train_stage(stage_cfg(cfg, stage, out), stage, out=out)
+    record = train_stage(stage_config(cfg, stage, out))
     if not record.get("best"):
         raise ConfigError(f"{out}: stage {stage} finished without a checkpoint (fast_dev_run?)")
     return record
@@ -178,9 +189,7 @@ def two_phase(cfg: DictConfig) -> bool:
     frac = float(cfg.pipeline.get("pretrain_fraction") or 0.0)
     if not 0 <= frac < 1:
         raise ConfigError(f"pipeline.pretrain_fraction={frac} must be in [0, 1) (0: one phase)")
-    loss = cfg.loss
-    fancy = any(float(loss.get(k, 0.0)) > 0 for k in ("adv", "vit", "str", "tex"))
-    return fancy and frac > 0 and not cfg.sr.get("init_from")
+    return pretrains_with_l1(cfg.loss) and frac > 0 and not cfg.sr.get("init_from")
 
 
 def split_budget(cfg: DictConfig) -> tuple[dict[str, int], dict[str, int]]:
@@ -252,8 +261,7 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)} (choose from {', '.join(STAGES)})")
     if cfg.trainer.get("fast_dev_run"):
         raise ConfigError("stage=pipeline needs finished checkpoints: run it without debug=fast (use tiny lengths)")
-    root = Path(cfg.pipeline.dir)
-    root.mkdir(parents=True, exist_ok=True)
+    root = output_dir(cfg)
     shared = extractors_root(cfg, root)
     needed = needed_extractors(cfg.loss) if "sr" in stages else list(EXTRACTORS)
     given = {"vit": cfg.sr.get("vit_ckpt"), "disent": cfg.sr.get("disent_ckpt")}
@@ -275,7 +283,7 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
         else:
             records[stage] = run_sr(cfg, root, shared, records)
     summary = {s: {"best": r.get("best"), "test": r.get("test")} for s, r in records.items()}
-    (root / "PIPELINE.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(root / "PIPELINE.json", json.dumps(summary, indent=2) + "\n")
     log.info("pipeline finished in %s", root)
     last = records.get("sr") or records.get(stages[-1], {})
     return {"score": last.get("score", (last.get("test") or {}).get("test/score")), "stages": records}

@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mrsr.data.degrade import normalise_with_range
 from mrsr.data.self_pairs import SelfPairsDataModule
@@ -45,7 +45,6 @@ from mrsr.tasks.predict import check_paths, super_resolve_volume, write_nifti_at
 log = logging.getLogger("mrsr")
 MIN_RATIO = 1.5  # slice spacing / in-plane voxel size below which there is nothing to do
 SQUARE_TOLERANCE = 0.05  # relative difference allowed between the two in-plane voxel sizes
-TRAIN_KEYS = ("lr", "lr_schedule", "warmup_steps", "ema_decay")  # the rest of the schedule: cfg.sr
 RECORD = "throughplane.json"
 
 
@@ -156,8 +155,8 @@ def _check_settings(cfg: DictConfig) -> None:
     tp = cfg.throughplane
     if tp.get("spacing") is not None and not float(tp.spacing) > 0:
         raise ConfigError(f"throughplane.spacing={tp.spacing} must be > 0 mm (or null: the in-plane voxel size)")
-    if int(tp.max_steps) < 1:
-        raise ConfigError(f"throughplane.max_steps={tp.max_steps} must be >= 1 (training steps on the scan)")
+    if int(cfg.trainer.max_steps) < 1:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be >= 1 (training steps on the scan)")
     target = str(cfg.loss.get("target", "hr"))
     if target != "hr":
         raise ConfigError(f"loss.target={target}: through-plane SR compares with the in-plane slice itself "
@@ -167,7 +166,7 @@ def _check_settings(cfg: DictConfig) -> None:
 def throughplane(cfg: DictConfig) -> dict[str, Any]:
     """Train on ``cfg.input``'s in-plane slices, super-resolve its thick axis into ``cfg.output``."""
     from mrsr.data.readers import read_nifti
-    from mrsr.stages.sr import build
+    from mrsr.tasks.train import build_module
 
     inp, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
     check_paths(inp, out, bool(cfg.get("overwrite", False)))
@@ -187,14 +186,13 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     percentile = float(tp.percentile)
     norm, lo, hi = normalised_scan(vol.data, geom.axis, percentile)  # (thick, a, b)
     run_dir = output_dir(cfg)
-    trainer = build_trainer(cfg, tp, default_root_dir=str(run_dir))
+    trainer = build_trainer(cfg)
     if trainer.world_size > 1:
         raise ConfigError("stage=throughplane trains on one scan on one device: use trainer=default or trainer=gpu")
     L.seed_everything(int(cfg.seed), workers=True)
-    dm = SelfPairsDataModule(norm, geom.voxel, geom.spacing, profile, int(tp.max_steps), int(tp.batch_size),
-                             int(tp.patch_size), float(tp.holdout), int(cfg.seed), percentile)
-    train = OmegaConf.merge(cfg.sr, {k: tp[k] for k in TRAIN_KEYS})
-    module = build(cfg, dm, model=tp.net, train=train, scale=1)
+    dm = SelfPairsDataModule(norm, geom.voxel, geom.spacing, profile, int(cfg.trainer.max_steps),
+                             int(tp.batch_size), int(tp.patch_size), float(tp.holdout), int(cfg.seed), percentile)
+    module = build_module(cfg, degradation=dm.degradation)  # the slice profile is the scan's degradation
     module.config["throughplane"] = {"profile": profile.describe(), **asdict(geom)}
     trainer.fit(module, datamodule=dm)
     held = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/psnr", "val/psnr_bicubic")}

@@ -1,13 +1,15 @@
-"""``stage=vit|disent|sr``: one training flow for the three stages.
+"""``stage=vit|disent|sr``: one training task for the three stages.
 
-Each stage module ``mrsr.stages.<stage>`` provides ``build(cfg, datamodule) -> StageModule``.
-A finished run writes ``FINISHED.json`` (best and last checkpoint, test metrics) in its
-folder, which the pipeline uses to hand checkpoints on and to skip finished stages.
+The composed config says what runs (``python -m mrsr.run stage=sr --cfg job --resolve``):
+``data`` is the data module, ``stage.module`` the LightningModule, ``trainer`` the Trainer
+with ``callbacks`` and ``logger``; this task instantiates them, fits, tests the best
+checkpoint and writes the run's records in ``paths.output_dir``: ``results.csv`` /
+``results.json`` (stage ``sr``: the test rows) and ``FINISHED.json`` (best and last checkpoint,
+test metrics), which the pipeline uses to hand checkpoints on and to skip finished stages.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -18,18 +20,20 @@ from omegaconf import DictConfig
 
 from mrsr.checkpoint import load_checkpoint
 from mrsr.errors import CheckpointError, ConfigError
-from mrsr.results import atomic_write_text
+from mrsr.results import atomic_write_text, print_table, write_results
+from mrsr.stages.base import StageModule
 from mrsr.tasks.common import (
+    build,
     build_datamodule,
     build_trainer,
     finish_wandb,
     log_results_table,
     output_dir,
 )
-from mrsr.tasks.resumable import make_resumable
 
 log = logging.getLogger("mrsr")
 FINISHED = "FINISHED.json"
+TRAINING_STAGES = ("vit", "disent", "sr")
 
 
 def resolve_resume(cfg: DictConfig, out: Path, stage: str | None = None) -> str | None:
@@ -58,53 +62,55 @@ def resolve_resume(cfg: DictConfig, out: Path, stage: str | None = None) -> str 
     return str(path)
 
 
-def train_stage(cfg: DictConfig, stage: str, out: Path | None = None) -> dict[str, Any]:
-    """Fit, then test the best checkpoint, for ``stage`` in ``out`` (the run folder).
+def build_module(cfg: DictConfig, **given: Any) -> StageModule:
+    """``cfg.stage.module`` (``given`` objects, e.g. extractors, replace config entries)."""
+    module = build(cfg.stage.module, **given)
+    if not isinstance(module, StageModule):
+        raise ConfigError(f"stage.module: {cfg.stage.module.get('_target_')} is not an mrsr stage module")
+    return module
+
+
+def train_stage(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then test the best checkpoint, for ``cfg.stage.name`` in ``paths.output_dir``.
 
     The stage's wandb run (``logger=wandb``) is finished on return, so every stage and
     every multirun job gets its own run.
     """
     try:
-        return _train_stage(cfg, stage, out or output_dir(cfg))
+        return _train_stage(cfg, output_dir(cfg))
     finally:
         finish_wandb()
 
 
-def _train_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
+def _train_stage(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    stage = str(cfg.stage.name)
+    if stage not in TRAINING_STAGES:
+        raise ConfigError(f"stage {stage!r} is not a training stage ({', '.join(TRAINING_STAGES)})")
     resume = resolve_resume(cfg, out, stage)  # refuse a bad checkpoint before any work
     L.seed_everything(int(cfg.seed), workers=True)
-    stage_cfg = cfg[stage]
-    dm = build_datamodule(cfg, stage_cfg.batch_size, stage_cfg.train_crop)
+    dm = build_datamodule(cfg)
     dm.setup("fit")
-    module = importlib.import_module(f"mrsr.stages.{stage}").build(cfg, dm)
-    trainer = build_trainer(cfg, stage_cfg, default_root_dir=str(out))
-    # Data order and patches from (seed, epoch, position): exact resume, also mid-epoch.
-    make_resumable(dm, int(cfg.seed), lambda: trainer)
-    for cb in trainer.checkpoint_callbacks:
-        cb.dirpath = str(out / "checkpoints")
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     if trainer.fast_dev_run:
         return {"score": None}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True, verbose=False)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    rows = getattr(module, "test_rows", None) or ([metrics] if metrics else [])
-    log_results_table(trainer, rows, key=f"{stage}/results")
+    rows = module.test_rows
     last = out / "checkpoints" / "last.ckpt"
     record = {"stage": stage, "best": best or str(last), "last": str(last), "test": metrics}
     if trainer.is_global_zero:
+        if rows:
+            print_table(rows, module.results_title())
+            csv_path, _ = write_results(out, rows)
+            log.info("results written to %s", csv_path)
         atomic_write_text(out / FINISHED, json.dumps(record, indent=2) + "\n")
-    score = metrics.get("test/score")
-    return {"score": score, **record}
+    log_results_table(trainer, rows or ([metrics] if metrics else []), key=f"{stage}/results")
+    return {"score": metrics.get("test/score"), **record, "rows": rows}
 
 
-def train_vit(cfg: DictConfig) -> dict[str, Any]:
-    return train_stage(cfg, "vit")
-
-
-def train_disent(cfg: DictConfig) -> dict[str, Any]:
-    return train_stage(cfg, "disent")
-
-
-def train_sr(cfg: DictConfig) -> dict[str, Any]:
-    return train_stage(cfg, "sr")
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """``stage=vit``, ``stage=disent`` and ``stage=sr``."""
+    return train_stage(cfg)

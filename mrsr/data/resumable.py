@@ -4,10 +4,12 @@
   like :class:`~torch.utils.data.DistributedSampler`), not from the global RNG.
 * Every sample's random crop and flips run under its own seed ``(seed, epoch, position)``
   inside :func:`torch.random.fork_rng`, so loading data never touches the global RNG
-  (which :class:`mrsr.tasks.common.RngState` checkpoints for the model's own randomness)
+  (which :class:`mrsr.callbacks.RngState` checkpoints for the model's own randomness)
   and gives the same patches with any number of workers.
 * The loader has ``state_dict`` / ``load_state_dict`` (Lightning stores it in the
   checkpoint): the epoch and how many batches of it were trained; a resumed run skips them.
+
+:class:`mrsr.data.datamodule.MRDataModule` gives its training loader this way.
 """
 
 from __future__ import annotations
@@ -112,17 +114,3 @@ def resumable(loader: DataLoader, seed: int, progress: Callable[[], int] | None 
         generator=torch.Generator().manual_seed(seed),  # worker seeds: not from the global RNG
         progress=progress,
     )
-
-
-def make_resumable(datamodule: Any, seed: int, trainer_ref: Callable[[], Any]) -> None:
-    """Replace ``datamodule.train_dataloader`` by its resumable version for this run."""
-    original = datamodule.train_dataloader
-
-    def progress() -> int:
-        trainer = trainer_ref()
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer else 0
-
-    def train_dataloader() -> ResumableLoader:
-        return resumable(original(), seed, progress)
-
-    datamodule.train_dataloader = train_dataloader
