@@ -11,7 +11,7 @@ on the slices that cut across the thick axis). The network never sees the refere
 learns from the thick scan's own in-plane slices.
 
     python experiments/throughplane_eval.py [VOLUME[:axis] ...] [--pad 256 256 160] [--orientations] \
-        [--out experiments/results/throughplane/x.json] [-- throughplane.max_steps=600 ...]
+        [--out experiments/results/throughplane/x.json] [-- trainer.max_steps=600 ...]
 
 ``--pad`` zero-pads each reference (centred) first: the timing case of a 256 x 256 x 40 scan
 at 1 x 1 x 4 mm. ``--true-profile boxcar`` simulates boxcar slices (to measure what assuming the

@@ -30,6 +30,19 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
+class FrozenExtractor(nn.Module):
+    """Base of the stages' feature extractors: once :meth:`freeze` is called no parameter
+    requires grad and the module stays in eval mode (``train()`` is a no-op for it), while
+    gradients still flow to its input. (:class:`FeatureLoss` does the same for any module.)"""
+
+    def freeze(self) -> FrozenExtractor:
+        freeze(self)
+        return self
+
+    def train(self, mode: bool = True) -> FrozenExtractor:
+        return super().train(False)
+
+
 class FeatureLoss(nn.Module):
     """Cosine feature distance through a frozen extractor.
 

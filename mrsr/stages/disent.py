@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.data.degrade import crop_to_multiple, degrade, upsample
 from mrsr.errors import CheckpointError, ConfigError
-from mrsr.losses.feature import trained_scale_size
+from mrsr.losses.feature import FrozenExtractor, trained_scale_size
 from mrsr.losses.gan import d_loss_fake, d_loss_real, g_loss
 from mrsr.metrics import SliceTable, psnr, ssim
 from mrsr.nets.swapae import (
@@ -328,7 +328,7 @@ class DisentModule(SliceEvalHooks, StageModule):
         return {k: float(v) for k, v in metrics.items()}
 
 
-class DisentExtractor(nn.Module):
+class DisentExtractor(FrozenExtractor):
     """Frozen E(images) -> (z_s, z_t) of a trained stage-``disent`` encoder.
 
     Images are fed at the pixel scale the encoder was trained at (``pixel_scale`` = its
@@ -343,12 +343,7 @@ class DisentExtractor(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.pixel_scale = pixel_scale
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> DisentExtractor:
-        return super().train(False)
+        self.freeze()
 
     def input_size(self, h: int, w: int) -> tuple[int, int] | None:
         """The size an ``h x w`` image is fed at (None: ``img_size``)."""

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.errors import CheckpointError, ConfigError
-from mrsr.losses.feature import trained_scale_size
+from mrsr.losses.feature import FrozenExtractor, trained_scale_size
 from mrsr.metrics import SliceTable
 from mrsr.nets.vit import SliceViT, load_pretrained_vit
 from mrsr.stages.base import SliceEvalHooks, StageModule, plain
@@ -142,7 +142,7 @@ class ViTModule(SliceEvalHooks, StageModule):
         self.log_dict(metrics, prog_bar=split == "val")
 
 
-class ViTExtractor(nn.Module):
+class ViTExtractor(FrozenExtractor):
     """Frozen f(image) -> ``(pooled (N, D), token map (N, D, gh, gw))`` of a trained
     stage-``vit`` network.
 
@@ -160,12 +160,7 @@ class ViTExtractor(nn.Module):
         self.net = net
         self.classes = list(classes or [])
         self.pixel_scale = pixel_scale
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> ViTExtractor:
-        return super().train(False)
+        self.freeze()
 
     @property
     def dim(self) -> int:
