@@ -30,12 +30,13 @@ QUIET = ["~logger", "~callbacks.progress_bar", "+trainer.limit_val_batches=1", "
 
 @pytest.mark.parametrize("stage", ["vit", "disent", "sr"])
 def test_trainer_max_steps_override_stops_there(make_cfg, stage: str) -> None:
-    """``trainer.max_steps=N`` is the run's length, whatever the stage's recipe says."""
-    cfg = make_cfg(f"stage={stage}", *TINY[stage], *QUIET, "trainer.max_steps=3", "trainer.val_check_interval=3")
-    assert int(cfg[stage].max_steps) != 3  # the recipe's own length is another
+    """``trainer.max_steps=N`` is the run's length, whatever the stage's recipe says (stage
+    ``disent`` counts its G and D steps: two per batch)."""
+    cfg = make_cfg(f"stage={stage}", *TINY[stage], *QUIET, "trainer.max_steps=4", "trainer.val_check_interval=2")
+    assert int(cfg[stage].max_steps) != 4  # the recipe's own length is another
     result = train_stage(cfg)
     ckpt = torch.load(Path(result["last"]), map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 3
+    assert ckpt["global_step"] == 4
 
 
 def _resolved(cfg, key: str):
@@ -108,6 +109,29 @@ def test_pipeline_stage_config_is_what_the_stage_composes(make_cfg, tmp_path: Pa
             a.pop("default_root_dir", None), b.pop("default_root_dir", None)
             assert a == b, (stage, key)
         assert sub.paths.output_dir == str(tmp_path / stage)
+
+
+def test_pipeline_refuses_lengths_that_are_per_stage(make_cfg, tmp_path: Path) -> None:
+    from mrsr.errors import ConfigError
+    from mrsr.tasks.pipeline import stage_config
+
+    for extra, hint in (("+trainer.max_steps=5", "vit.max_steps"), ("+data.patch_size=64", "sr.train_crop")):
+        with pytest.raises(ConfigError, match=hint):
+            stage_config(make_cfg("stage=pipeline", extra), "vit", tmp_path)
+
+
+def test_recorded_training_crop_is_the_one_the_data_used(make_cfg) -> None:
+    for stage in ("vit", "disent"):
+        cfg = make_cfg(f"stage={stage}", "data.patch_size=64")
+        assert _resolved(cfg, "stage.module")["train_crop"] == 64 == build_datamodule(cfg).patch_size
+
+
+def test_throughplane_module_takes_the_sr_extractors_and_start(make_cfg) -> None:
+    cfg = make_cfg("stage=throughplane", "input=a.nii.gz", "output=b.nii.gz", "loss=vit", "sr.vit_ckpt=/x/vit.ckpt",
+                   "sr.init_from=/x/sr.ckpt", "trainer.max_steps=5")
+    module = _resolved(cfg, "stage.module")
+    assert module["vit_extractor"]["path"] == "/x/vit.ckpt" and module["init_from"] == "/x/sr.ckpt"
+    assert module["generator"]["scale"] == module["scale"] == 1 and cfg.trainer.max_steps == 5
 
 
 def test_callbacks_come_from_their_group_only(make_cfg) -> None:

@@ -73,6 +73,7 @@ class ViTModule(SliceEvalHooks, StageModule):
         self.classes = list(classes)
         self.config["classes"] = list(classes)
         self.hparams["classes"] = list(classes)
+        self._hparams_initial["classes"] = list(classes)  # what the loggers record
         self.net = SliceViT(**self.config["net"], num_classes=len(classes))
         p = self.net.patch_size
         self.mim_head = nn.Linear(self.net.hidden_size, p * p) if self.mim_weight > 0 else None

@@ -52,6 +52,10 @@ from mrsr.tasks.train import FINISHED, train_stage
 log = logging.getLogger("mrsr")
 
 STAGES = ("vit", "disent", "sr")
+# What a stage's config routes from its recipe into trainer.* / data.* (conf/stage/<stage>.yaml).
+RECIPE_KEYS = {"max_steps": "max_steps", "max_epochs": "max_epochs", "val_check_interval": "val_check_interval",
+               "check_val_every_n_epoch": "val_check_interval", "batch_size": "batch_size",
+               "patch_size": "train_crop"}
 PRETRAIN_FOLDER = "sr_l1"  # the L1 phase of a two-phase SR stage
 EXTRACTORS = ("vit", "disent")
 # Config keys that do not change what an extractor learns (left out of its folder key).
@@ -146,6 +150,11 @@ def stage_config(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
     groups), writing into ``out`` (``paths.output_dir``), resuming from its ``last.ckpt``."""
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     own = OmegaConf.load(resources.files("mrsr.conf").joinpath("stage", f"{stage}.yaml"))
+    for group in ("trainer", "data"):
+        given = [k for k in own[group] if k in cfg[group]]
+        if given:
+            raise ConfigError(f"stage=pipeline: {group}.{given[0]} is set per stage here (from the recipes: "
+                              f"vit.{RECIPE_KEYS[given[0]]}, disent.{RECIPE_KEYS[given[0]]}, sr.{RECIPE_KEYS[given[0]]})")
     last = out / "checkpoints" / "last.ckpt"
     with open_dict(sub):
         sub.pop("stage")
@@ -153,8 +162,10 @@ def stage_config(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
         sub.paths.output_dir = str(out)
         sub.ckpt_path = str(last) if last.is_file() else None
         wandb = sub.get("logger", {}) and sub.logger.get("wandb")
-        if wandb:  # one wandb run per stage, named after it
+        if wandb:  # one wandb run per stage, named after it, in the pipeline's group
             wandb.name = f"{_resolved(cfg, 'logger.wandb.name', 'pipeline')}/{stage}"
+            if wandb.get("group") is not None:
+                wandb.group = _resolved(cfg, "logger.wandb.group", "pipeline")
             wandb.job_type = stage
     if last.is_file():
         log.info("resuming %s from %s", stage, last)
