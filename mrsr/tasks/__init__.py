@@ -16,9 +16,9 @@ from mrsr.errors import MrsrError
 log = logging.getLogger("mrsr")
 
 TASKS = {
-    "vit": "mrsr.tasks.train:train",
-    "disent": "mrsr.tasks.train:train",
-    "sr": "mrsr.tasks.train:train",
+    "vit": "mrsr.tasks.train:train_stage",
+    "disent": "mrsr.tasks.train:train_stage",
+    "sr": "mrsr.tasks.train:train_stage",
     "eval": "mrsr.tasks.evaluate:evaluate",
     "predict": "mrsr.tasks.predict:predict",
     "pipeline": "mrsr.tasks.pipeline:pipeline",

@@ -44,7 +44,7 @@ def _named(group: DictConfig | None) -> list[Any]:
     """Instantiate every named entry of a logger/callback group; null entries are off."""
     if not group:
         return []
-    return [instantiate(c, _convert_="all") for c in group.values() if c is not None and "_target_" in c]
+    return [build(c) for c in group.values() if c is not None and "_target_" in c]
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -58,7 +58,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = _named(cfg.get("callbacks"))
     if not loggers:
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
-    trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks, _convert_="all")
+    trainer = build(trainer_cfg, logger=loggers or False, callbacks=callbacks)
     check_launch(trainer)
     return trainer
 

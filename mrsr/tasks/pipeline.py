@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -52,10 +53,6 @@ from mrsr.tasks.train import FINISHED, train_stage
 log = logging.getLogger("mrsr")
 
 STAGES = ("vit", "disent", "sr")
-# What a stage's config routes from its recipe into trainer.* / data.* (conf/stage/<stage>.yaml).
-RECIPE_KEYS = {"max_steps": "max_steps", "max_epochs": "max_epochs", "val_check_interval": "val_check_interval",
-               "check_val_every_n_epoch": "val_check_interval", "batch_size": "batch_size",
-               "patch_size": "train_crop"}
 PRETRAIN_FOLDER = "sr_l1"  # the L1 phase of a two-phase SR stage
 EXTRACTORS = ("vit", "disent")
 # Config keys that do not change what an extractor learns (left out of its folder key).
@@ -152,9 +149,12 @@ def stage_config(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
     own = OmegaConf.load(resources.files("mrsr.conf").joinpath("stage", f"{stage}.yaml"))
     for group in ("trainer", "data"):
         given = [k for k in own[group] if k in cfg[group]]
-        if given:
-            raise ConfigError(f"stage=pipeline: {group}.{given[0]} is set per stage here (from the recipes: "
-                              f"vit.{RECIPE_KEYS[given[0]]}, disent.{RECIPE_KEYS[given[0]]}, sr.{RECIPE_KEYS[given[0]]})")
+        if given:  # name the recipe key the stage file routes it from, e.g. ${vit.train_crop}
+            raw = str(OmegaConf.to_container(own[group], resolve=False)[given[0]])
+            routed = re.fullmatch(rf"\$\{{{stage}\.(\w+)}}", raw)
+            where = (f"the recipes (vit.{routed[1]}, disent.{routed[1]}, sr.{routed[1]})" if routed
+                     else f"conf/stage/<stage>.yaml ({raw})")
+            raise ConfigError(f"stage=pipeline: {group}.{given[0]} is set per stage here, from {where}")
     last = out / "checkpoints" / "last.ckpt"
     with open_dict(sub):
         sub.pop("stage")

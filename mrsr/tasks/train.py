@@ -109,8 +109,3 @@ def _train_stage(cfg: DictConfig, out: Path) -> dict[str, Any]:
         atomic_write_text(out / FINISHED, json.dumps(record, indent=2) + "\n")
     log_results_table(trainer, rows or ([metrics] if metrics else []), key=f"{stage}/results")
     return {"score": metrics.get("test/score"), **record, "rows": rows}
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """``stage=vit``, ``stage=disent`` and ``stage=sr``."""
-    return train_stage(cfg)
