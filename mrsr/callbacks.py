@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -81,7 +82,36 @@ class LastCheckpoint(ModelCheckpoint):
 
 class ProgressBar(RichProgressBar):
     """Lightning's rich progress bar; with unbounded epochs (a ``max_steps`` budget) it shows
-    ``step n/max_steps`` instead of ``Epoch e/-2``."""
+    ``step n/max_steps`` instead of ``Epoch e/-2``. When the output is not a terminal (a log
+    file, a pipe, a batch job) the bar cannot be seen until the end, so a log line reports the
+    step, the loss and the elapsed time every ``log_every`` seconds."""
+
+    def __init__(self, log_every: float = 30.0, **kwargs: Any) -> None:
+        import sys
+
+        super().__init__(**kwargs)
+        self.log_every = log_every
+        self._t0: float | None = None
+        self._last = 0.0
+        self.interactive = sys.stdout.isatty()
+        if not self.interactive:
+            self.disable()  # a bar in a log file is only its last frame
+
+    def _log_progress(self, trainer: L.Trainer) -> None:
+        import time
+
+        if self.interactive or not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = self._last = now
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        if now - self._last < self.log_every and trainer.global_step < total:
+            return
+        self._last = now
+        loss = trainer.callback_metrics.get("train/loss")
+        text = f", train/loss {float(loss):.4g}" if loss is not None else ""
+        logging.getLogger("mrsr").info("step %d/%d%s, %.0f s", trainer.global_step, int(total), text, now - self._t0)
 
     def _get_train_description(self, current_epoch: int) -> str:
         trainer = self.trainer
@@ -92,6 +122,7 @@ class ProgressBar(RichProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)
+        self._log_progress(trainer)
         if self.progress is not None and self.train_progress_bar_id is not None and (
             trainer.max_epochs is None or trainer.max_epochs < 0):
             self.progress.update(self.train_progress_bar_id, description=self._get_train_description(0))

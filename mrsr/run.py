@@ -50,10 +50,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except Exception as err:
         # An expected error wrapped by Hydra's instantiate (e.g. a bad scale for a model).
         from mrsr.errors import user_error
+        from mrsr.tasks import to_log_file
 
         cause = user_error(err)
         if cause is None:
             raise
+        to_log_file(40, f"mrsr: {cause}")  # logging.ERROR, in the run's log file too
         print(f"mrsr: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -58,7 +58,8 @@ def setup(make_cfg, tmp_path: Path):
 
     def run(*extra: str, output: Path | None = None, input: Path = inp):
         out = output or tmp_path / "out.nii.gz"
-        cfg = make_cfg("stage=predict", f"ckpt={ckpt}", f"input={input}", f"output={out}", *extra)
+        # the fixture's voxels (1 x 2 x 3 mm) are not square in any plane: the axis is given
+        cfg = make_cfg("stage=predict", f"ckpt={ckpt}", f"input={input}", f"output={out}", "predict.axis=2", *extra)
         return predict_mod.predict(cfg), out
 
     return run, vol, inp, tmp_path
@@ -131,7 +132,7 @@ def test_predict_refusals(setup, tmp_path: Path) -> None:
     with pytest.raises(MrsrError, match="NIfTI"):
         run(output=tmp_path / "x.png")
     bad = write_volume(tmp_path / "4d.nii.gz", np.random.rand(6, 6, 3, 2), np.eye(4))
-    with pytest.raises(DataError, match="2D or 3D"):
+    with pytest.raises(DataError, match=r"is 4D .*pass predict.volume=<0..1>"):
         run(output=tmp_path / "y.nii.gz", input=bad)
     assert not (tmp_path / "y.nii.gz").exists()
 

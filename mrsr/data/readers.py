@@ -22,11 +22,31 @@ MAX_VOXEL_MM = 100.0
 
 @dataclass
 class NiftiVolume:
-    """A 3D volume with its voxel-to-world affine (in the file's own axis order)."""
+    """A 3D volume with its voxel-to-world affine (in the file's own axis order), the file's
+    header (codes, units, description: what an output written from it keeps) and its on-disk
+    data type."""
 
     data: np.ndarray  # float32, 3D
     affine: np.ndarray  # 4x4
     zooms: tuple[float, float, float]
+    header: object = None  # the file's nibabel header (a copy)
+    dtype: np.dtype = np.dtype(np.float32)
+
+
+DICOM_HINT = ("convert it to NIfTI first, e.g. `dcm2niix -z y -o <out folder> <DICOM folder>`, "
+              "then pass the .nii.gz")
+NAN_HINT = ("replace them first, e.g. in Python: img = nibabel.load(path); nibabel.save(nibabel.Nifti1Image("
+            "numpy.nan_to_num(img.get_fdata(), nan=0, posinf=0, neginf=0), img.affine, img.header), fixed_path)")
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM part-10 file (``DICM`` after the 128-byte preamble)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _check_path(path: Path) -> None:
@@ -36,6 +56,8 @@ def _check_path(path: Path) -> None:
                 raise DataError(path, "broken symbolic link or symlink loop")
             raise DataError(path, "file not found")
         if path.is_dir():
+            if any(is_dicom(f) for f in sorted(path.iterdir())[:20] if f.is_file()):
+                raise DataError(path, f"is a folder of DICOM files: {DICOM_HINT}")
             raise DataError(path, "is a folder, expected a file")
         with path.open("rb") as fh:
             fh.read(1)
@@ -52,27 +74,45 @@ def check_values(path: Path, data: np.ndarray, what: str = "volume") -> None:
     finite = np.isfinite(data)
     if not finite.all():
         bad = int((~finite).sum())
-        raise DataError(path, f"{what} contains {bad} NaN/inf voxels")
+        raise DataError(path, f"{what} contains {bad} NaN/inf voxels: {NAN_HINT}")
     if float(data.max()) == float(data.min()):
         raise DataError(path, f"{what} has constant intensity {float(data.max()):g}")
 
 
-def _squeeze_to(path: Path, data: np.ndarray, ndims: tuple[int, ...]) -> np.ndarray:
+def _squeeze_to(path: Path, data: np.ndarray, ndims: tuple[int, ...], volume: int | None = None,
+                volume_key: str | None = None) -> np.ndarray:
     while data.ndim > max(ndims) and data.shape[-1] == 1:
         data = data[..., 0]
+    if data.ndim == 4 and 3 in ndims:
+        n = data.shape[3]
+        if volume is None:
+            how = (f"pass {volume_key}=<0..{n - 1}> to use one of them" if volume_key else
+                   "extract one first (e.g. `fslroi in.nii.gz out.nii.gz <index> 1`)")
+            raise DataError(path, f"is 4D (shape {tuple(data.shape)}: {n} volumes): {how}")
+        if not 0 <= volume < n:
+            raise DataError(path, f"{volume_key}={volume}: the file has {n} volumes (0..{n - 1})")
+        data = data[..., volume]
+    elif volume not in (None, 0):
+        raise DataError(path, f"{volume_key}={volume}: the file has one volume (shape {tuple(data.shape)})")
     if data.ndim not in ndims:
         want = " or ".join(f"{n}D" for n in ndims)
         raise DataError(path, f"expected a {want} image, got {data.ndim}D shape {tuple(data.shape)}")
     return data
 
 
-def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,)) -> NiftiVolume:
-    """Read a NIfTI file as float32, validating shape, values, affine and voxel sizes."""
+def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,), volume: int | None = None,
+               volume_key: str | None = None) -> NiftiVolume:
+    """Read a NIfTI file as float32, validating shape, values, affine and voxel sizes.
+
+    A 4D file is refused unless ``volume`` picks one of its volumes (``volume_key`` names the
+    setting in the message)."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
     path = Path(path)
     _check_path(path)
+    if is_dicom(path):
+        raise DataError(path, f"is a DICOM file: {DICOM_HINT}")
     try:
         img = nib.load(str(path))
     except ImageFileError as err:
@@ -87,7 +127,7 @@ def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,)) -> NiftiVolume:
         data = np.asarray(img.get_fdata(dtype=np.float64))
     except (OSError, EOFError, zlib.error, ValueError) as err:
         raise DataError(path, f"corrupt or truncated image data ({err})") from err
-    data = _squeeze_to(path, data, ndims)
+    data = _squeeze_to(path, data, ndims, volume, volume_key)
     check_values(path, data)
     if np.abs(data).max() > np.finfo(np.float32).max:
         raise DataError(path, "intensities overflow float32")
@@ -97,7 +137,8 @@ def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,)) -> NiftiVolume:
     zooms = tuple(float(z) for z in _raw_pixdim(path, img)[: data.ndim])
     if any((not np.isfinite(z)) or z <= 0 or z > MAX_VOXEL_MM for z in zooms):
         raise DataError(path, f"implausible voxel size {zooms} mm")
-    return NiftiVolume(data=data.astype(np.float32), affine=affine, zooms=zooms)  # type: ignore[arg-type]
+    return NiftiVolume(data=data.astype(np.float32), affine=affine, zooms=zooms,  # type: ignore[arg-type]
+                       header=img.header.copy(), dtype=np.dtype(img.get_data_dtype()))
 
 
 def _raw_pixdim(path: Path, img) -> np.ndarray:

@@ -56,6 +56,7 @@ def run_task(cfg: DictConfig) -> float | None:
     except MrsrError as err:
         msg = f"mrsr: {err}"
         if not multirun:
+            to_log_file(logging.ERROR, msg)
             print(msg, file=sys.stderr)
             raise SystemExit(2) from None
         _mark_failed(cfg, msg)
@@ -72,10 +73,43 @@ def run_task(cfg: DictConfig) -> float | None:
     return result.get("score") if isinstance(result, dict) else None
 
 
+def to_log_file(level: int, msg: str) -> None:
+    """Write ``msg`` to the run's log file(s) only (the console already shows it on stderr)."""
+    record = logging.LogRecord("mrsr", level, __file__, 0, msg, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+# Third-party lines that say nothing about the run: advertising tips and a deprecation inside
+# Lightning that its users cannot act on.
+QUIET_PREFIXES = ("💡 Tip:",)
+QUIET_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(QUIET_PREFIXES)
+
+
+def quiet_third_party() -> None:
+    """Filter third-party tips and known-harmless deprecation warnings where they are emitted."""
+    import warnings
+
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
 def log_once() -> None:
     """Lightning's loggers print through their own console handler and also pass each record
     on to the root logger that Hydra configured (console and the run's log file): every line
-    appeared twice. With a configured root logger they keep only the second route."""
+    appeared twice. With a configured root logger they keep only the second route. Third-party
+    tips and known deprecations are filtered (:func:`quiet_third_party`)."""
+    quiet_third_party()
     if not logging.getLogger().handlers:
         return
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

@@ -14,18 +14,26 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from mrsr.data.degrade import normalise_with_range
-from mrsr.errors import ConfigError
+from mrsr.data.geometry import SlicingAxis, is_square, mm, slicing_axis
+from mrsr.errors import ConfigError, DataError
 from mrsr.results import atomic_write, device_label
 
 log = logging.getLogger("mrsr")
+# Normalised intensity (1 = the 99.5th percentile above the minimum) above which the network
+# sees a plateau and the excess is passed on linearly: 1.5x the brightest training intensities
+# (values near 1, scaled by the augmentation factor of up to 2).
+PASSTHROUGH_LIMIT = 3.0
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -72,6 +80,74 @@ def upsampled_affine(affine: np.ndarray, scale: int, inplane: tuple[int, ...]) -
     return np.asarray(affine, dtype=np.float64) @ m
 
 
+def neighbour_max(x: Tensor) -> Tensor:
+    """The largest of each pixel's 8 neighbours (edges replicated)."""
+    pad = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    patches = F.unfold(pad, 3).view(x.shape[0], x.shape[1], 9, *x.shape[-2:])
+    return torch.cat([patches[:, :, :4], patches[:, :, 5:]], 2).amax(2)
+
+
+def sr_limited(net: nn.Module, x: Tensor, scale: int, limit: float, tile: int | None = None,
+               overlap: int = 16) -> Tensor:
+    """``net`` on ``x`` with outliers held back, plus what was held back, up-sampled locally.
+
+    A voxel far brighter than anything in training (a hot pixel, a flow artefact, a contrast
+    agent bolus) would drive the network far outside its range, and its response rings over the
+    receptive field (dark halos). Two kinds are held back: a pixel above ``limit`` that stands
+    out of its 8 neighbours by more than ``limit`` (a spike) is shown to the network at its
+    neighbours' level, and its excess is added back on its own footprint (nearest neighbour:
+    nothing spreads); anything else above ``limit`` is shown at ``limit`` and the excess is
+    added back bilinearly (non-negative, within one input pixel). Nothing is lost: without the
+    network both parts sum to the input.
+    """
+    x = x.float()
+    neighbours = neighbour_max(x)
+    spike = (x > limit) & (x > neighbours + limit)
+    despiked = torch.where(spike, neighbours, x)
+    capped = despiked.clamp(max=limit)
+    y = sr_tiled(net, capped, scale, tile, overlap)
+    spikes, bright = x - despiked, despiked - capped
+    if bool((spikes > 0).any()):
+        y = y + (spikes if scale == 1 else F.interpolate(spikes, scale_factor=scale, mode="nearest"))
+    if bool((bright > 0).any()):
+        y = y + (bright if scale == 1 else F.interpolate(bright, scale_factor=scale, mode="bilinear",
+                                                        align_corners=False))
+    return y
+
+
+class SliceProgress:
+    """Progress of a loop over slices: a transient rich bar on a terminal, otherwise (a log
+    file, a pipe, a batch job) a log line every ``every`` seconds and at the end."""
+
+    def __init__(self, description: str, total: int, enabled: bool = True, every: float = 10.0) -> None:
+        import sys
+
+        from rich.progress import Progress
+
+        self.description, self.total, self.done, self.every = description, total, 0, every
+        self.tty = enabled and sys.stdout.isatty()  # where rich draws
+        self.log = enabled and not self.tty
+        self.bar = Progress(disable=not self.tty, transient=True)
+        self.task = self.bar.add_task(description, total=total)
+        self.t0 = self.last = time.perf_counter()
+
+    def __enter__(self) -> SliceProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.bar.advance(self.task, n)
+        now = time.perf_counter()
+        if self.log and (now - self.last >= self.every or self.done >= self.total):
+            self.last = now
+            log.info("%s: %d/%d (%.0f%%), %.0f s", self.description, self.done, self.total,
+                     100.0 * self.done / max(self.total, 1), now - self.t0)
+
+
 def super_resolve_volume(
     net: nn.Module,
     slices: np.ndarray,
@@ -82,22 +158,24 @@ def super_resolve_volume(
     device: torch.device | None = None,
     progress: bool = True,
     description: str = "super-resolving slices",
+    limit: float | None = None,
 ) -> np.ndarray:
-    """SR of every slice of ``slices`` (n, h, w), normalised; returns (n, h*s, w*s) float32 >= 0."""
-    from rich.progress import Progress
+    """SR of every slice of ``slices`` (n, h, w), normalised; returns (n, h*s, w*s) float32 >= 0.
 
+    Intensities above ``limit`` (default :data:`PASSTHROUGH_LIMIT`) bypass the network
+    (:func:`sr_limited`)."""
     device = device or torch.device("cpu")
+    limit = PASSTHROUGH_LIMIT if limit is None else limit
     n, h, w = slices.shape
     out = np.empty((n, h * scale, w * scale), dtype=np.float32)
     net = net.eval().to(device)
-    with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
-        task = bar.add_task(description, total=n)
+    with SliceProgress(description, n, progress) as bar, torch.inference_mode():
         for i in range(0, n, batch_size):
             x = torch.from_numpy(np.ascontiguousarray(slices[i : i + batch_size]))[:, None].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                y = sr_tiled(net, x, scale, tile, overlap)
+                y = sr_limited(net, x, scale, limit, tile, overlap)
             out[i : i + x.shape[0]] = y[:, 0].clamp(min=0).cpu().numpy()
-            bar.advance(task, x.shape[0])
+            bar.advance(x.shape[0])
     return out
 
 
@@ -114,29 +192,84 @@ def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
         raise ConfigError(f"output={out} exists: pass overwrite=true to replace it")
 
 
-def read_input(path: Path, axis: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """The volume (file axis order), its affine, the slicing axis and whether it is 2D."""
+@dataclass
+class InputScan:
+    """What predict reads: the volume in the file's axis order, its geometry and header."""
+
+    data: np.ndarray  # (slices, H, W) for fastMRI and 2D inputs (then ``is_2d``), else 3D
+    affine: np.ndarray
+    slicing: SlicingAxis
+    is_2d: bool
+    header: Any = None  # the NIfTI header the output keeps (None: fastMRI)
+    dtype: np.dtype = np.dtype(np.float32)  # on-disk data type
+    zooms: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+
+def read_input(path: Path, axis: int | str = "auto", volume: int | None = None) -> InputScan:
+    """The scan, its affine and the slicing axis (:func:`mrsr.data.geometry.slicing_axis`)."""
+    from mrsr.data.readers import read_nifti
+
     if path.suffix in (".h5", ".hdf5"):
         from mrsr.data.readers import read_fastmri
 
-        return read_fastmri(path), np.eye(4), 0, False  # (slices, H, W), unit voxels
-    from mrsr.data.readers import read_nifti
-
-    vol = read_nifti(path, ndims=(2, 3))
+        data = read_fastmri(path)  # (slices, H, W), unit voxels
+        return InputScan(data, np.eye(4), SlicingAxis(0, "fastMRI file: its slices", True), False)
+    vol = read_nifti(path, ndims=(2, 3), volume=volume, volume_key="predict.volume")
     if vol.data.ndim == 2:
-        return vol.data[None], vol.affine, 0, True
-    if axis not in (0, 1, 2):
-        raise ConfigError(f"predict.axis={axis} must be 0, 1 or 2 for a 3D volume")
-    return vol.data, vol.affine, axis, False
+        a, b = vol.zooms[:2]
+        return InputScan(vol.data[None], vol.affine, SlicingAxis(0, "2D image", is_square(a, b)), True,
+                         vol.header, vol.dtype, (1.0, a, b))
+    try:
+        slicing = slicing_axis(vol.zooms, axis, "predict.axis")
+    except ConfigError as err:
+        raise DataError(path, str(err)) from err
+    return InputScan(vol.data, vol.affine, slicing, False, vol.header, vol.dtype, vol.zooms)
 
 
-def write_nifti_atomic(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Save a NIfTI to a temporary file in ``path``'s folder, then rename it into place."""
+OUTPUT_DTYPES = ("float32", "input")
+
+
+def output_image(data: np.ndarray, affine: np.ndarray, like: Any = None, dtype: str = "float32",
+                 note: str = "", resliced: bool = False) -> Any:
+    """A NIfTI image of ``data`` on ``affine`` that keeps what ``like`` (the input's header)
+    says: sform/qform codes, units, intent, display range and description (``note`` appended).
+
+    ``dtype``: ``float32``, or ``input``: the input's data type (an integer type is written with
+    a scl_slope/scl_inter that nibabel fits to the output's range). ``resliced``: the slice axis
+    was re-sampled, so the slice-timing fields no longer apply and are cleared.
+    """
     import nibabel as nib
 
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
+    if dtype not in OUTPUT_DTYPES:
+        raise ConfigError(f"output_dtype={dtype} must be one of {', '.join(OUTPUT_DTYPES)}")
+    data = np.asarray(data, dtype=np.float32)
+    if like is None:
+        img = nib.Nifti1Image(data, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        return img
+    header = like.copy()
+    img = nib.Nifti1Image(data, affine, header=header)
+    img.set_sform(affine, code=int(like["sform_code"]))
+    img.set_qform(affine, code=int(like["qform_code"]))
+    hdr = img.header
+    hdr.set_data_dtype(like.get_data_dtype() if dtype == "input" else np.float32)
+    hdr.set_slope_inter(None, None)  # data are in the input's units; nibabel scales integers on save
+    if resliced:
+        for key in ("slice_code", "slice_start", "slice_end", "slice_duration"):
+            hdr[key] = 0
+    if note:
+        old = bytes(like["descrip"]).split(b"\0", 1)[0].decode("latin-1", "replace").strip()
+        hdr["descrip"] = ((old + "; " if old else "") + note)[:80].encode("latin-1", "replace")
+    return img
+
+
+def write_nifti_atomic(path: Path, data: np.ndarray, affine: np.ndarray, like: Any = None,
+                       dtype: str = "float32", note: str = "", resliced: bool = False) -> None:
+    """Save :func:`output_image` to a temporary file in ``path``'s folder, then rename it into place."""
+    import nibabel as nib
+
+    img = output_image(data, affine, like, dtype, note, resliced)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
     atomic_write(path, lambda tmp: nib.save(img, tmp), suffix)
 
@@ -161,6 +294,10 @@ def predict(cfg: DictConfig) -> dict:
     inp, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
     check_paths(inp, out, bool(cfg.get("overwrite", False)))
     p = cfg.predict
+    dtype = str(p.get("output_dtype", "float32"))
+    if dtype not in OUTPUT_DTYPES:
+        raise ConfigError(f"predict.output_dtype={dtype} must be one of {', '.join(OUTPUT_DTYPES)}")
+    scan = read_input(inp, p.get("axis", "auto"), None if p.get("volume") is None else int(p.volume))
     if cfg.get("ckpt") in (None, ""):
         ckpt = bundled_model(int(cfg.get("scale", 2)))
         log.info("no ckpt given: using the bundled x%s quick-start model (%s)", cfg.get("scale", 2), ckpt.name)
@@ -171,7 +308,16 @@ def predict(cfg: DictConfig) -> dict:
     if scale == 1:
         raise ConfigError(f"ckpt={ckpt} is a through-plane network (scale 1, from stage=throughplane): it was "
                           "trained on one scan's slice profile; run stage=throughplane on the new scan instead")
-    data, affine, axis, is_2d = read_input(inp, int(p.axis))
+    data, axis, is_2d = scan.data, scan.slicing.axis, scan.is_2d
+    inplane = (0, 1) if is_2d else scan.slicing.inplane
+    zooms_out = tuple(z / scale if (a in inplane and not is_2d) or (is_2d and a > 0) else z
+                      for a, z in enumerate(scan.zooms))
+    log.info("%s: voxels %s mm; slicing axis %d (%s); output voxels %s mm", inp.name,
+             mm(scan.zooms[1:] if is_2d else scan.zooms), axis, scan.slicing.reason,
+             mm(zooms_out[1:] if is_2d else zooms_out))
+    if not scan.slicing.square:
+        log.warning("%s: the in-plane voxels of slices along axis %d are not square (%s mm); the network treats "
+                    "them as square", inp.name, axis, mm(tuple(z for a, z in enumerate(scan.zooms) if a != axis)))
     percentile = float(getattr(net, "training_data", {}).get("percentile", 99.5))
     norm, lo, hi = normalise_with_range(data, percentile)
     slices = np.moveaxis(norm, axis, 0)
@@ -181,14 +327,16 @@ def predict(cfg: DictConfig) -> dict:
     sr = super_resolve_volume(net, slices, scale, int(p.batch_size), tile, int(p.overlap), device)
     seconds = time.perf_counter() - t0
     result = np.moveaxis(sr, 0, axis) * np.float32(hi - lo) + np.float32(lo)
-    inplane = (0, 1) if is_2d else tuple(a for a in range(3) if a != axis)
     if is_2d:
         result = result[0]
-    write_nifti_atomic(out, result, upsampled_affine(affine, scale, inplane))
+    write_nifti_atomic(out, result, upsampled_affine(scan.affine, scale, inplane), scan.header, dtype,
+                       f"mrsr x{scale} SR")
     n = slices.shape[0]
     log.info(
-        "%s %s -> %s %s: x%d in-plane, slicing axis %d, %d slice(s) on %s in %.2f s (%.1f slices/s)",
-        inp.name, tuple(data.shape[1:]) if is_2d else tuple(data.shape), out.name, tuple(result.shape), scale,
-        axis, n, device_label(device), seconds, n / max(seconds, 1e-9),
+        "%s %s -> %s %s (%s): x%d in-plane, slicing axis %d, %d slice(s) on %s in %.2f s (%.1f slices/s)",
+        inp.name, tuple(data.shape[1:]) if is_2d else tuple(data.shape), out.name, tuple(result.shape),
+        scan.dtype.name if dtype == "input" else "float32", scale, axis, n, device_label(device), seconds,
+        n / max(seconds, 1e-9),
     )
-    return {"output": str(out), "shape": list(result.shape), "scale": scale, "seconds": seconds, "ckpt": str(ckpt)}
+    return {"output": str(out), "shape": list(result.shape), "scale": scale, "seconds": seconds, "ckpt": str(ckpt),
+            "axis": axis, "axis_reason": scan.slicing.reason, "voxel_mm": list(zooms_out)}
