@@ -46,9 +46,10 @@ def _per_slice(fn, vol: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(fn(x)[:, 0].float().numpy(), 0, axis)
 
 
-def degrade_volume(hr: np.ndarray, scale: int, axis: int) -> np.ndarray:
-    """The package's antialiased bicubic down-sampling of every slice (clamped at 0)."""
-    return _per_slice(lambda x: degrade(x, scale, "bicubic"), hr, axis)
+def degrade_volume(hr: np.ndarray, scale: int, axis: int, kind: str = "bicubic") -> np.ndarray:
+    """The package's down-sampling of every slice (``bicubic``: antialiased, the bundled models'
+    training degradation; ``kspace``: central k-space truncation, one they never saw), clamped at 0."""
+    return _per_slice(lambda x: degrade(x, scale, kind), hr, axis)
 
 
 def bicubic_volume(lr: np.ndarray, scale: int, axis: int) -> np.ndarray:
@@ -76,10 +77,11 @@ def crop_inplane(vol: np.ndarray, scale: int, axis: int) -> np.ndarray:
     return vol[tuple(index)]
 
 
-def evaluate(path: str, scale: int, ckpt: str | None, axis: int, intensity: float, tmp: Path) -> dict:
+def evaluate(path: str, scale: int, ckpt: str | None, axis: int, intensity: float, tmp: Path,
+             degradation: str = "bicubic") -> dict:
     vol = read_nifti(path)
     hr = crop_inplane(vol.data * np.float32(intensity), scale, axis)
-    lr = degrade_volume(hr, scale, axis)
+    lr = degrade_volume(hr, scale, axis, degradation)
     lr_path, sr_path = tmp / "lr.nii.gz", tmp / "sr.nii.gz"
     sr_path.unlink(missing_ok=True)
     write_nifti_atomic(lr_path, lr, vol.affine)
@@ -96,7 +98,7 @@ def evaluate(path: str, scale: int, ckpt: str | None, axis: int, intensity: floa
     bic = bicubic_volume(lr, scale, axis)
     ours, base = score(sr, hr, axis), score(bic, hr, axis)
     return {
-        "volume": Path(path).name, "scale": scale, "axis": axis, "intensity": intensity,
+        "volume": Path(path).name, "scale": scale, "axis": axis, "intensity": intensity, "degradation": degradation,
         "shape": list(hr.shape), "hr_max": float(hr.max()),
         "bicubic_psnr": base["psnr"], "bicubic_ssim": base["ssim"],
         "sr_psnr": ours["psnr"], "sr_ssim": ours["ssim"], "gain_db": ours["psnr"] - base["psnr"],
@@ -112,6 +114,8 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help="stage-sr checkpoint (default: the bundled model)")
     ap.add_argument("--axis", type=int, nargs="+", default=[2])
     ap.add_argument("--intensity", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--degradation", nargs="+", default=["bicubic"], choices=["bicubic", "kspace"],
+                    help="how the LR input is made (kspace: an operator the bundled models were not trained on)")
     ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -119,11 +123,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for path in args.volumes:
             for axis in args.axis:
-                for f in args.intensity:
-                    r = evaluate(path, args.scale, args.ckpt, axis, f, Path(tmp))
+                for f, kind in ((f, k) for f in args.intensity for k in args.degradation):
+                    r = evaluate(path, args.scale, args.ckpt, axis, f, Path(tmp), kind)
                     rows.append(r)
                     print(
-                        f"{r['volume']:<48} x{args.scale} axis {axis} intensity x{f:g}: bicubic "
+                        f"{r['volume']:<40} x{args.scale} {kind:<7} axis {axis} intensity x{f:g}: bicubic "
                         f"{r['bicubic_psnr']:.2f} dB / {r['bicubic_ssim']:.4f}, SR {r['sr_psnr']:.2f} dB / "
                         f"{r['sr_ssim']:.4f} ({r['gain_db']:+.2f} dB), HFEN {r['bicubic_hfen']:.4f} -> "
                         f"{r['sr_hfen']:.4f}", flush=True,

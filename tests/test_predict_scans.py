@@ -41,8 +41,10 @@ def test_auto_axis_of_isotropic_and_ambiguous_volumes() -> None:
         slicing_axis((1.0, 4.0, 4.0))
     with pytest.raises(ConfigError, match=r"not square.*predict.axis=0\|1\|2"):
         slicing_axis((0.5, 1.0, 4.0))
-    with pytest.raises(ConfigError, match=r"non-square.*pass predict.axis=1"):
-        slicing_axis((1.0, 1.3, 1.0))
+    assert slicing_axis((1.0, 0.9, 1.0)).axis == 1  # axis 2's slices are 1 x 0.9 mm, axis 1's square
+    assert slicing_axis((1.0, 0.898437, 0.898437)).axis == 0  # the demo's seg3d T1 (sagittal)
+    with pytest.raises(ConfigError, match=r"no slice orientation has square voxels.*predict.axis=0\|1\|2"):
+        slicing_axis((0.8, 0.9, 1.0))
     explicit = slicing_axis((0.5, 1.0, 4.0), 2)
     assert explicit.axis == 2 and not explicit.square  # given: taken, and the caller warns
     with pytest.raises(ConfigError, match="auto, 0, 1 or 2"):

@@ -3,7 +3,8 @@
 One rule for every place that slices a user's volume for inference (``stage=predict``,
 ``stage=throughplane``, ``experiments/eval_unseen.py``): the slice axis is the axis whose voxel
 size is clearly the largest (at least :data:`THICK_RATIO` times both others); a volume with no
-such axis is treated as isotropic and sliced along :data:`DEFAULT_AXIS`. The two in-plane voxel
+such axis is (nearly) isotropic and sliced along :data:`DEFAULT_AXIS`, or along the one axis whose
+slices have square voxels if those of :data:`DEFAULT_AXIS` do not. The two in-plane voxel
 sizes must be equal within :data:`SQUARE_TOLERANCE`: the networks see pixels as squares.
 Anything else is ambiguous and refused in one line that names the setting to pass.
 """
@@ -53,7 +54,7 @@ def slicing_axis(zooms: tuple[float, ...], requested: int | str = "auto", key: s
     """The axis to take 2D slices along (``requested``: ``auto`` or 0, 1, 2).
 
     ``auto``: the clearly thickest axis; else, for a (nearly) isotropic volume,
-    :data:`DEFAULT_AXIS`. Refused (one line naming ``key``): two thick axes, and in-plane voxels
+    :data:`DEFAULT_AXIS` if its slices have square voxels, else the first axis whose slices do. Refused (one line naming ``key``): two thick axes, and in-plane voxels
     that are not square. An explicit axis is always taken; ``square`` says whether its in-plane
     voxels are square, so the caller can warn.
     """
@@ -82,12 +83,12 @@ def slicing_axis(zooms: tuple[float, ...], requested: int | str = "auto", key: s
         raise ConfigError(
             f"voxels are {mm(z)} mm: two axes are thick, so the acquisition plane is ambiguous; pass {key}={thin} to "
             f"refine the two thick axes (slices along the thin axis {thin}), or the axis you want kept")
-    a, b = (z[i] for i in range(3) if i != DEFAULT_AXIS)
-    if is_square(a, b):
+    squares = [ax for ax in range(3) if is_square(*(z[i] for i in range(3) if i != ax))]
+    if DEFAULT_AXIS in squares:
         return SlicingAxis(DEFAULT_AXIS, f"auto: voxels are (nearly) isotropic ({mm(z)} mm), default axis "
                                          f"{DEFAULT_AXIS}", True)
-    squares = [ax for ax in range(3) if is_square(*(z[i] for i in range(3) if i != ax))]
-    hint = f"pass {key}={squares[0]} (its slices have square voxels)" if squares else (
-        f"resample to square in-plane voxels first, or pass {key}=0|1|2 to slice anyway")
-    raise ConfigError(f"voxels are {mm(z)} mm: no axis is clearly thick and the default axis {DEFAULT_AXIS} has "
-                      f"non-square in-plane voxels ({a:g} x {b:g} mm); {hint}")
+    if squares:
+        return SlicingAxis(squares[0], f"auto: no axis is clearly thick ({mm(z)} mm); axis {squares[0]} is the one "
+                                       f"whose slices have square voxels", True)
+    raise ConfigError(f"voxels are {mm(z)} mm: no axis is clearly thick and no slice orientation has square voxels; "
+                      f"resample to square in-plane voxels first, or pass {key}=0|1|2 to slice anyway")
