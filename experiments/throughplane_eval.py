@@ -15,7 +15,10 @@ learns from the thick scan's own in-plane slices.
 
 ``--pad`` zero-pads each reference (centred) first: the timing case of a 256 x 256 x 40 scan
 at 1 x 1 x 4 mm. ``--true-profile boxcar`` simulates boxcar slices (to measure what assuming the
-wrong profile costs). Volumes are given as ``path[:axis]`` (default: the embedded demo volumes).
+wrong profile costs). ``--simulate plain`` makes the thick slices with an operator other than the
+stage's own sampling matrix (:func:`plain_thick`: a sampled-Gaussian convolution, or the mean of
+each group of slices), so the stage's assumptions are not built into the test. Volumes are given
+as ``path[:axis]`` (default: the embedded demo volumes).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +39,7 @@ import torch
 from _bench import device_name, write_result
 from eval_unseen import score
 
+from mrsr.data.profile_estimate import highband_ratio
 from mrsr.data.readers import read_nifti
 from mrsr.data.slice_profile import along, slice_profile, thick_sampling
 from mrsr.tasks.predict import write_nifti_atomic
@@ -62,10 +67,51 @@ def pad_to(vol: np.ndarray, shape: list[int] | None) -> np.ndarray:
     return out
 
 
-def simulate(ref: np.ndarray, affine: np.ndarray, voxel: float, axis: int, spacing: float, profile: str = "gaussian"):
-    """Thick slices every ``spacing`` mm along ``axis`` (``profile`` of FWHM or width = spacing)."""
+def simulate(ref: np.ndarray, affine: np.ndarray, voxel: float, axis: int, spacing: float, profile: str = "gaussian",
+             operator: str = "stage") -> tuple[np.ndarray, np.ndarray]:
+    """Thick slices every ``spacing`` mm along ``axis`` (``profile`` of FWHM or width = spacing).
+
+    ``operator="stage"`` uses the stage's own sampling matrix (profile integrated over each voxel);
+    ``"plain"`` an independent one (:func:`plain_thick`), so the test is not an inverse crime."""
     sampling, grid = thick_sampling(ref.shape[axis], voxel, spacing, slice_profile(profile, spacing))
+    if operator == "plain":
+        r = int(round(spacing / voxel))
+        return np.moveaxis(plain_thick(np.moveaxis(ref, axis, 0), r, profile), 0, axis), grid_affine(affine, axis, grid)
     return along(ref, sampling, axis), grid_affine(affine, axis, grid)
+
+
+def plain_thick(fine: np.ndarray, r: int, profile: str) -> np.ndarray:
+    """Every ``r`` fine slices (axis 0, a multiple of ``r`` of them) made into one, independently of
+    the stage's operators: ``boxcar`` is the mean of each group of ``r`` consecutive slices;
+    ``gaussian`` a 1D convolution with a Gaussian of FWHM ``r`` voxels sampled at the fine voxel
+    centres (edges mirrored), taken at each group's centre (the same grid as the boxcar's)."""
+    n = fine.shape[0] - fine.shape[0] % r
+    x = np.asarray(fine[:n], dtype=np.float64)
+    if profile == "boxcar":
+        return x.reshape(n // r, r, *x.shape[1:]).mean(1).astype(np.float32)
+    sigma = r / (2 * np.sqrt(2 * np.log(2)))
+    half = int(np.ceil(4 * sigma))
+    offsets = np.arange(-half, half) + 0.5  # fine centres around a group centre (half-integer for even r)
+    if r % 2:
+        offsets = np.arange(-half, half + 1).astype(np.float64)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    pad = half + r
+    padded = np.pad(x, [(pad, pad)] + [(0, 0)] * (x.ndim - 1), mode="reflect")
+    centres = (np.arange(n // r) + 0.5) * r - 0.5
+    out = np.zeros((n // r, *x.shape[1:]))
+    for w, d in zip(kernel, offsets, strict=True):
+        out += w * padded[(centres + d).astype(np.int64) + pad]
+    return out.astype(np.float32)
+
+
+def reference_ratio(ref: np.ndarray, thick: np.ndarray, axis: int, voxel: float, spacing: float,
+                    profile: str) -> float:
+    """The stage's self-check ratio (:func:`~mrsr.data.profile_estimate.highband_ratio`) of a
+    perfect output: the reference against the thick scan, with the true profile."""
+    norm, lo, hi = normalised_scan(thick, axis)
+    truth = (np.moveaxis(ref, axis, 0) - lo) / (hi - lo)
+    return highband_ratio(truth, norm, voxel, spacing, slice_profile(profile, spacing))
 
 
 def run_stage(thick: Path, out: Path, run_dir: Path, voxel: float, overrides: list[str]) -> float:
@@ -77,11 +123,14 @@ def run_stage(thick: Path, out: Path, run_dir: Path, voxel: float, overrides: li
 
 
 def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[str], tmp: Path,
-             orientations: bool = False, true_profile: str = "gaussian") -> tuple[dict, list]:
+             orientations: bool = False, true_profile: str = "gaussian", operator: str = "stage",
+             crop: int | None = None, keep_dir: Path | None = None) -> tuple[dict, list]:
     path, _, axis_s = spec.partition(":")
     axis = int(axis_s or 2)
     vol = read_nifti(path)
     ref = pad_to(vol.data, pad)
+    if crop:  # keep the first ``crop`` voxels along the thick axis
+        ref = np.take(ref, np.arange(min(crop, ref.shape[axis])), axis=axis)
     voxel = float(vol.zooms[axis])
     r = int(round(spacing / voxel))
     if not np.isclose(r * voxel, spacing):
@@ -89,7 +138,7 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
     keep = list(ref.shape)
     keep[axis] -= keep[axis] % r  # whole thick slices only, so the output grid is the reference grid
     ref = pad_to(ref, keep)
-    thick, affine = simulate(ref, vol.affine, voxel, axis, spacing, true_profile)
+    thick, affine = simulate(ref, vol.affine, voxel, axis, spacing, true_profile, operator)
     name = Path(path).name.removesuffix(".nii.gz")
     thick_path, sr_path, run_dir = tmp / f"{name}_thick.nii.gz", tmp / f"{name}_iso.nii.gz", tmp / f"{name}_run"
     write_nifti_atomic(thick_path, thick, affine)
@@ -123,7 +172,15 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
         "held_out_gain_db": (record["held_out_psnr"] or 0) - (record["held_out_psnr_cubic"] or 0),
         "seconds_total": seconds, "seconds_train": record["train_seconds"], "seconds_apply": record["apply_seconds"],
         "device": record["device"], "gain_db_by_orientation": per_orientation,
+        "simulated_with": f"{true_profile} ({operator} operator)", "profile": record.get("profile"),
+        "profile_fit": record.get("profile_fit"), "self_check": record.get("self_check"),
+        "warnings": record.get("warnings"),
+        "highband_ratio_reference": reference_ratio(ref, thick, axis, voxel, spacing, true_profile),
     }
+    if keep_dir:  # the thick input and the output, for a closer look
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        for src in (thick_path, sr_path):
+            shutil.copy(src, keep_dir / f"{true_profile}_{src.name}")
     k = ref.shape[inplane] // 2
     lo, hi = float(ref.min()), float(np.percentile(ref[ref > ref.min()], 99.5))
     rep = np.repeat(thick, r, axis=axis)
@@ -145,6 +202,10 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=4.0)
     ap.add_argument("--pad", type=int, nargs=3, default=None)
     ap.add_argument("--out", default=None, help="JSON file to write (and a .png figure beside it)")
+    ap.add_argument("--simulate", default="stage", choices=["stage", "plain"],
+                    help="thick-slice operator: the stage's sampling matrix, or an independent plain one")
+    ap.add_argument("--crop", type=int, default=None, help="keep the first N voxels along the thick axis")
+    ap.add_argument("--keep", default=None, help="folder to copy each thick input and output into")
     ap.add_argument("--orientations", action="store_true", help="also score each orientation alone")
     ap.add_argument("--true-profile", default="gaussian", choices=["gaussian", "boxcar"],
                     help="profile the thick slices are simulated with (the stage assumes throughplane.slice_profile)")
@@ -154,13 +215,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.volumes:
             row, images = evaluate(spec, args.spacing, args.pad, overrides, Path(tmp), args.orientations,
-                                   args.true_profile)
+                                   args.true_profile, args.simulate, args.crop,
+                                   Path(args.keep) if args.keep else None)
             rows.append(row)
             figure.append(images)
             print(f"{row['volume']:<22} {row['shape_thick']} -> {row['shape_ref']}: cubic {row['cubic_psnr']:.2f} dB / "
                   f"SSIM {row['cubic_ssim']:.4f} / HFEN {row['cubic_hfen']:.4f}; SR {row['sr_psnr']:.2f} dB / "
                   f"{row['sr_ssim']:.4f} / {row['sr_hfen']:.4f} ({row['gain_db']:+.2f} dB); "
                   f"{row['seconds_total']:.0f} s (train {row['seconds_train']:.0f} s, apply {row['seconds_apply']:.0f} s)",
+                  flush=True)
+            check = row["self_check"] or {}
+            print(f"  profile {row['profile']}; self-check ratio {check.get('highband_ratio', float('nan')):.2f} "
+                  f"(reference {row['highband_ratio_reference']:.2f}); warnings: {row['warnings'] or 'none'}",
                   flush=True)
             if row["gain_db_by_orientation"]:
                 print("  gain by orientation: " + ", ".join(f"{k} {v:+.2f} dB" for k, v in
@@ -170,7 +236,7 @@ def main() -> None:
     if args.out:
         threads = os.environ.get("OMP_NUM_THREADS", "all")
         write_result(args.out, {"cpu": device_name(torch.device("cpu")), "omp_threads": threads,
-                                "true_profile": args.true_profile,
+                                "true_profile": args.true_profile, "simulate": args.simulate, "crop": args.crop,
                                 "overrides": overrides, "spacing_mm": args.spacing, "pad": args.pad, "rows": rows})
         h = max(im.shape[0] for ims in figure for im in ims)
         w = max(im.shape[1] for ims in figure for im in ims)

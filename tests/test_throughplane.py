@@ -3,6 +3,8 @@ spline interpolation on a real scan, voxel positions, and refusals."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +13,7 @@ import pytest
 import torch
 from nibabel.affines import apply_affine
 
+from mrsr.data.profile_estimate import estimate_profile, highband_ratio
 from mrsr.data.readers import read_nifti
 from mrsr.data.self_pairs import SelfPairsDataModule, degrade_rows
 from mrsr.data.slice_profile import (
@@ -22,8 +25,15 @@ from mrsr.data.slice_profile import (
 )
 from mrsr.errors import ConfigError, DataError, MrsrError
 from mrsr.nets.srresnet import SRResNet
+from mrsr.tasks import throughplane as tp_module
 from mrsr.tasks.predict import predict
-from mrsr.tasks.throughplane import cubic_along, grid_affine, thick_geometry, throughplane
+from mrsr.tasks.throughplane import (
+    HIGHBAND_LIMIT,
+    cubic_along,
+    grid_affine,
+    thick_geometry,
+    throughplane,
+)
 from tests.test_predict import rotated_affine, write_volume
 
 DEMO = Path(__file__).resolve().parents[1] / "mrsr" / "assets" / "demo"
@@ -144,6 +154,81 @@ def test_thick_geometry() -> None:
         thick_geometry((0.5, 1.0, 4.0), (64, 64, 20))
     with pytest.raises(ConfigError, match="axis=3"):
         thick_geometry((1.0, 1.0, 4.0), (64, 64, 20), axis=3)
+    assert thick_geometry((1.0, 1.0, 8.0), (64, 64, 20)).ratio == 8.0  # 8x is the largest factor taken
+    with pytest.raises(ConfigError, match=r"9.0x the in-plane voxel size, above the 8x .* >= 1.12 mm"):
+        thick_geometry((1.0, 1.0, 9.0), (64, 64, 20))
+    with pytest.raises(ConfigError, match="has 7 slice.* too few in-plane slices .* >= 8"):
+        thick_geometry((1.0, 1.0, 4.0), (64, 64, 7))
+    with pytest.raises(ConfigError, match="12 x 64 voxels of 1 mm: too small to learn from"):
+        thick_geometry((1.0, 1.0, 2.0), (12, 64, 20))
+    with pytest.raises(ConfigError, match="20 x 64 voxels of 1 mm: too small"):  # < 4 slices of 6 mm across
+        thick_geometry((1.0, 1.0, 6.0), (20, 64, 20))
+
+
+# -- the slice profile estimate and the self-check --------------------------------------------
+
+def random_field(shape: tuple[int, int, int], seed: int = 0, slope: float = 2.0) -> np.ndarray:
+    """An isotropic random field (power ~ 1 / |f|^slope) around 0.5: its lines look alike along every axis."""
+    rng = np.random.default_rng(seed)
+    f = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
+    k = np.sqrt(sum(x**2 for x in f))
+    k[0, 0, 0] = 1
+    v = np.real(np.fft.ifftn(np.fft.fftn(rng.standard_normal(shape)) / k ** (slope / 2)))
+    return (0.5 + 0.12 * (v - v.mean()) / v.std()).astype(np.float32)
+
+
+def thick_slices(fine: np.ndarray, kind: str, r: int = 4) -> np.ndarray:
+    """Every ``r`` slices along axis 0 made into one, without the stage's operators: the mean of
+    each group, or a Gaussian of FWHM ``r`` voxels sampled at the voxel centres."""
+    if kind == "boxcar":
+        return fine.reshape(-1, r, *fine.shape[1:]).mean(1)
+    sigma = r / 2.3548
+    d = np.arange(-3 * r, 3 * r) + 0.5  # voxel centres around a group's centre
+    w = np.exp(-0.5 * (d / sigma) ** 2)
+    padded = np.pad(fine, [(3 * r, 3 * r), (0, 0), (0, 0)], mode="reflect")
+    centres = (np.arange(fine.shape[0] // r) + 0.5) * r - 0.5 + 3 * r
+    return np.stack([np.tensordot(w / w.sum(), padded[(c + d).astype(int)], axes=1) for c in centres])
+
+
+@pytest.fixture(scope="module")
+def field() -> np.ndarray:
+    return random_field((128, 64, 64))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "boxcar"])
+def test_profile_estimate_finds_the_width_and_with_a_thickness_the_family(field: np.ndarray, kind: str) -> None:
+    """On an isotropic field the spectral fit recovers the width of 4 mm slices made by averaging
+    or by a Gaussian; given the thickness it tells the two families apart by far. (Its width free,
+    a Gaussian and a wider boxcar fit about equally: the spectrum cannot tell them apart.)"""
+    thick = thick_slices(field, kind)
+    fit = estimate_profile(thick, 1.0, 4.0, kinds=(kind,))
+    assert fit.profile.kind == kind and abs(fit.profile.width - 4.0) <= 0.25, fit.describe()
+    given = estimate_profile(thick, 1.0, 4.0, thickness=4.0)
+    assert given.profile.kind == kind and given.other_residual > 3 * given.residual, given.describe()
+    assert given.record()["estimate"] == given.profile.describe() and not given.ambiguous
+    free = estimate_profile(thick, 1.0, 4.0)
+    assert free.residual <= fit.residual and free.other is not None and free.other.kind != free.profile.kind
+
+
+def test_estimate_refuses_a_volume_without_lines() -> None:
+    with pytest.raises(ValueError, match="too few samples"):
+        estimate_profile(np.ones((5, 20, 20), np.float32), 1.0, 4.0)
+    with pytest.raises(ValueError, match="no structure"):
+        estimate_profile(np.ones((40, 64, 64), np.float32), 1.0, 4.0)
+
+
+def test_highband_ratio_sees_interpolation_and_oversharpening(field: np.ndarray) -> None:
+    """Against thick slices of an isotropic volume: about 1 for the volume itself, far below 1
+    for the cubic spline of the slices, above the warning limit when detail was added across."""
+    fine = field[:, :48, :48]
+    thick = thick_slices(fine, "gaussian")
+    profile = slice_profile("gaussian", 4.0)
+    assert 0.7 < highband_ratio(fine, thick, 1.0, 4.0, profile) < 1.4
+    cubic = cubic_along(thick, 0, resampled_grid(32, 4.0, 1.0))
+    assert highband_ratio(cubic, thick, 1.0, 4.0, profile) < 0.3
+    blurred = (np.roll(fine, 1, 0) + 2 * fine + np.roll(fine, -1, 0)) / 4  # [1 2 1] / 4 across axis 0 only
+    sharpened = fine + 2.0 * (fine - blurred)  # unsharp masking across axis 0: invented detail
+    assert highband_ratio(sharpened, thick, 1.0, 4.0, profile, select=fine) > HIGHBAND_LIMIT
 
 
 @pytest.fixture
@@ -186,7 +271,13 @@ def test_throughplane_beats_cubic_and_lands_on_the_reference_grid(make_cfg, thic
     assert gain >= 1.0, f"SR {psnr(sr):.2f} dB vs cubic {psnr(cubic):.2f} dB"
     assert sr.min() >= thick.min() and sr.max() > thick.max()  # nothing clipped at the top
     assert result["held_out_psnr"] > result["held_out_psnr_cubic"]
-    assert (Path(cfg.paths.output_dir) / "throughplane.json").is_file()
+    record = json.loads((Path(cfg.paths.output_dir) / "throughplane.json").read_text())
+    assert record["profile_source"] == "estimated" and record["profile"] == record["profile_fit"]["estimate"]
+    assert {"kind", "width_mm", "residual", "other_family", "other_residual", "ambiguous"} <= set(record["profile_fit"])
+    assert "not a measure of the through-plane gain" in record["held_out_note"]
+    check = record["self_check"]
+    assert check["highband_ratio_cubic"] < check["highband_ratio"] < HIGHBAND_LIMIT and not check["oversharpened"]
+    assert record["may_be_worse_than_cubic"] is False and record["warnings"] == []
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
     with pytest.raises(ConfigError, match="through-plane network"):  # not an in-plane SR model
         predict(make_cfg("stage=predict", f"ckpt={ckpt}", f"input={path}", f"output={tmp_path / 'p.nii.gz'}"))
@@ -218,12 +309,21 @@ def test_non_integer_ratio_spacing_and_thick_axis_0(make_cfg, tmp_path: Path) ->
     assert np.allclose(apply_affine(affine, (n_thick - 0.5, 0, 0)), apply_affine(img.affine, (55.5, 0, 0)))
 
 
-def test_losses_are_selectable_like_stage_sr(make_cfg, thick_scan, tmp_path: Path) -> None:
-    """An adversarial preset trains a discriminator beside the same-size generator."""
+def test_losses_are_selectable_like_stage_sr(make_cfg, thick_scan, tmp_path: Path, monkeypatch, caplog) -> None:
+    """An adversarial preset trains a discriminator beside the same-size generator. (With the
+    self-check's limit set to 0, the run also shows the warning and the record's flag.)"""
     path, *_ = thick_scan
     cfg = make_cfg("stage=throughplane", f"input={path}", f"output={tmp_path / 'gan.nii.gz'}",
-                   "trainer.max_steps=2", "loss.adv=0.01", "loss.pixel_type=charbonnier", *TINY)
-    throughplane(cfg)
+                   "trainer.max_steps=2", "loss.adv=0.01", "loss.pixel_type=charbonnier", "throughplane.slice_profile=boxcar",
+                   *TINY)
+    monkeypatch.setattr(tp_module, "HIGHBAND_LIMIT", 0.0)
+    monkeypatch.setattr(tp_module, "self_check", lambda sr, norm, geom, profile: {
+        "highband_ratio": 3.0, "highband_ratio_cubic": 0.1, "highband_limit": 0.0, "oversharpened": True})
+    caplog.set_level(logging.INFO, logger="mrsr")
+    result = throughplane(cfg)
+    assert result["may_be_worse_than_cubic"] and result["profile_source"] == "given" and result["profile_fit"] is None
+    assert any(r.levelno == logging.WARNING and "worse than the cubic spline" in r.getMessage() for r in caplog.records)
+    assert "profile: a simulation that assumes that profile, not a measure of the through-plane gain" in caplog.text
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", weights_only=True)
     assert any(k.startswith("discriminator.") for k in ckpt["state_dict"])
     assert ckpt["mrsr"]["scale"] == 1 and ckpt["mrsr"]["config"]["loss"]["adv"] == 0.01
@@ -241,7 +341,7 @@ def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to do"):
         run(inp=iso)
     four_d = write_volume(tmp_path / "4d.nii.gz", np.random.rand(8, 8, 4, 2), np.diag([1, 1, 4, 1.0]))
-    with pytest.raises(DataError, match="4d.nii.gz: expected a 3D image"):
+    with pytest.raises(DataError, match="4d.nii.gz: (expected a 3D image|is 4D)"):
         run(inp=four_d)
     nan = ref[:, :, ::4].copy()
     nan[3, 3, 3] = np.nan
@@ -261,3 +361,45 @@ def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
         run(out=tmp_path / "taken.nii.gz")
     assert (tmp_path / "taken.nii.gz").read_bytes() == b"keep" and path.stat().st_mtime_ns == stamp
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_two_thick_axes_are_refused_naming_the_axis_to_pass() -> None:
+    """The thick axis follows stage=predict's rule (mrsr.data.geometry)."""
+    with pytest.raises(ConfigError, match=r"two axes are thick; .* so that only one axis is thick"):
+        thick_geometry((1.0, 4.0, 4.0), (64, 20, 20))
+    assert thick_geometry((4.0, 1.0, 1.0), (20, 64, 64)).axis == 0
+    assert thick_geometry((1.0, 1.02, 3.0), (64, 64, 20)).axis == 2  # square within the shared tolerance
+
+
+def test_output_keeps_the_header_and_picks_one_volume_of_a_4d_file(make_cfg, tmp_path: Path) -> None:
+    """Header codes, units, intent and description survive; the slice-timing fields, which
+    describe the thick slices that are gone, are cleared; output_dtype=input keeps int16."""
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(300 + 50 * t, 40, (10, 24, 20)), 0, None) for t in range(2)]
+    data = np.stack(frames, -1).astype(np.int16)
+    affine = np.diag([3.0, 1.0, 1.0, 1.0])
+    img = nib.Nifti1Image(data, affine)
+    img.set_sform(affine, code=4)
+    img.set_qform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = b"scanner Y"
+    img.header.set_dim_info(slice=0)
+    img.header["slice_code"], img.header["slice_end"], img.header["slice_duration"] = 1, 9, 0.1
+    inp = tmp_path / "dyn.nii.gz"
+    nib.save(img, str(inp))
+    base = ["stage=throughplane", f"input={inp}", "trainer.max_steps=2", "stage.module.lr=0",
+            "throughplane.slice_profile=gaussian", *TINY]
+    with pytest.raises(DataError, match=r"dyn.nii.gz: is 4D .*pass throughplane.volume=<0..1>"):
+        throughplane(make_cfg(*base, f"output={tmp_path / 'x.nii.gz'}"))
+    with pytest.raises(ConfigError, match="output_dtype=int8 must be one of float32, input"):
+        throughplane(make_cfg(*base, f"output={tmp_path / 'x.nii.gz'}", "throughplane.output_dtype=int8"))
+    out = tmp_path / "iso.nii.gz"
+    throughplane(make_cfg(*base, f"output={out}", "throughplane.volume=1", "throughplane.output_dtype=input"))
+    res = nib.load(str(out))
+    h = res.header
+    assert res.shape == (30, 24, 20) and np.allclose(h.get_zooms(), (1.0, 1.0, 1.0))
+    assert (int(h["sform_code"]), int(h["qform_code"])) == (4, 1) and h.get_xyzt_units() == ("mm", "sec")
+    assert bytes(h["descrip"]).startswith(b"scanner Y; mrsr through-plane SR")
+    assert int(h["slice_code"]) == 0 and int(h["slice_end"]) == 0 and float(h["slice_duration"]) == 0
+    assert h.get_data_dtype() == np.int16
+    assert abs(float(res.get_fdata().mean()) - float(frames[1].mean())) < 10  # volume 1, not volume 0
