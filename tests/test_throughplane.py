@@ -139,6 +139,13 @@ def test_self_pairs_hold_out_slices() -> None:
     assert batch.lr.shape == batch.hr.shape == (4, 1, 16, 16)
     again = next(iter(dm.train_dataloader()))
     assert torch.equal(batch.lr, again.lr)  # patches depend on (seed, index) only
+    vol[:8] = 0  # empty slices (a template's background) are not held out: their PSNR is infinite
+    dm = SelfPairsDataModule(vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16)
+    assert dm.held_out == [15]
+    vol[:] = 0
+    vol[11] = 1
+    dm = SelfPairsDataModule(vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16)
+    assert dm.held_out == [11]
 
 
 # -- geometry and refusals -------------------------------------------------------------------

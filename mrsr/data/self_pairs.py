@@ -24,6 +24,7 @@ from mrsr.errors import ConfigError
 
 PATCH_TRIES = 8  # random positions tried per patch before one with little foreground is kept
 PATCH_FOREGROUND = 0.25  # share of foreground pixels that makes a patch worth keeping
+HELD_FOREGROUND = 0.01  # share of foreground a held-out slice needs (an empty one scores an infinite PSNR)
 
 
 def degrade_rows(slices: np.ndarray, voxel: float, spacing: float, profile: SliceProfile) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +108,8 @@ class WholeSlices(Dataset):
 
 class SelfPairsDataModule(L.LightningDataModule):
     """Training patches from the scan's in-plane slices; every ``round(1 / holdout)``-th slice
-    is held out and scored whole (SR vs the cubic-spline input) at validation.
+    that holds anatomy (at least :data:`HELD_FOREGROUND` foreground) is held out and scored
+    whole (SR vs the cubic-spline input) at validation.
 
     ``volume``: normalised (with ``percentile``), thick axis first. The run is one epoch of
     ``steps`` batches.
@@ -135,7 +137,10 @@ class SelfPairsDataModule(L.LightningDataModule):
             raise ConfigError(f"throughplane.holdout={holdout} must be in (0, 0.5]")
         n = volume.shape[0]
         every = max(2, int(round(1 / holdout)))
-        held = list(range(every // 2, n, every)) or [n // 2]
+        share = (volume > FOREGROUND).mean(axis=(1, 2))
+        held = [k for k in range(every // 2, n, every) if share[k] >= HELD_FOREGROUND]
+        if not held:  # too few slices, or the regular ones are empty: the fullest slice
+            held = [int(np.argmax(share))]
         fitted = [k for k in range(n) if k not in held]
         if not fitted:
             raise ConfigError(f"the scan has {n} slice(s): too few to learn from")
