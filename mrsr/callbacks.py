@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +89,6 @@ class ProgressBar(RichProgressBar):
     step, the loss and the elapsed time every ``log_every`` seconds."""
 
     def __init__(self, log_every: float = 30.0, **kwargs: Any) -> None:
-        import sys
-
         super().__init__(**kwargs)
         self.log_every = log_every
         self._t0: float | None = None
@@ -98,8 +98,6 @@ class ProgressBar(RichProgressBar):
             self.disable()  # a bar in a log file is only its last frame
 
     def _log_progress(self, trainer: L.Trainer) -> None:
-        import time
-
         if self.interactive or not trainer.is_global_zero:
             return
         now = time.perf_counter()

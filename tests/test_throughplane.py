@@ -324,7 +324,7 @@ def test_losses_are_selectable_like_stage_sr(make_cfg, thick_scan, tmp_path: Pat
                    "trainer.max_steps=2", "loss.adv=0.01", "loss.pixel_type=charbonnier", "throughplane.slice_profile=boxcar",
                    *TINY)
     monkeypatch.setattr(tp_module, "HIGHBAND_LIMIT", 0.0)
-    monkeypatch.setattr(tp_module, "self_check", lambda sr, norm, geom, profile: {
+    monkeypatch.setattr(tp_module, "self_check", lambda *args: {
         "highband_ratio": 3.0, "highband_ratio_cubic": 0.1, "highband_limit": 0.0, "oversharpened": True})
     caplog.set_level(logging.INFO, logger="mrsr")
     result = throughplane(cfg)

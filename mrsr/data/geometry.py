@@ -50,6 +50,12 @@ def thick_axis(zooms: tuple[float, ...]) -> int | None:
     return order[2] if z[order[2]] >= THICK_RATIO * z[order[1]] else None
 
 
+def two_thick_axes(zooms: tuple[float, ...]) -> bool:
+    """Two axes at least :data:`THICK_RATIO` times thicker than the third (e.g. 1 x 4 x 4 mm)."""
+    z = sorted(float(v) for v in zooms[:3])
+    return z[1] >= THICK_RATIO * z[0]
+
+
 def slicing_axis(zooms: tuple[float, ...], requested: int | str = "auto", key: str = "predict.axis") -> SlicingAxis:
     """The axis to take 2D slices along (``requested``: ``auto`` or 0, 1, 2).
 
@@ -77,9 +83,8 @@ def slicing_axis(zooms: tuple[float, ...], requested: int | str = "auto", key: s
                 f"not square; resample them to square voxels first, or pass {key}=0|1|2 to slice anyway")
         return SlicingAxis(thick, f"auto: axis {thick} is the thick one ({z[thick]:g} mm, "
                                   f"{z[thick] / max(a, b):.1f}x the in-plane {max(a, b):g} mm)", True)
-    order = sorted(range(3), key=lambda i: z[i])
-    if z[order[1]] >= THICK_RATIO * z[order[0]]:  # two thick axes around one thin one
-        thin = order[0]
+    if two_thick_axes(z):
+        thin = min(range(3), key=lambda i: z[i])
         raise ConfigError(
             f"voxels are {mm(z)} mm: two axes are thick, so the acquisition plane is ambiguous; pass {key}={thin} to "
             f"refine the two thick axes (slices along the thin axis {thin}), or the axis you want kept")

@@ -22,15 +22,13 @@ MAX_VOXEL_MM = 100.0
 
 @dataclass
 class NiftiVolume:
-    """A 3D volume with its voxel-to-world affine (in the file's own axis order), the file's
-    header (codes, units, description: what an output written from it keeps) and its on-disk
-    data type."""
+    """A 3D volume with its voxel-to-world affine (in the file's own axis order) and the file's
+    header (codes, units, description, data type: what an output written from it keeps)."""
 
     data: np.ndarray  # float32, 3D
     affine: np.ndarray  # 4x4
     zooms: tuple[float, float, float]
     header: object = None  # the file's nibabel header (a copy)
-    dtype: np.dtype = np.dtype(np.float32)
 
 
 DICOM_HINT = ("convert it to NIfTI first, e.g. `dcm2niix -z y -o <out folder> <DICOM folder>`, "
@@ -111,11 +109,11 @@ def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,), volume: int | No
 
     path = Path(path)
     _check_path(path)
-    if is_dicom(path):
-        raise DataError(path, f"is a DICOM file: {DICOM_HINT}")
     try:
         img = nib.load(str(path))
     except ImageFileError as err:
+        if is_dicom(path):
+            raise DataError(path, f"is a DICOM file: {DICOM_HINT}") from err
         raise DataError(path, "not a NIfTI file (unrecognised header or magic bytes)") from err
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
         raise DataError(path, f"corrupt or truncated NIfTI header ({err})") from err
@@ -138,7 +136,7 @@ def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,), volume: int | No
     if any((not np.isfinite(z)) or z <= 0 or z > MAX_VOXEL_MM for z in zooms):
         raise DataError(path, f"implausible voxel size {zooms} mm")
     return NiftiVolume(data=data.astype(np.float32), affine=affine, zooms=zooms,  # type: ignore[arg-type]
-                       header=img.header.copy(), dtype=np.dtype(img.get_data_dtype()))
+                       header=img.header.copy())
 
 
 def _raw_pixdim(path: Path, img) -> np.ndarray:

@@ -101,6 +101,8 @@ def sr_limited(net: nn.Module, x: Tensor, scale: int, limit: float, tile: int | 
     network both parts sum to the input.
     """
     x = x.float()
+    if not bool((x > limit).any()):  # the usual case: nothing to hold back
+        return sr_tiled(net, x, scale, tile, overlap)
     neighbours = neighbour_max(x)
     spike = (x > limit) & (x > neighbours + limit)
     despiked = torch.where(spike, neighbours, x)
@@ -201,7 +203,6 @@ class InputScan:
     slicing: SlicingAxis
     is_2d: bool
     header: Any = None  # the NIfTI header the output keeps (None: fastMRI)
-    dtype: np.dtype = np.dtype(np.float32)  # on-disk data type
     zooms: tuple[float, ...] = (1.0, 1.0, 1.0)
 
 
@@ -218,15 +219,22 @@ def read_input(path: Path, axis: int | str = "auto", volume: int | None = None) 
     if vol.data.ndim == 2:
         a, b = vol.zooms[:2]
         return InputScan(vol.data[None], vol.affine, SlicingAxis(0, "2D image", is_square(a, b)), True,
-                         vol.header, vol.dtype, (1.0, a, b))
+                         vol.header, (1.0, a, b))
     try:
         slicing = slicing_axis(vol.zooms, axis, "predict.axis")
     except ConfigError as err:
         raise DataError(path, str(err)) from err
-    return InputScan(vol.data, vol.affine, slicing, False, vol.header, vol.dtype, vol.zooms)
+    return InputScan(vol.data, vol.affine, slicing, False, vol.header, vol.zooms)
 
 
 OUTPUT_DTYPES = ("float32", "input")
+
+
+def check_output_dtype(value: object, key: str = "output_dtype") -> str:
+    """``value`` if it is one of :data:`OUTPUT_DTYPES`, else a one-line refusal naming ``key``."""
+    if str(value) not in OUTPUT_DTYPES:
+        raise ConfigError(f"{key}={value} must be one of {', '.join(OUTPUT_DTYPES)}")
+    return str(value)
 
 
 def output_image(data: np.ndarray, affine: np.ndarray, like: Any = None, dtype: str = "float32",
@@ -240,8 +248,7 @@ def output_image(data: np.ndarray, affine: np.ndarray, like: Any = None, dtype: 
     """
     import nibabel as nib
 
-    if dtype not in OUTPUT_DTYPES:
-        raise ConfigError(f"output_dtype={dtype} must be one of {', '.join(OUTPUT_DTYPES)}")
+    check_output_dtype(dtype)
     data = np.asarray(data, dtype=np.float32)
     if like is None:
         img = nib.Nifti1Image(data, affine)
@@ -294,9 +301,7 @@ def predict(cfg: DictConfig) -> dict:
     inp, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
     check_paths(inp, out, bool(cfg.get("overwrite", False)))
     p = cfg.predict
-    dtype = str(p.get("output_dtype", "float32"))
-    if dtype not in OUTPUT_DTYPES:
-        raise ConfigError(f"predict.output_dtype={dtype} must be one of {', '.join(OUTPUT_DTYPES)}")
+    dtype = check_output_dtype(p.get("output_dtype", "float32"), "predict.output_dtype")
     scan = read_input(inp, p.get("axis", "auto"), None if p.get("volume") is None else int(p.volume))
     if cfg.get("ckpt") in (None, ""):
         ckpt = bundled_model(int(cfg.get("scale", 2)))
@@ -332,10 +337,11 @@ def predict(cfg: DictConfig) -> dict:
     write_nifti_atomic(out, result, upsampled_affine(scan.affine, scale, inplane), scan.header, dtype,
                        f"mrsr x{scale} SR")
     n = slices.shape[0]
+    written = np.dtype(scan.header.get_data_dtype()).name if dtype == "input" and scan.header is not None else "float32"
     log.info(
         "%s %s -> %s %s (%s): x%d in-plane, slicing axis %d, %d slice(s) on %s in %.2f s (%.1f slices/s)",
         inp.name, tuple(data.shape[1:]) if is_2d else tuple(data.shape), out.name, tuple(result.shape),
-        scan.dtype.name if dtype == "input" else "float32", scale, axis, n, device_label(device), seconds,
+        written, scale, axis, n, device_label(device), seconds,
         n / max(seconds, 1e-9),
     )
     return {"output": str(out), "shape": list(result.shape), "scale": scale, "seconds": seconds, "ckpt": str(ckpt),

@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig
 
 from mrsr.data.degrade import normalise_with_range
-from mrsr.data.geometry import THICK_RATIO, is_square, thick_axis
+from mrsr.data.geometry import THICK_RATIO, is_square, thick_axis, two_thick_axes
 from mrsr.data.profile_estimate import ProfileFit, estimate_profile, highband_ratio
 from mrsr.data.self_pairs import SelfPairsDataModule
 from mrsr.data.slice_profile import (
@@ -47,7 +47,12 @@ from mrsr.data.slice_profile import (
 from mrsr.errors import ConfigError
 from mrsr.results import atomic_write_text, device_label
 from mrsr.tasks.common import build_trainer, output_dir
-from mrsr.tasks.predict import OUTPUT_DTYPES, check_paths, super_resolve_volume, write_nifti_atomic
+from mrsr.tasks.predict import (
+    check_output_dtype,
+    check_paths,
+    super_resolve_volume,
+    write_nifti_atomic,
+)
 
 log = logging.getLogger("mrsr")
 MIN_RATIO = THICK_RATIO  # slice spacing / in-plane voxel size below which there is nothing to do
@@ -91,12 +96,11 @@ def thick_geometry(zooms: tuple[float, ...], shape: tuple[int, ...], axis: int |
     if axis is None:  # the rule of mrsr.data.geometry, shared with stage=predict
         axis = thick_axis(zooms)
         if axis is None:
-            order = sorted(range(3), key=lambda i: zooms[i])
-            if zooms[order[1]] >= THICK_RATIO * zooms[order[0]]:
+            if two_thick_axes(zooms):
                 raise ConfigError(f"voxels are {sizes} mm: two axes are thick; through-plane SR restores one thick "
                                   "axis and learns from square in-plane voxels: resample the scan so that only one "
                                   "axis is thick first")
-            axis = order[2]  # (nearly) isotropic: refused below
+            axis = int(np.argmax(zooms))  # (nearly) isotropic: refused below
     elif axis not in (0, 1, 2):
         raise ConfigError(f"throughplane.axis={axis} must be 0, 1 or 2 (or null: the axis with the largest voxel size)")
     inplane = tuple(a for a in range(3) if a != axis)
@@ -187,13 +191,13 @@ def make_isotropic(net: torch.nn.Module, norm: np.ndarray, lo: float, hi: float,
     return to_output(sr, lo, hi, geom, out_grid)
 
 
-def self_check(sr: np.ndarray, norm: np.ndarray, geom: ThickGeometry, profile: SliceProfile) -> dict[str, Any]:
+def self_check(sr: np.ndarray, interpolated: np.ndarray, norm: np.ndarray, geom: ThickGeometry,
+               profile: SliceProfile) -> dict[str, Any]:
     """Over-sharpening check on the working-grid result ``sr`` (thick axis first, normalised)
     against the scan ``norm``: :func:`~mrsr.data.profile_estimate.highband_ratio` of the output
-    and of the cubic spline, with the profile the network was trained with. A correct output has
-    about the scan's in-plane power above the thick Nyquist (ratio near 1); clearly more means
-    detail was invented across the slices."""
-    interpolated = cubic_along(norm, 0, geom.fine_grid())
+    and of ``interpolated`` (the cubic spline it was restored from), with the profile the network
+    was trained with. A correct output has about the scan's in-plane power above the thick
+    Nyquist (ratio near 1); clearly more means detail was invented across the slices."""
     ratio = highband_ratio(sr, norm, geom.voxel, geom.spacing, profile, select=interpolated)
     cubic = highband_ratio(interpolated, norm, geom.voxel, geom.spacing, profile)
     return {"highband_ratio": ratio, "highband_ratio_cubic": cubic, "highband_limit": HIGHBAND_LIMIT,
@@ -221,8 +225,7 @@ def choose_profile(tp: DictConfig, geom: ThickGeometry, norm: np.ndarray) -> tup
 
 def _check_settings(cfg: DictConfig) -> None:
     tp = cfg.throughplane
-    if str(tp.get("output_dtype", "float32")) not in OUTPUT_DTYPES:
-        raise ConfigError(f"throughplane.output_dtype={tp.output_dtype} must be one of {', '.join(OUTPUT_DTYPES)}")
+    check_output_dtype(tp.get("output_dtype", "float32"), "throughplane.output_dtype")
     if tp.get("spacing") is not None and not float(tp.spacing) > 0:
         raise ConfigError(f"throughplane.spacing={tp.spacing} must be > 0 mm (or null: the in-plane voxel size)")
     if int(cfg.trainer.max_steps) < 1:
@@ -283,8 +286,10 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     t1 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tile = None if tp.get("tile") in (None, 0) else int(tp.tile)
-    sr = restored_fine(module.eval_generator, norm, geom, int(tp.infer_batch_size), tile, device)
-    check = self_check(sr, norm, geom, profile)
+    interpolated = cubic_along(norm, 0, geom.fine_grid())  # once: restored, and the check's baseline
+    sr = restore_across(module.eval_generator, interpolated, int(tp.infer_batch_size), tile, device)
+    check = self_check(sr, interpolated, norm, geom, profile)
+    del interpolated
     result = to_output(sr, lo, hi, geom, out_grid)
     del sr
     write_nifti_atomic(out, result, grid_affine(vol.affine, geom.axis, out_grid), vol.header,
