@@ -374,7 +374,9 @@ def test_two_thick_axes_are_refused_naming_the_axis_to_pass() -> None:
     """The thick axis follows stage=predict's rule (mrsr.data.geometry)."""
     with pytest.raises(ConfigError, match=r"two axes are thick; .* so that only one axis is thick"):
         thick_geometry((1.0, 4.0, 4.0), (64, 20, 20))
-    assert thick_geometry((4.0, 1.0, 1.0), (20, 64, 64)).axis == 0
+    assert thick_geometry((4.0, 1.0, 1.0), (20, 64, 64)).axis == 0  # thick axis first, middle, last
+    assert thick_geometry((1.0, 4.0, 1.0), (64, 20, 64)).axis == 1
+    assert thick_geometry((1.0, 1.0, 4.0), (64, 64, 20)).axis == 2
     assert thick_geometry((1.0, 1.02, 3.0), (64, 64, 20)).axis == 2  # square within the shared tolerance
 
 
