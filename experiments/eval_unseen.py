@@ -9,7 +9,11 @@ bicubic up-sampling of the LR are scored against the HR over the whole volume:
 - PSNR = 10 log10(peak^2 / MSE) with peak = the HR volume's maximum and MSE over all voxels;
 - SSIM = mean over slices (torchmetrics, Gaussian 11, sigma 1.5), same peak;
 - HFEN = ||LoG(SR) - LoG(HR)|| / ||LoG(HR)|| over the volume (the package's per-slice LoG,
-  sigma 1.5, 15x15; scale-free, lower is better).
+  sigma 1.5, 15x15; scale-free, lower is better);
+- realism, structure and consistency (``mrsr.metrics.realism``: high-band power log ratio,
+  gradient W1, HFEN sigma 0.7, edge F1, tissue Dice, re-degradation error): slice means over
+  the slices with foreground, on the package's normalised scale (the HR volume's intensity
+  range, applied to SR, HR and LR alike).
 
 Nothing is clipped at the top. ``--intensity`` multiplies the volume first (another scanner's
 range), ``--axis`` picks the slicing axis (another orientation).
@@ -32,9 +36,9 @@ import torch
 from _bench import write_result
 from omegaconf import OmegaConf
 
-from mrsr.data.degrade import degrade, upsample
+from mrsr.data.degrade import degrade, intensity_range, upsample
 from mrsr.data.readers import read_nifti
-from mrsr.metrics import hfen_terms, ssim
+from mrsr.metrics import REALISM, RealismMetrics, hfen_terms, ssim
 from mrsr.tasks.predict import predict, write_nifti_atomic
 
 DEFAULT_VOLUMES = ["mrsr/assets/demo/seg3d_T1.nii.gz"]
@@ -65,6 +69,22 @@ def score(pred: np.ndarray, hr: np.ndarray, axis: int) -> dict[str, float]:
     terms = [hfen_terms(p[i : i + 16], t[i : i + 16]) for i in range(0, len(p), 16)]
     err, ref = (float(sum(x[j].sum() for x in terms)) for j in (0, 1))
     return {"psnr": 10 * np.log10(peak**2 / mse), "ssim": float(s.mean()), "hfen": (err / ref) ** 0.5}
+
+
+def realism(pred: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: int, axis: int, kind: str) -> dict[str, float]:
+    """The realism/structure/consistency slice means of ``pred`` (normalised by HR's range)."""
+    lo, hi = intensity_range(hr)
+
+    def slices(v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis((v - lo) / (hi - lo), axis, 0)))[:, None].float()
+
+    p, t, low = slices(pred), slices(hr), slices(lr)
+    metric = RealismMetrics(scale, kind)
+    for i in range(0, len(p), 16):
+        idx = torch.arange(i, min(i + 16, len(p)))
+        metric.update(p[idx], t[idx], low[idx], torch.zeros_like(idx), idx)
+    values = metric.compute()
+    return {k: values[k] for k in REALISM if k != "hfen_15"}
 
 
 def crop_inplane(vol: np.ndarray, scale: int, axis: int) -> np.ndarray:
@@ -103,6 +123,8 @@ def evaluate(path: str, scale: int, ckpt: str | None, axis: int, intensity: floa
         "bicubic_psnr": base["psnr"], "bicubic_ssim": base["ssim"],
         "sr_psnr": ours["psnr"], "sr_ssim": ours["ssim"], "gain_db": ours["psnr"] - base["psnr"],
         "bicubic_hfen": base["hfen"], "sr_hfen": ours["hfen"],
+        **{f"sr_{k}": v for k, v in realism(sr, hr, lr, scale, axis, degradation).items()},
+        **{f"bicubic_{k}": v for k, v in realism(bic, hr, lr, scale, axis, degradation).items()},
         "predict_seconds": seconds,
     }
 

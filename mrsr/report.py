@@ -39,6 +39,8 @@ PRESETS: dict[str, str] = {
     "tex_str": "ablation: L_tex + L_str",
     "paper_dc": "paper's losses, data consistency: D(SR) vs LR",
     "spatial": "L1 + L_adv + per-location L_ViT/L_str + L_tex vs HR",
+    "gan": "L1 + L_adv (10 % of L1's gradient)",
+    "gan_feat": "L1 + L_adv + per-location L_ViT/L_str + L_tex vs HR (10 % of L1's gradient each)",
 }
 # The comparison networks (``model=``), in the paper's row order; SRResNet rows are named by loss preset.
 MODELS: dict[str, str] = {
@@ -50,9 +52,14 @@ MODELS: dict[str, str] = {
     "swinir": "SwinIR (Liang 2021)",
 }
 COST = ("params", "ms_per_slice")
-METRICS = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg")
-DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4, "hfen": 4, "psnr_fg": 2, "ssim_fg": 4}
-LABELS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "hfen": "HFEN", "psnr_fg": "PSNR-fg", "ssim_fg": "SSIM-fg"}
+# distortion, then realism/structure/consistency (mrsr.metrics.realism; rows of 0.8+ have them)
+METRICS = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg",
+           "hf_power", "grad_w1", "hfen_07", "edge_f1", "tissue_dice", "redeg")
+DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4, "hfen": 4, "psnr_fg": 2, "ssim_fg": 4,
+          "hf_power": 3, "grad_w1": 4, "hfen_07": 4, "edge_f1": 4, "tissue_dice": 4, "redeg": 4}
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "hfen": "HFEN", "psnr_fg": "PSNR-fg", "ssim_fg": "SSIM-fg",
+          "hf_power": "HF power (log10, 0 best)", "grad_w1": "grad W1", "hfen_07": "HFEN 0.7",
+          "edge_f1": "edge F1", "tissue_dice": "tissue Dice", "redeg": "re-degradation"}
 
 
 class ReportError(Exception):

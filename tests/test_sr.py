@@ -21,7 +21,7 @@ from mrsr.nets.srresnet import SRResNet
 from mrsr.stages import sr as sr_stage
 from mrsr.tasks.train import build_module
 
-PRESETS = ("paper", "paired", "l1", "tex_vit", "str_vit", "vit", "tex_str", "paper_dc", "spatial")
+PRESETS = ("paper", "paired", "l1", "tex_vit", "str_vit", "vit", "tex_str", "paper_dc", "spatial", "gan", "gan_feat")
 SMALL = ("model=srresnet_small", "model.n_blocks=1", "model.n_feats=8", "sr.discriminator.base_channels=4",
          "sr.discriminator.n_layers=2", "sr.ema_decay=0.9")
 
@@ -57,8 +57,8 @@ class DM:
     scale = 2
 
 
-def synthetic_loader(n: int = 8, size: int = 16, scale: int = 2, batch: int = 4) -> DataLoader:
-    g = torch.Generator().manual_seed(0)
+def synthetic_loader(n: int = 8, size: int = 16, scale: int = 2, batch: int = 4, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
     items = []
     for i in range(n):
         hr = torch.rand(1, size, size, generator=g)

@@ -52,3 +52,10 @@ def g_loss(fake_logits: Tensor, kind: str = "nsgan") -> Tensor:
     if kind == "hinge":
         return -fake_logits.mean()
     raise ValueError(kind)
+
+
+def d_accuracy(real_logits: Tensor, fake_logits: Tensor, kind: str = "nsgan") -> Tensor:
+    """The share of samples D classifies right, real and fake weighted equally: a logit above
+    the midpoint of the two targets (0; 0.5 for lsgan, whose targets are 1 and 0) is "real"."""
+    mid = 0.5 if kind == "lsgan" else 0.0
+    return 0.5 * ((real_logits > mid).float().mean() + (fake_logits < mid).float().mean())

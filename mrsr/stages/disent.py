@@ -339,6 +339,8 @@ class DisentExtractor(FrozenExtractor):
     still flow to the input. Codes are returned in float32.
     """
 
+    output_names: tuple[str, ...] = ("z_s", "z_t")  # what forward returns (named in measurements)
+
     def __init__(self, encoder: StructureTextureEncoder, pixel_scale: float | None = None) -> None:
         super().__init__()
         self.encoder = encoder
@@ -354,15 +356,17 @@ class DisentExtractor(FrozenExtractor):
         return z_s.float(), z_t.float()
 
 
-def load_extractor(path: str | Path) -> DisentExtractor:
-    """Rebuild the encoder of a stage-``disent`` checkpoint and return it as a frozen extractor."""
+def load_extractor(path: str | Path, random_init: bool = False) -> DisentExtractor:
+    """Rebuild the encoder of a stage-``disent`` checkpoint and return it as a frozen extractor
+    (``random_init``: the same encoder and pixel scale with fresh weights from the global RNG)."""
     ckpt = load_checkpoint(path, stage="disent")
     meta = ckpt["mrsr"].get("config") or {}
     if not isinstance(meta.get("net"), dict):
         raise CheckpointError(path, "stage-disent checkpoint without its network config")
     try:
         encoder = StructureTextureEncoder(**meta["net"])
-        encoder.load_state_dict(sub_state_dict(ckpt["state_dict"], "encoder"))
+        if not random_init:
+            encoder.load_state_dict(sub_state_dict(ckpt["state_dict"], "encoder"))
     except (RuntimeError, TypeError, ValueError) as err:
         raise CheckpointError(
             path, f"weights do not fit the stored encoder config ({str(err).splitlines()[0][:200]})"

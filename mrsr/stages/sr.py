@@ -7,9 +7,25 @@ compared with) is :class:`mrsr.losses.objective.SRObjective`, built from ``cfg.l
 Budgets count generator updates: G and D share one optimiser (two parameter groups) that
 steps once per batch, so Lightning's ``global_step``, ``sr.max_steps`` and the learning-rate
 schedule count generator updates whatever the preset. This is BasicSR's order: the G loss sees
-D before its update and D sees the fake from G before its update.
+D before its update and D sees the fake from G before its update. The D group has its own
+learning rate and Adam betas when ``sr.d_lr`` / ``sr.d_betas`` are set (null: ``sr.lr`` /
+``sr.betas``); the schedule multiplies both groups' rates by the same factor.
+``sr.d_warmup`` D-only steps come first in a run that has a discriminator (``loss.adv > 0``):
+D learns real HR against ``G(LR)`` of the frozen start generator, with the GAN loss and the
+D parameter group of training, at its base rate ``sr.d_lr``, on batches of the training
+loader (the first epoch's order). They are not generator updates: ``global_step``, the
+schedule, ``sr.max_steps``, G (its buffers too) and its EMA do not move; a resumed run
+(``ckpt_path``) does not repeat them (every checkpoint is written after them).
 ``sr.init_from`` starts the generator (and its EMA) from another stage-``sr`` checkpoint's
-evaluation generator, for the two-phase schedule (L1, then feature/adversarial fine-tuning).
+evaluation generator, for the two-phase schedule (L1, then feature/adversarial fine-tuning),
+where the discriminator starts from scratch: the warm-up lets it catch up before it steers G.
+
+Adversarial and feature weights relative to L1: the terms listed in ``loss.normalise`` are
+rescaled once, at the first generator update, so that each one's gradient on the SR output
+has the norm of the L1-vs-HR loss's gradient there; the configured weight (``loss.adv: 0.1``)
+is then that term's gradient norm as a fraction of L1's (the scales are buffers, saved in
+the checkpoint; :meth:`mrsr.losses.objective.SRObjective.calibrate`). After a D warm-up the
+adversarial scale is measured against the warmed-up D.
 """
 
 from __future__ import annotations
@@ -18,7 +34,8 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +46,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.errors import CheckpointError, ConfigError
-from mrsr.losses.gan import check_gan_loss, d_loss_fake, d_loss_real, g_loss
+from mrsr.losses.gan import check_gan_loss, d_accuracy, d_loss_fake, d_loss_real, g_loss
 from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
-from mrsr.metrics import SUMMARY, SRMetrics
+from mrsr.metrics import REALISM, SUMMARY, RealismMetrics, SRMetrics
 from mrsr.nets import n_params
 from mrsr.ops import upsample
 from mrsr.results import device_label
@@ -77,6 +94,8 @@ def ema_warmup_fn(decay: float):
 class SRModule(StageModule):
     """Manual optimisation, one optimiser step per batch: D loss (real/fake) and G loss (D
     frozen) are back-propagated into their own parameter groups, then one step updates both.
+    The D warm-up (``d_warmup``) runs in :meth:`on_train_start`, before the training loop, so
+    none of its steps is a training step to Lightning.
 
     ``objective`` holds the loss terms and the frozen extractors (kept out of the optimiser and
     out of the checkpoints).
@@ -103,16 +122,25 @@ class SRModule(StageModule):
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
         channels_last: bool = False,
+        d_lr: float | None = None,
+        d_betas: tuple[float, float] | None = None,
+        d_warmup: int = 0,
     ) -> None:
         """``generator``, ``discriminator`` and the extractors are configs (``_target_``) that
         are built here, in this order: generator (then ``init_from``), the extractors the loss
         uses (from their checkpoints), the discriminator when ``loss.adv > 0``. Extractors may
-        also be given as modules."""
+        also be given as modules. ``d_lr`` / ``d_betas`` (None: ``lr`` / ``betas``) and
+        ``d_warmup`` are the discriminator's (module docstring)."""
         generator_cfg, loss_cfg = plain(generator), plain(loss)
+        if int(d_warmup) < 0:
+            raise ConfigError(f"sr.d_warmup={d_warmup} must be >= 0 (discriminator-only steps)")
+        d_lr = float(lr) if d_lr is None else float(d_lr)
+        d_betas = betas if d_betas is None else d_betas
         schedule = {"lr": float(lr), "betas": [float(b) for b in betas], "ema_decay": float(ema_decay),
                     "gan_loss": str(gan_loss), "nan_policy": str(nan_policy), "lr_schedule": str(lr_schedule),
                     "warmup_steps": int(warmup_steps), "channels_last": bool(channels_last), "init_from": init_from,
-                    "discriminator": plain(discriminator)}
+                    "discriminator": plain(discriminator), "d_lr": d_lr,
+                    "d_betas": [float(b) for b in d_betas], "d_warmup": int(d_warmup)}
         data = {"degradation": degradation, "percentile": float(percentile)}  # how predict/eval feed the network
         config = {"model": generator_cfg, "sr": schedule, "loss": loss_cfg, "scale": int(scale), "data": data}
         super().__init__(config=config, scale=int(scale), nan_policy=nan_policy)
@@ -129,6 +157,7 @@ class SRModule(StageModule):
         self.objective = SRObjective(loss_cfg, int(scale), degradation, vit, disent)
         self.gan_loss = check_gan_loss(gan_loss)
         self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
+        self.d_lr, self.d_betas = d_lr, (float(d_betas[0]), float(d_betas[1]))
         if lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"sr.lr_schedule={lr_schedule!r} is unknown: choose {' or '.join(LR_SCHEDULES)}")
         self.lr_schedule, self.warmup_steps = lr_schedule, int(warmup_steps)
@@ -140,6 +169,9 @@ class SRModule(StageModule):
             if not discriminator:
                 raise ConfigError("loss.adv > 0 needs a discriminator (sr.discriminator)")
             self.discriminator = instantiate(discriminator, _convert_="all")
+        self.d_warmup = int(d_warmup) if self.use_d else 0
+        if int(d_warmup) > 0 and not self.use_d:
+            log.info("sr.d_warmup=%d: no discriminator (loss.adv = 0), nothing to warm up", int(d_warmup))
         self.ema_decay = float(ema_decay)
         self.ema: AveragedModel | None = None
         if self.ema_decay > 0:
@@ -147,6 +179,9 @@ class SRModule(StageModule):
             self.ema.requires_grad_(False)
         self.val_sr, self.val_bicubic = SRMetrics(), SRMetrics()
         self.test_sr, self.test_bicubic = SRMetrics(), SRMetrics()
+        # realism, structure and consistency of the test split (results rows only)
+        self.test_realism = nn.ModuleDict({k: RealismMetrics(int(scale), degradation or "bicubic")
+                                           for k in ("sr", "bicubic")})
         self._grid: list[tuple[str, Tensor]] | None = None
         self._infer: list[tuple[float, int]] = []  # (seconds, slices) of each test batch's forward pass
 
@@ -177,7 +212,8 @@ class SRModule(StageModule):
     def configure_optimizers(self):
         groups = [{"params": list(self.generator.parameters()), "name": "G"}]
         if self.use_d:
-            groups.append({"params": list(self.discriminator.parameters()), "name": "D"})
+            groups.append({"params": list(self.discriminator.parameters()), "name": "D", "lr": self.d_lr,
+                           "betas": self.d_betas})
         opt = torch.optim.Adam(groups, lr=self.lr, betas=self.betas)
         if self.lr_schedule == "constant" and self.warmup_steps <= 0:
             return opt
@@ -200,6 +236,61 @@ class SRModule(StageModule):
         self.log_dict({f"train/scale_{k}": self.objective.term_scale[LOSS_KEYS.index(k)]
                        for k in self.objective.normalise if k in terms}, on_step=True)
 
+    def discriminator_pass(self, hr: Tensor, sr: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """D's loss terms on real ``hr`` and fake ``sr`` (detached), back-propagated into D's
+        parameters when finite (D is left frozen), and its accuracy on the batch."""
+        self.discriminator.requires_grad_(True)
+        real, fake = self.discriminator(hr), self.discriminator(sr.detach())
+        terms = {"d_real": d_loss_real(real, self.gan_loss), "d_fake": d_loss_fake(fake, self.gan_loss)}
+        if self.losses_finite(terms):
+            self.manual_backward(terms["d_real"] + terms["d_fake"])
+        self.discriminator.requires_grad_(False)
+        return terms, d_accuracy(real.detach(), fake.detach(), self.gan_loss)
+
+    def on_train_start(self) -> None:
+        steps = self.d_warmup_due()
+        if steps:
+            self.warm_up_discriminator(steps)
+
+    def d_warmup_due(self) -> int:
+        """Discriminator warm-up steps this run makes: ``d_warmup`` before its first generator
+        update, none when it resumes (its checkpoints were all written after the warm-up)."""
+        resumed = self.trainer.ckpt_path is not None or self.global_step > 0
+        return 0 if resumed else self.d_warmup
+
+    def warm_up_discriminator(self, steps: int) -> list[float]:
+        """``steps`` D-only steps on training batches against the frozen start generator (see
+        the module docstring); returns D's accuracy on each batch, before its step."""
+        trainer, opt = self.trainer, self.optimizers()
+        group = next(g for g in opt.param_groups if g["name"] == "D")
+        scheduled, group["lr"] = group["lr"], self.d_lr  # the schedule counts generator updates
+        buffers = [b.detach().clone() for b in self.generator.buffers()]  # BatchNorm statistics
+        accuracy: list[float] = []
+        try:
+            for batch in islice(_repeat(trainer.train_dataloader), steps):
+                lr, hr, _ = trainer.strategy.batch_to_device(batch)
+                lr, hr = self._memory_format(lr), self._memory_format(hr)
+                opt.zero_grad(set_to_none=True)
+                with trainer.precision_plugin.train_step_context():
+                    with torch.no_grad():
+                        sr = self.generator(lr)
+                    _, acc = self.discriminator_pass(hr, sr)
+                # Lightning counts an optimiser step (global_step) only inside training_step
+                if any(p.grad is not None for p in self.discriminator.parameters()):  # a finite D loss
+                    self.step_optimizer(opt, [self.discriminator], "D warm-up")
+                accuracy.append(float(acc))
+        finally:
+            group["lr"] = scheduled
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(self.generator.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+        n = min(10, len(accuracy))
+        if n:
+            log.info("D warm-up: %d steps at lr %.3g, D accuracy %.3f on the first %d batches, %.3f on the last %d",
+                     len(accuracy), self.d_lr, statistics.fmean(accuracy[:n]), n, statistics.fmean(accuracy[-n:]), n)
+        return accuracy
+
     def training_step(self, batch, batch_idx: int) -> None:
         lr, hr, _ = batch
         lr, hr = self._memory_format(lr), self._memory_format(hr)
@@ -208,15 +299,8 @@ class SRModule(StageModule):
         sr = self.generator(lr)
         logged: dict[str, Tensor] = {}
         if self.use_d:
-            self.discriminator.requires_grad_(True)
-            d_terms = {
-                "d_real": d_loss_real(self.discriminator(hr), self.gan_loss),
-                "d_fake": d_loss_fake(self.discriminator(sr.detach()), self.gan_loss),
-            }
-            logged.update(d_terms)
-            if self.losses_finite(d_terms):
-                self.manual_backward(d_terms["d_real"] + d_terms["d_fake"])
-            self.discriminator.requires_grad_(False)
+            d_terms, d_acc = self.discriminator_pass(hr, sr)
+            logged.update(d_terms, d_acc=d_acc)
         terms = self.generator_terms(lr, hr, sr)
         logged.update(terms)
         modules = [self.generator] + ([self.discriminator] if self.use_d else [])
@@ -282,7 +366,10 @@ class SRModule(StageModule):
         self._infer = []
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_sr, self.test_bicubic, timed=True)
+        sr, bic = self._eval_step(batch, self.test_sr, self.test_bicubic, timed=True)
+        lr, hr, meta = batch
+        for name, pred in (("sr", sr), ("bicubic", bic)):
+            self.test_realism[name].update(pred, hr, lr, meta.volume_idx, meta.slice)
 
     def inference_ms_per_slice(self) -> float | None:
         """Forward time of the evaluation generator per test slice (ms): the median over test
@@ -305,12 +392,29 @@ class SRModule(StageModule):
 
     def on_test_epoch_end(self) -> None:
         ours, bic = self._log_metrics("test", self.test_sr, self.test_bicubic)
+        realism = {}
+        for name, metric in self.test_realism.items():  # computed on every rank (it gathers)
+            values = metric.compute() if ours else {}
+            metric.reset()
+            realism[name] = {k: values[k] for k in REALISM if k in values and k != "hfen_15"}  # hfen_15 = hfen
         if not ours or not self.trainer.is_global_zero:
             return
         info = self.run_info()
         cost = {"params": n_params(self.eval_generator), "ms_per_slice": self.inference_ms_per_slice(),
                 "device": device_label(self.device), "precision": str(self.trainer.precision)}
-        self.test_rows = [{"method": "sr", **info, **ours, **cost}, {"method": "bicubic", **info, **bic}]
+        self.test_rows = [{"method": "sr", **info, **ours, **realism["sr"], **cost},
+                          {"method": "bicubic", **info, **bic, **realism["bicubic"]}]
+
+
+def _repeat(loader: Iterable) -> Iterator:
+    """The loader's batches, epoch after epoch (nothing when it is empty)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
 
 
 # -- construction from the config ------------------------------------------------------------

@@ -156,6 +156,8 @@ class ViTExtractor(FrozenExtractor):
     returned in float32 (also under bf16 autocast) so distances are computed at full precision.
     """
 
+    output_names: tuple[str, ...] = ("pooled", "tokens")  # what forward returns (named in measurements)
+
     def __init__(self, net: SliceViT, classes: list[str] | None = None, pixel_scale: float | None = None) -> None:
         super().__init__()
         self.net = net
@@ -176,15 +178,18 @@ class ViTExtractor(FrozenExtractor):
         return pooled.float(), tokens.float()
 
 
-def load_extractor(path: str | Path) -> ViTExtractor:
-    """Rebuild the network of a stage-``vit`` checkpoint and return it as a frozen extractor."""
+def load_extractor(path: str | Path, random_init: bool = False) -> ViTExtractor:
+    """Rebuild the network of a stage-``vit`` checkpoint and return it as a frozen extractor
+    (``random_init``: the same network and pixel scale with fresh weights from the global RNG,
+    the reference of an untrained extractor)."""
     ckpt = load_checkpoint(path, stage="vit")
     meta = ckpt["mrsr"].get("config") or {}
     if not isinstance(meta.get("net"), dict) or not meta.get("classes"):
         raise CheckpointError(path, "stage-vit checkpoint without its network config")
     try:
         net = SliceViT(**meta["net"], num_classes=len(meta["classes"]))
-        net.load_state_dict(sub_state_dict(ckpt["state_dict"], "net"))
+        if not random_init:
+            net.load_state_dict(sub_state_dict(ckpt["state_dict"], "net"))
     except (RuntimeError, TypeError, ConfigError) as err:
         raise CheckpointError(path, f"weights do not fit the stored ViT config ({str(err).splitlines()[0][:200]})") from err
     crop = meta.get("train_crop")

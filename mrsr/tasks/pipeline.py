@@ -226,7 +226,8 @@ def pretrain_cfg(cfg: DictConfig, budget: dict[str, int]) -> DictConfig:
         sub.loss.update({"pixel": 1.0, "adv": 0.0, "vit": 0.0, "str": 0.0, "tex": 0.0,
                          "target": "hr", "features": "pooled", "normalise": []})
         sub.sr.update({"init_from": None, "vit_ckpt": None, "disent_ckpt": None, **budget,
-                       "discriminator": None, "gan_loss": "nsgan"})  # unused without adv: not in the key
+                       "discriminator": None, "gan_loss": "nsgan", "d_lr": None, "d_betas": None,
+                       "d_warmup": 0})  # unused without adv: not in the key
     return sub
 
 

@@ -93,20 +93,32 @@ def log_filter(x: Tensor, sigma: float = LOG_SIGMA, size: int = LOG_SIZE) -> Ten
         return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), k, groups=c)
 
 
-def hfen_terms(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Per image: ||LoG(pred) - LoG(target)||^2 and ||LoG(target)||^2 (float64 sums).
+def log_size(sigma: float) -> int:
+    """Side of the LoG kernel of ``sigma``: the protocol's 15 x 15 at sigma 1.5 scaled with
+    sigma, 2 floor(7 sigma / 1.5 + 0.5) + 1 (15 for sigma 1.5, 7 for 0.7)."""
+    return 2 * math.floor((LOG_SIZE // 2) * sigma / LOG_SIGMA + 0.5) + 1
+
+
+def hfen_terms(
+    pred: Tensor, target: Tensor, sigma: float = LOG_SIGMA, size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per image: ||LoG(pred) - LoG(target)||^2 and ||LoG(target)||^2 (float64 sums), with
+    the ``size`` x ``size`` LoG of ``sigma`` (default: the protocol's sigma 1.5; ``size``
+    by default :func:`log_size`, 15 for the protocol's sigma).
 
     The filter is linear, so the error's response is computed as LoG(pred - target)
     (the same up to rounding, without the cancellation)."""
     n = pred.shape[0]
-    resp = log_filter(torch.cat([pred.float() - target.float(), target.float()])).double()
+    size = log_size(sigma) if size is None else size
+    resp = log_filter(torch.cat([pred.float() - target.float(), target.float()]), sigma, size).double()
     sq = resp.pow(2).flatten(1).sum(1)
     return sq[:n], sq[n:]
 
 
-def hfen(pred: Tensor, target: Tensor) -> Tensor:
-    """HFEN per image: ||LoG(pred) - LoG(target)||_2 / ||LoG(target)||_2 (lower is better)."""
-    err2, y2 = hfen_terms(pred, target)
+def hfen(pred: Tensor, target: Tensor, sigma: float = LOG_SIGMA, size: int | None = None) -> Tensor:
+    """HFEN per image: ||LoG(pred) - LoG(target)||_2 / ||LoG(target)||_2 (lower is better),
+    LoG as in :func:`hfen_terms` (the protocol's HFEN with the defaults)."""
+    err2, y2 = hfen_terms(pred, target, sigma, size)
     return (err2 / y2.clamp_min(1e-12)).sqrt().float()
 
 
