@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 
 from mrsr.data.degrade import degrade, intensity_range, upsample
 from mrsr.data.readers import read_nifti
-from mrsr.metrics import REALISM, RealismMetrics, hfen_terms, ssim
+from mrsr.metrics import RealismMetrics, hfen_terms, ssim
 from mrsr.tasks.predict import predict, write_nifti_atomic
 
 DEFAULT_VOLUMES = ["mrsr/assets/demo/seg3d_T1.nii.gz"]
@@ -83,8 +83,7 @@ def realism(pred: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: int, axis: 
     for i in range(0, len(p), 16):
         idx = torch.arange(i, min(i + 16, len(p)))
         metric.update(p[idx], t[idx], low[idx], torch.zeros_like(idx), idx)
-    values = metric.compute()
-    return {k: values[k] for k in REALISM if k != "hfen_15"}
+    return metric.row()
 
 
 def crop_inplane(vol: np.ndarray, scale: int, axis: int) -> np.ndarray:

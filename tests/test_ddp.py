@@ -22,7 +22,7 @@ import pytest
 STAGES = {
     "vit": ["vit.max_steps=2", "vit.val_check_interval=2", "vit.batch_size=8"],
     "disent": ["disent.max_steps=2", "disent.val_check_interval=2", "disent.batch_size=4"],
-    # manual optimisation: G and D steps both count, so 2 steps = 1 batch
+    # one optimiser step per batch updates G and D: 2 steps = 2 batches = 2 generator updates
     "sr": ["sr.max_steps=2", "sr.val_check_interval=1", "sr.batch_size=4", "sr.train_crop=32",
            "loss=l1", "loss.adv=1e-3"],
 }

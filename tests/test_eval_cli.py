@@ -55,6 +55,9 @@ def test_eval_demo_end_to_end(tmp_path: Path) -> None:
         assert float(csv_rows[0][k]) == pytest.approx(ref[k], rel=1e-6), k
     assert f"{ref['psnr']:.2f}" in proc.stdout
     assert 25 < rows[0]["psnr"] < 45 and 0.8 < rows[0]["ssim"] < 1
+    # realism, structure and consistency: bicubic up-sampling is blur, consistent with its input
+    assert rows[0]["hf_power"] < -0.3 and 0.5 < rows[0]["edge_f1"] < 1 and 0.5 < rows[0]["tissue_dice"] < 1
+    assert 0 < rows[0]["redeg"] < 0.1 and rows[0]["grad_w1"] > 0 and rows[0]["hfen_07"] > rows[0]["hfen"]
     assert not any(cwd.iterdir()), "nothing may be written into the working directory"
 
 

@@ -20,7 +20,7 @@ from mrsr.tasks.pipeline import split_budget, two_phase
 from mrsr.tasks.train import build_module
 from tests.test_sr import SMALL, TinyDisent, TinyViT, synthetic_loader
 
-PRESETS = ("l1", "paired", "paper", "paper_dc", "spatial")
+PRESETS = ("l1", "paired", "paper", "paper_dc", "spatial", "gan", "gan_feat")
 
 
 def _trainer(tmp_path: Path, steps: int, val_every: int | None = None, callbacks=()) -> L.Trainer:

@@ -90,6 +90,8 @@ CRITIC_WIDTHS = (1, 16, 32, 32)  # stride-2 3x3 convolutions, then global mean a
 CRITIC_STEPS, CRITIC_BATCH, CRITIC_LR = 200, 32, 3e-3  # Adam steps, patches per step (half HR)
 
 REALISM = ("hf_power", "grad_w1", "hfen_07", "hfen_15", "redeg", "edge_f1", "tissue_dice")
+# the columns results rows carry (hfen_15 is the protocol's ``hfen``, already a column)
+REALISM_ROW = tuple(k for k in REALISM if k != "hfen_15")
 # True: higher is better, False: lower is better, "zero": closer to 0 is better
 REALISM_HIGHER_IS_BETTER: dict[str, bool | str] = {
     "hf_power": "zero",
@@ -526,6 +528,12 @@ class RealismMetrics(SliceTable):
         where undefined), in (volume, slice) order, for paired bootstraps by slice."""
         table = self._table()
         return {k: table[k] for k in ("vol", "sl", *REALISM)}
+
+    def row(self) -> dict[str, float]:
+        """The :data:`REALISM_ROW` means for a results row (empty without slices); resets."""
+        values = self.compute()
+        self.reset()
+        return {k: values[k] for k in REALISM_ROW if k in values}
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
         table = self._table()

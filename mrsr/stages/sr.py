@@ -48,7 +48,7 @@ from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.gan import check_gan_loss, d_accuracy, d_loss_fake, d_loss_real, g_loss
 from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
-from mrsr.metrics import REALISM, SUMMARY, RealismMetrics, SRMetrics
+from mrsr.metrics import SUMMARY, RealismMetrics, SRMetrics
 from mrsr.nets import n_params
 from mrsr.ops import upsample
 from mrsr.results import device_label
@@ -392,11 +392,7 @@ class SRModule(StageModule):
 
     def on_test_epoch_end(self) -> None:
         ours, bic = self._log_metrics("test", self.test_sr, self.test_bicubic)
-        realism = {}
-        for name, metric in self.test_realism.items():  # computed on every rank (it gathers)
-            values = metric.compute() if ours else {}
-            metric.reset()
-            realism[name] = {k: values[k] for k in REALISM if k in values and k != "hfen_15"}  # hfen_15 = hfen
+        realism = {name: metric.row() for name, metric in self.test_realism.items()}  # on every rank: it gathers
         if not ours or not self.trainer.is_global_zero:
             return
         info = self.run_info()

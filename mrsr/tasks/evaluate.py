@@ -11,7 +11,7 @@ from torch import nn
 
 from mrsr.data.degrade import upsample
 from mrsr.errors import ConfigError
-from mrsr.metrics import SRMetrics
+from mrsr.metrics import RealismMetrics, SRMetrics
 from mrsr.results import print_table, write_results
 from mrsr.tasks.common import build_datamodule, output_dir
 
@@ -34,15 +34,17 @@ def load_model(cfg: DictConfig) -> tuple[nn.Module, str]:
 
 
 @torch.inference_mode()
-def score(model: nn.Module, loader, scale: int, device: torch.device) -> tuple[dict, dict]:
-    """Metrics of ``model`` and of bicubic up-sampling over a loader."""
+def score(model: nn.Module, loader, scale: int, device: torch.device, degradation: str = "bicubic") -> tuple[dict, dict]:
+    """Metrics of ``model`` and of bicubic up-sampling over a loader (distortion and realism)."""
     ours, bicubic = SRMetrics().to(device), SRMetrics().to(device)
+    real = {k: RealismMetrics(scale, degradation).to(device) for k in ("ours", "bicubic")}
     model.eval().to(device)
     for lr, hr, meta in loader:
         lr, hr = lr.to(device), hr.to(device)
-        ours.update(model(lr), hr, meta.volume_idx, meta.slice)
-        bicubic.update(upsample(lr, scale), hr, meta.volume_idx, meta.slice)
-    return ours.compute(), bicubic.compute()
+        for name, metric, pred in (("ours", ours, model(lr)), ("bicubic", bicubic, upsample(lr, scale))):
+            metric.update(pred, hr, meta.volume_idx, meta.slice)
+            real[name].update(pred, hr, lr, meta.volume_idx, meta.slice)
+    return {**ours.compute(), **real["ours"].row()}, {**bicubic.compute(), **real["bicubic"].row()}
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -56,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "the checkpoint was trained on %s LR images, evaluated here on %s ones",
             trained, dm.store.degradation,
         )
-    ours, bicubic = score(model, dm.test_dataloader(), dm.scale, device)
+    ours, bicubic = score(model, dm.test_dataloader(), dm.scale, device, dm.store.degradation)
     info = {"dataset": dm.dataset_name, "scale": dm.scale, "degradation": dm.store.degradation}
     rows = [{"method": name, **info, **ours}]
     if name != "bicubic":
