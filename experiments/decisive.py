@@ -352,11 +352,26 @@ def main() -> None:
             "comparisons": comparisons, "decision": decision}
         per_slice[f"x{scale}"] = values
         log.info("x%d decision: %s", scale, json.dumps(decision))
-    record["wall_s"] = time.time() - started
-    write_result(out / "record.json", record)
-    write_result(out / "per_slice.json", per_slice)
-    (out / "table.md").write_text(render(record))
+        record["wall_s"] = time.time() - started
+        write_records(out, record, per_slice)  # after each scale: a stopped run keeps what it finished
     print(render(record))
+
+
+def write_records(out: Path, record: dict[str, Any], per_slice: dict[str, Any]) -> None:
+    """``record.json``, ``per_slice.json`` (6 significant digits) and ``table.md``."""
+    write_result(out / "record.json", record)
+    (out / "per_slice.json").write_text(json.dumps(_rounded(per_slice), separators=(",", ":")) + "\n")
+    (out / "table.md").write_text(render(record))
+
+
+def _rounded(x: Any) -> Any:
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
 
 
 def render(record: dict[str, Any]) -> str:

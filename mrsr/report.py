@@ -4,7 +4,7 @@
 
 Every ``results.json`` below the folder (a ``stage=sr`` job folder, or the ``sr/`` folder
 of a ``stage=pipeline`` job) is one finished run; the job's ``.hydra`` folder tells its
-loss preset and network. Rows: bicubic, the comparison networks (``model=srcnn``, ``edsr``, ...), the ``l1`` baseline, the default ``paired`` preset, the paper's
+loss preset and network. Rows: bicubic, the comparison networks (``model=srcnn``, ``edsr``, ...), the ``l1`` baseline (the default), the ``paired`` preset, the paper's
 full method and each ablation; columns: scale x PSNR / SSIM / NMSE (and HFEN, PSNR and SSIM
 over the foreground where the results have them), mean ± std over the test volumes
 (``psnr_vol ± psnr_vol_std``, ...); parameter count and inference time per test slice where the
@@ -32,7 +32,7 @@ from mrsr.results import atomic_write_text
 PRESETS: dict[str, str] = {
     "bicubic": "bicubic",
     "l1": "SRResNet, L1 (baseline)",
-    "paired": "paired: L1 + small L_adv/L_ViT/L_str/L_tex vs HR",
+    "paired": "paired: L1 + negligible L_adv/L_ViT/L_str/L_tex vs HR (in effect L1)",
     "paper": "full method: L_adv + L_ViT + L_str + L_tex",
     "tex_vit": "ablation: L_tex + L_ViT",
     "str_vit": "ablation: L_str + L_ViT",
