@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from mrsr.metrics import REALISM_ROW
+from mrsr.metrics import REALISM
 from mrsr.results import atomic_write_text
 
 # Row order and labels (the paper's naming of the loss terms).
@@ -54,7 +54,7 @@ MODELS: dict[str, str] = {
 }
 COST = ("params", "ms_per_slice")
 # realism/structure/consistency (mrsr.metrics.realism; rows of 0.8+ have them)
-METRICS = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg", *REALISM_ROW)
+METRICS = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg", *REALISM)
 DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4, "hfen": 4, "psnr_fg": 2, "ssim_fg": 4,
           "hf_power": 3, "grad_w1": 4, "hfen_07": 4, "edge_f1": 4, "tissue_dice": 4, "redeg": 4}
 LABELS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "hfen": "HFEN", "psnr_fg": "PSNR-fg", "ssim_fg": "SSIM-fg",
@@ -207,7 +207,7 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 if f"{m}_vol" not in row and m not in row:
                     continue  # older results without this metric
                 rec[m] = float(row.get(f"{m}_vol", row.get(m)))
-                if f"{m}_vol_std" in row or m not in REALISM_ROW:  # realism: slice means, no volume std
+                if f"{m}_vol_std" in row or m not in REALISM:  # realism: slice means, no volume std
                     rec[f"{m}_std"] = float(row.get(f"{m}_vol_std", 0.0))
             seeds = by_seed.setdefault(key, {})
             seed = None if method == "bicubic" else _seed(run)
@@ -289,7 +289,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
                   if seeds > 1 else "mean ± std over test volumes")
         devices = sorted({str(r["device"]) for r in group if r.get("device")})
         lines = [f"**{dataset}**, {degradation} degradation ({spread})", ""]
-        if any(m in REALISM_ROW for m in metrics):
+        if any(m in REALISM for m in metrics):
             lines += ["HF power ... re-degradation: realism, structure and consistency (`mrsr.metrics.realism`), "
                       "slice means over the test slices with foreground", ""]
         if cost:

@@ -29,7 +29,6 @@ from mrsr.metrics.distortion import (
 from mrsr.metrics.realism import (
     REALISM,
     REALISM_HIGHER_IS_BETTER,
-    REALISM_ROW,
     RealismMetrics,
     canny_edges,
     canny_thresholds,
@@ -56,7 +55,6 @@ __all__ = [
     "LOG_SIZE",
     "REALISM",
     "REALISM_HIGHER_IS_BETTER",
-    "REALISM_ROW",
     "SUMMARY",
     "RealismMetrics",
     "SRMetrics",

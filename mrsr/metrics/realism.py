@@ -21,10 +21,9 @@ foreground is ``hr > FOREGROUND`` (0.05, as in :mod:`mrsr.metrics.distortion`).
   magnitudes of SR and of HR over the mask (default: the HR foreground), W1 the exact
   1-D Wasserstein-1 distance of two empirical distributions (:func:`wasserstein1`).
   NaN without foreground.
-- ``hfen_07``, ``hfen_15`` (lower is better): the protocol's HFEN
+- ``hfen_07`` (lower is better): the protocol's HFEN
   ||LoG(sr) - LoG(hr)||_2 / ||LoG(hr)||_2 (:func:`mrsr.metrics.distortion.hfen`) with
-  sigma 0.7 on a 7 x 7 kernel and with the protocol's sigma 1.5 on 15 x 15 (``hfen_15`` is
-  the protocol's ``hfen``, bit for bit). The side is the protocol's kernel scaled with
+  sigma 0.7 on a 7 x 7 kernel (the protocol's ``hfen`` is sigma 1.5 on 15 x 15). The side is the protocol's kernel scaled with
   sigma, 2 floor(7 sigma / 1.5 + 0.5) + 1 (:func:`~mrsr.metrics.distortion.log_size`), so
   ``hfen(sr, hr, sigma=0.7)`` is ``hfen_07``.
 - ``redeg`` (:func:`redegradation_error`; lower is better): ||D(sr) - lr||_2 / ||lr||_2 with
@@ -89,15 +88,13 @@ KMEANS_ITERS = 100
 CRITIC_WIDTHS = (1, 16, 32, 32)  # stride-2 3x3 convolutions, then global mean and one logit
 CRITIC_STEPS, CRITIC_BATCH, CRITIC_LR = 200, 32, 3e-3  # Adam steps, patches per step (half HR)
 
-REALISM = ("hf_power", "grad_w1", "hfen_07", "hfen_15", "redeg", "edge_f1", "tissue_dice")
-# the columns results rows carry (hfen_15 is the protocol's ``hfen``, already a column)
-REALISM_ROW = tuple(k for k in REALISM if k != "hfen_15")
+# the per-slice values and results-row columns (the protocol's HFEN at sigma 1.5 is ``hfen`` of SRMetrics)
+REALISM = ("hf_power", "grad_w1", "hfen_07", "redeg", "edge_f1", "tissue_dice")
 # True: higher is better, False: lower is better, "zero": closer to 0 is better
 REALISM_HIGHER_IS_BETTER: dict[str, bool | str] = {
     "hf_power": "zero",
     "grad_w1": False,
     "hfen_07": False,
-    "hfen_15": False,
     "redeg": False,
     "edge_f1": True,
     "tissue_dice": True,
@@ -490,8 +487,7 @@ def realism_values(sr: Tensor, hr: Tensor, lr: Tensor, scale: int, degradation: 
         "hf_power": highband_power_log_ratio(sr, hr, scale),
         "grad_w1": gradient_histogram_distance(sr, hr),
         "hfen_07": hfen(sr, hr, HFEN_FINE_SIGMA).double(),
-        "hfen_15": hfen(sr, hr).double(),  # the protocol's (sigma 1.5, 15 x 15)
-        "redeg": redegradation_error(sr, lr, scale, degradation),
+            "redeg": redegradation_error(sr, lr, scale, degradation),
         "edge_f1": edge_f1(sr, hr),
         "tissue_dice": tissue_dice(sr, hr),
     }
@@ -530,10 +526,10 @@ class RealismMetrics(SliceTable):
         return {k: table[k] for k in ("vol", "sl", *REALISM)}
 
     def row(self) -> dict[str, float]:
-        """The :data:`REALISM_ROW` means for a results row (empty without slices); resets."""
+        """The :data:`REALISM` means for a results row (empty without slices); resets."""
         values = self.compute()
         self.reset()
-        return {k: values[k] for k in REALISM_ROW if k in values}
+        return {k: values[k] for k in REALISM if k in values}
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
         table = self._table()

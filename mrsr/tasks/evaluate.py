@@ -34,17 +34,22 @@ def load_model(cfg: DictConfig) -> tuple[nn.Module, str]:
 
 
 @torch.inference_mode()
-def score(model: nn.Module, loader, scale: int, device: torch.device, degradation: str = "bicubic") -> tuple[dict, dict]:
-    """Metrics of ``model`` and of bicubic up-sampling over a loader (distortion and realism)."""
-    ours, bicubic = SRMetrics().to(device), SRMetrics().to(device)
-    real = {k: RealismMetrics(scale, degradation).to(device) for k in ("ours", "bicubic")}
+def score(model: nn.Module, loader, scale: int, device: torch.device, degradation: str = "bicubic",
+          reference: bool = True) -> tuple[dict, dict]:
+    """Metrics of ``model`` and (``reference``) of bicubic up-sampling over a loader
+    (distortion and realism); ``{}`` for the reference when it is not asked for."""
+    names = ("ours", "bicubic") if reference else ("ours",)
+    metrics = {k: (SRMetrics().to(device), RealismMetrics(scale, degradation).to(device)) for k in names}
     model.eval().to(device)
     for lr, hr, meta in loader:
         lr, hr = lr.to(device), hr.to(device)
-        for name, metric, pred in (("ours", ours, model(lr)), ("bicubic", bicubic, upsample(lr, scale))):
-            metric.update(pred, hr, meta.volume_idx, meta.slice)
-            real[name].update(pred, hr, lr, meta.volume_idx, meta.slice)
-    return {**ours.compute(), **real["ours"].row()}, {**bicubic.compute(), **real["bicubic"].row()}
+        for name in names:
+            pred = model(lr) if name == "ours" else upsample(lr, scale)
+            distortion, realism = metrics[name]
+            distortion.update(pred, hr, meta.volume_idx, meta.slice)
+            realism.update(pred, hr, lr, meta.volume_idx, meta.slice)
+    out = {k: {**d.compute(), **r.row()} for k, (d, r) in metrics.items()}
+    return out["ours"], out.get("bicubic", {})
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -58,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "the checkpoint was trained on %s LR images, evaluated here on %s ones",
             trained, dm.store.degradation,
         )
-    ours, bicubic = score(model, dm.test_dataloader(), dm.scale, device, dm.store.degradation)
+    ours, bicubic = score(model, dm.test_dataloader(), dm.scale, device, dm.store.degradation, reference=name != "bicubic")
     info = {"dataset": dm.dataset_name, "scale": dm.scale, "degradation": dm.store.degradation}
     rows = [{"method": name, **info, **ours}]
     if name != "bicubic":
