@@ -201,13 +201,9 @@ def super_resolve(gen: nn.Module, lr: Tensor, device: torch.device, precision: s
 
 def score(sr: Tensor, hr: Tensor, lr: Tensor, scale: int, kind: str, where: Tensor | None, seed: int) -> dict[str, list]:
     """Per-slice values of every metric (the critic: per held-out patch correctness)."""
-    vals = {
-        "psnr_fg": psnr_fg(sr, hr), "psnr": psnr(sr, hr), "ssim": ssim(sr, hr),
-        "hfen_15": hfen(sr, hr), "hfen_07": rm.hfen(sr, hr, sigma=0.7),
-        "hf_power": rm.highband_power_log_ratio(sr, hr, scale).abs(),
-        "grad_w1": rm.gradient_histogram_distance(sr, hr), "edge_f1": rm.edge_f1(sr, hr),
-        "tissue_dice": rm.tissue_dice(sr, hr), "redeg": rm.redegradation_error(sr, lr, scale, kind),
-    }
+    vals = {"psnr_fg": psnr_fg(sr, hr), "psnr": psnr(sr, hr), "ssim": ssim(sr, hr), "hfen_15": hfen(sr, hr),
+            **rm.realism_values(sr, hr, lr, scale, kind)}
+    vals["hf_power"] = vals["hf_power"].abs()  # scored as the distance from HR's band power
     out = {k: [float(x) for x in v.flatten()] for k, v in vals.items()}
     if where is not None:
         correct = rm.critic_correct(patches(sr, where), patches(hr, where), seed=seed)

@@ -68,7 +68,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -463,17 +463,10 @@ def critic_correct(
     return torch.full((n,), torch.nan, dtype=torch.float64, device=device).index_copy(0, test, right)
 
 
-def critic_accuracy(
-    sr_patches: Tensor,
-    hr_patches: Tensor,
-    steps: int = CRITIC_STEPS,
-    seed: int = 0,
-    batch: int = CRITIC_BATCH,
-    lr: float = CRITIC_LR,
-) -> float:
-    """Held-out accuracy of the fresh critic of :func:`critic_correct` (the NaN-mean of its
-    result): 0.5 = indistinguishable, 1 = always told apart."""
-    return critic_correct(sr_patches, hr_patches, steps, seed, batch, lr).nanmean().item()
+def critic_accuracy(sr_patches: Tensor, hr_patches: Tensor, **kwargs: Any) -> float:
+    """Held-out accuracy of the fresh critic of :func:`critic_correct` (same arguments; the
+    NaN-mean of its result): 0.5 = indistinguishable, 1 = always told apart."""
+    return critic_correct(sr_patches, hr_patches, **kwargs).nanmean().item()
 
 
 # ------------------------------------------------------------------ accumulator
@@ -487,7 +480,7 @@ def realism_values(sr: Tensor, hr: Tensor, lr: Tensor, scale: int, degradation: 
         "hf_power": highband_power_log_ratio(sr, hr, scale),
         "grad_w1": gradient_histogram_distance(sr, hr),
         "hfen_07": hfen(sr, hr, HFEN_FINE_SIGMA).double(),
-            "redeg": redegradation_error(sr, lr, scale, degradation),
+        "redeg": redegradation_error(sr, lr, scale, degradation),
         "edge_f1": edge_f1(sr, hr),
         "tissue_dice": tissue_dice(sr, hr),
     }
