@@ -1,14 +1,17 @@
-"""Helpers shared by the benchmarks: the device's name and the JSON result file."""
+"""Helpers shared by the experiments: the device's name and where results are written (records)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mrsr.records import RECORD, write_record
 from mrsr.results import atomic_write_text
 
 
@@ -25,7 +28,37 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
 
 
-def write_result(path: str | Path, result: dict[str, Any]) -> None:
-    """Write the benchmark's figures as JSON (atomically) and say where."""
-    atomic_write_text(Path(path), json.dumps(result, indent=2) + "\n")
+def write_result(
+    path: str | Path, result: dict[str, Any], config: dict[str, Any] | None = None
+) -> Path:
+    """Write an experiment's figures and say where: into a record when ``path`` is a folder
+    (``records/<date>-<slug>``: ``record.json`` with the command, package version, commit,
+    machine and device; the calling script's docstring is its title and protocol; files already
+    in the folder are listed), as plain JSON when it ends in ``.json`` (caches, scratch)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    else:
+        doc = (sys.modules["__main__"].__doc__ or "").strip()
+        files = (
+            [f.name for f in path.glob("*") if f.is_file() and f.name != RECORD]
+            if path.is_dir()
+            else []
+        )
+        device = result.get("device") or result.get("cpu") or device_name(torch.device("cpu"))
+        path = write_record(
+            path,
+            title=doc.splitlines()[0] if doc else path.name,
+            protocol=doc,
+            metrics=result,
+            config=config,
+            device=str(device),
+            files=files,
+        )
     print(f"wrote {path}")
+    return path
+
+
+def record_folder(slug: str) -> Path:
+    """The default output of an experiment: ``records/<today>-<slug>`` of this checkout."""
+    return Path(__file__).resolve().parents[1] / "records" / f"{dt.date.today().isoformat()}-{slug}"

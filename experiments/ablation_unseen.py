@@ -32,14 +32,27 @@ def main() -> None:
         for item in args.runs:
             name, run = item.split("=", 1)
             run = Path(run)
-            test = next(r for r in json.loads((run / "results.json").read_text()) if r["method"] == "sr")
+            test = next(
+                r for r in json.loads((run / "results.json").read_text()) if r["method"] == "sr"
+            )
             ckpt = json.loads((run / "FINISHED.json").read_text())["best"]
             r = evaluate(args.volume, args.scale, ckpt, 2, 1.0, Path(tmp))
-            row = {"name": name, "run": str(run), "test_psnr_vol": test["psnr_vol"], "test_ssim_vol": test["ssim_vol"],
-                   "test_hfen_vol": test.get("hfen_vol"), "unseen": r}
+            row = {
+                "name": name,
+                "run": str(run),
+                "test_psnr_vol": test["psnr_vol"],
+                "test_ssim_vol": test["ssim_vol"],
+                "test_hfen_vol": test.get("hfen_vol"),
+                "unseen": r,
+            }
             rows.append(row)
-            print(f"{name:<40} test {test['psnr_vol']:.2f} dB / HFEN {test.get('hfen_vol', float('nan')):.4f}; "
-                  f"{r['volume']} {r['sr_psnr']:.2f} dB ({r['gain_db']:+.2f}) / HFEN {r['sr_hfen']:.4f}", flush=True)
+            print(
+                f"{name:<40} test {test['psnr_vol']:.2f} dB / HFEN "
+                f"{test.get('hfen_vol', float('nan')):.4f}; "
+                f"{r['volume']} {r['sr_psnr']:.2f} dB ({r['gain_db']:+.2f}) / HFEN "
+                f"{r['sr_hfen']:.4f}",
+                flush=True,
+            )
     write_result(args.out, {"volume": args.volume, "scale": args.scale, "rows": rows})
 
 

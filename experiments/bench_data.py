@@ -6,7 +6,7 @@ data modules, warms up (volumes read, normalised and degraded once, then cached)
 times training batches (random 96-pixel patches and whole-slice patches) and evaluation
 batches with ``num_workers`` 0 and 2.
 
-    python experiments/bench_data.py --out experiments/results/bench_data.json
+    python experiments/bench_data.py --out records/<date>-bench-data
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _bench import write_result
+from _bench import record_folder, write_result
 
 from mrsr.data.datamodule import DemoDataModule, FastMRIDataModule, IXIDataModule, MRDataModule
 
@@ -28,7 +28,9 @@ from mrsr.data.datamodule import DemoDataModule, FastMRIDataModule, IXIDataModul
 def phantom(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """An ellipsoid head phantom with a few inner structures and noise, scaled to ~1000."""
     rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij", sparse=True)
+    grids = np.meshgrid(
+        *[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij", sparse=True
+    )
     r = sum((g / 0.85) ** 2 for g in grids)
     vol = (r < 1).astype(np.float32) * 0.6
     for _ in range(4):
@@ -44,7 +46,9 @@ def write_ixi(root: Path, n_subjects: int, shape: tuple[int, int, int]) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n_subjects):
-        img = nib.Nifti1Image(phantom(shape, seed=i).astype(np.int16), np.diag([1.0, 1.0, 1.2, 1.0]))
+        img = nib.Nifti1Image(
+            phantom(shape, seed=i).astype(np.int16), np.diag([1.0, 1.0, 1.2, 1.0])
+        )
         nib.save(img, str(root / f"IXI{i + 2:03d}-Guys-{800 + i:04d}-T1.nii.gz"))
     return root
 
@@ -55,7 +59,10 @@ def write_fastmri(root: Path, n_files: int, n_slices: int, size: tuple[int, int]
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n_files):
         with h5py.File(root / f"file{1000 + i}.h5", "w") as f:
-            f.create_dataset("reconstruction_rss", data=(phantom((n_slices, *size), seed=i) / 1e7).astype(np.float32))
+            f.create_dataset(
+                "reconstruction_rss",
+                data=(phantom((n_slices, *size), seed=i) / 1e7).astype(np.float32),
+            )
             f.attrs["acquisition"] = "CORPD_FBK" if i % 2 == 0 else "CORPDFS_FBK"
     return root
 
@@ -81,7 +88,11 @@ def time_loader(loader, min_seconds: float, max_batches: int) -> tuple[float, in
 def bench_module(name: str, make, slice_size: int, args) -> list[dict]:
     rows = []
     for workers in args.workers:
-        for mode, patch in (("train_patch96", 96), (f"train_full{slice_size}", slice_size), ("eval", None)):
+        for mode, patch in (
+            ("train_patch96", 96),
+            (f"train_full{slice_size}", slice_size),
+            ("eval", None),
+        ):
             dm: MRDataModule = make(patch or 96, workers)
             t0 = time.perf_counter()
             dm.setup()
@@ -90,20 +101,33 @@ def bench_module(name: str, make, slice_size: int, args) -> list[dict]:
             pairs_s, n = time_loader(loader, args.seconds, args.max_batches)
             hr_shape = tuple(next(iter(loader))[1].shape[-2:])
             row = {
-                "module": name, "mode": mode, "num_workers": workers, "batch_size": loader.batch_size,
-                "hr_size": list(hr_shape), "pairs_per_s": round(pairs_s, 1), "pairs_timed": n,
+                "module": name,
+                "mode": mode,
+                "num_workers": workers,
+                "batch_size": loader.batch_size,
+                "hr_size": list(hr_shape),
+                "pairs_per_s": round(pairs_s, 1),
+                "pairs_timed": n,
                 "setup_s": round(setup_s, 2),
             }
             rows.append(row)
-            print(f"{name:8s} {mode:16s} workers={workers} hr={hr_shape} batch={loader.batch_size:3d} "
-                  f"{pairs_s:10.0f} pairs/s  (setup {setup_s:.1f} s)", flush=True)
+            print(
+                f"{name:8s} {mode:16s} workers={workers} hr={hr_shape} "
+                f"batch={loader.batch_size:3d} "
+                f"{pairs_s:10.0f} pairs/s  (setup {setup_s:.1f} s)",
+                flush=True,
+            )
             del loader, dm
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="experiments/results/bench_data.json")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", default=str(record_folder("bench-data")), help="record folder (or a .json file)"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per case")
@@ -112,7 +136,11 @@ def main() -> None:
     parser.add_argument("--modules", nargs="+", default=["demo", "ixi", "fastmri"])
     args = parser.parse_args()
     torch.manual_seed(0)
-    common = {"scale": args.scale, "batch_size": args.batch_size, "eval_batch_size": args.batch_size}
+    common = {
+        "scale": args.scale,
+        "batch_size": args.batch_size,
+        "eval_batch_size": args.batch_size,
+    }
 
     rows: list[dict] = []
     load_before = os.getloadavg()
@@ -120,22 +148,30 @@ def main() -> None:
         tmp_path = Path(tmp)
         if "demo" in args.modules:
             rows += bench_module(
-                "demo", lambda p, w: DemoDataModule(patch_size=p, num_workers=w, **common), 160, args
+                "demo",
+                lambda p, w: DemoDataModule(patch_size=p, num_workers=w, **common),
+                160,
+                args,
             )
         if "ixi" in args.modules:
             root = write_ixi(tmp_path / "IXI", 4, (256, 256, 100))
             rows += bench_module(
                 "IXI",
-                lambda p, w: IXIDataModule(root=str(root), split=(2, 1, 1), patch_size=p, num_workers=w, **common),
-                240, args,
+                lambda p, w: IXIDataModule(
+                    root=str(root), split=(2, 1, 1), patch_size=p, num_workers=w, **common
+                ),
+                240,
+                args,
             )
         if "fastmri" in args.modules:
             root = write_fastmri(tmp_path / "fastmri", 4, 24, (320, 320))
             rows += bench_module(
                 "fastMRI",
-                lambda p, w: FastMRIDataModule(root=str(root), split=(2, 1, 1), patch_size=p, num_workers=w,
-                                               **common),
-                320, args,
+                lambda p, w: FastMRIDataModule(
+                    root=str(root), split=(2, 1, 1), patch_size=p, num_workers=w, **common
+                ),
+                320,
+                args,
             )
     result = {
         "scale": args.scale,
@@ -146,7 +182,7 @@ def main() -> None:
         "python": platform.python_version(),
         "rows": rows,
     }
-    write_result(args.out, result)
+    write_result(args.out, result, vars(args))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ after warm-up) and throughput at ``--batch``, plus the model FLOPs per image (co
 with ``torch.utils.flop_counter``) and the achieved FLOP/s. fp32 on CPU, bf16 autocast
 on a GPU (``--precision`` to choose); ``--compile`` adds ``torch.compile``.
 
-    python experiments/bench_inference.py --out experiments/results/bench_inference.json
+    python experiments/bench_inference.py --out records/<date>-bench-inference
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _bench import device_name, write_result
+from _bench import device_name, record_folder, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from mrsr.nets.srresnet import SRResNet
@@ -74,13 +74,19 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     fwd(x)
 
             lat = timed(lambda x=x1: run(x), device, args.warmup, args.iters)
-            thr = timed(lambda x=xb: run(x), device, max(1, args.warmup // 2), max(2, args.iters // 2))
+            thr = timed(
+                lambda x=xb: run(x), device, max(1, args.warmup // 2), max(2, args.iters // 2)
+            )
             latency = statistics.median(lat)
             per_batch = statistics.median(thr)
             row = {
-                "scale": scale, "output": out_size, "input": size,
-                "latency_ms": 1000 * latency, "latency_p90_ms": 1000 * sorted(lat)[int(0.9 * (len(lat) - 1))],
-                "batch": args.batch, "images_per_s": args.batch / per_batch,
+                "scale": scale,
+                "output": out_size,
+                "input": size,
+                "latency_ms": 1000 * latency,
+                "latency_p90_ms": 1000 * sorted(lat)[int(0.9 * (len(lat) - 1))],
+                "batch": args.batch,
+                "images_per_s": args.batch / per_batch,
                 "gflops_per_image": flops / 1e9,
                 "achieved_tflops": flops * args.batch / per_batch / 1e12,
             }
@@ -91,31 +97,46 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"{row['gflops_per_image']:6.1f} GFLOP/image, {row['achieved_tflops']:.3f} TFLOP/s"
             )
     return {
-        "benchmark": "inference", "device": device_name(device), "precision": precision,
-        "compile": bool(args.compile), "model": "SRResNet n_blocks=16 n_feats=64 (paper size)",
-        "torch": torch.__version__, "rows": rows,
+        "benchmark": "inference",
+        "device": device_name(device),
+        "precision": precision,
+        "compile": bool(args.compile),
+        "model": "SRResNet n_blocks=16 n_feats=64 (paper size)",
+        "torch": torch.__version__,
+        "rows": rows,
     }
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
     p.add_argument("--scales", type=int, nargs="+", default=[2, 4])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--batch", type=int, default=None, help="throughput batch (default: 4 CPU, 32 GPU)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="throughput batch (default: 4 CPU, 32 GPU)"
+    )
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile the generator")
-    p.add_argument("--out", type=Path, default=Path("experiments/results/bench_inference.json"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=record_folder("bench-inference"),
+        help="record folder (or a .json file)",
+    )
     args = p.parse_args()
     gpu = args.device.startswith("cuda")
     args.batch = args.batch or (32 if gpu else 4)
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
     args.iters = args.iters or (100 if gpu else 6)
     result = bench(args)
-    print(f"device: {result['device']}, precision {result['precision']}, compile {result['compile']}")
-    write_result(args.out, result)
+    print(
+        f"device: {result['device']}, precision {result['precision']}, compile {result['compile']}"
+    )
+    write_result(args.out, result, vars(args))
 
 
 if __name__ == "__main__":

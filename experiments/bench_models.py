@@ -7,8 +7,8 @@ training step (forward, L1 backward, Adam) at ``--batch`` HR patches of ``--crop
 slices/s. fp32 on a CPU, bf16 autocast on a GPU (``--precision`` to choose). Networks are built
 from their configs exactly as ``model=<name>`` builds them.
 
-    python experiments/bench_models.py --out experiments/results/bench_models_cpu.json
-    python experiments/bench_models.py --presets paper small --out experiments/results/gpu_h200/bench_models_gpu.json
+    python experiments/bench_models.py --out records/<date>-bench-models-cpu
+    python experiments/bench_models.py --presets paper small --out records/<date>-bench-models-gpu
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _bench import device_name, write_result
+from _bench import device_name, record_folder, write_result
 from bench_inference import autocast, flops_per_image, timed
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
+from mrsr.labels import unlabelled
 from mrsr.nets import n_params
 
 FAMILIES = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir", "srresnet")
@@ -32,10 +33,12 @@ FAMILIES = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir", "srresnet")
 def build(name: str, scale: int) -> torch.nn.Module:
     with initialize_config_module(config_module="mrsr.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model={name}", f"scale={scale}"])
-    return instantiate(cfg.model, _convert_="all")
+    return instantiate(unlabelled(cfg.model), _convert_="all")
 
 
-def bench_one(name: str, scale: int, args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, Any]:
+def bench_one(
+    name: str, scale: int, args: argparse.Namespace, device: torch.device, precision: str
+) -> dict[str, Any]:
     torch.manual_seed(0)
     net = build(name, scale).to(device)
     x = torch.rand(1, 1, args.size // scale, args.size // scale, device=device)
@@ -60,11 +63,24 @@ def bench_one(name: str, scale: int, args: argparse.Namespace, device: torch.dev
         opt.step()
 
     per_step = statistics.median(timed(step, device, args.warmup, args.iters))
-    row = {"model": name, "scale": scale, "params_m": n_params(net) / 1e6, "gflops_per_image": flops / 1e9,
-           "output": args.size, "latency_ms": 1000 * latency, "train_batch": args.batch, "train_crop": args.crop,
-           "train_ms_per_step": 1000 * per_step, "train_slices_per_s": args.batch / per_step}
-    print(f"{name:15s} x{scale}: {row['params_m']:8.3f} M params, {row['gflops_per_image']:8.1f} GFLOP/image, "
-          f"{row['latency_ms']:8.1f} ms/image, {row['train_slices_per_s']:8.1f} training slices/s", flush=True)
+    row = {
+        "model": name,
+        "scale": scale,
+        "params_m": n_params(net) / 1e6,
+        "gflops_per_image": flops / 1e9,
+        "output": args.size,
+        "latency_ms": 1000 * latency,
+        "train_batch": args.batch,
+        "train_crop": args.crop,
+        "train_ms_per_step": 1000 * per_step,
+        "train_slices_per_s": args.batch / per_step,
+    }
+    print(
+        f"{name:15s} x{scale}: {row['params_m']:8.3f} M params, "
+        f"{row['gflops_per_image']:8.1f} GFLOP/image, "
+        f"{row['latency_ms']:8.1f} ms/image, {row['train_slices_per_s']:8.1f} training slices/s",
+        flush=True,
+    )
     return row
 
 
@@ -80,19 +96,35 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=96, help="HR training patch")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("experiments/results/bench_models_cpu.json"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=record_folder("bench-models"),
+        help="record folder (or a .json file)",
+    )
     args = p.parse_args()
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    names = [m + ("_small" if preset == "small" else "") for preset in args.presets for m in args.models]
+    names = [
+        m + ("_small" if preset == "small" else "") for preset in args.presets for m in args.models
+    ]
     rows = []
     for name in names:
         for scale in args.scales:
             rows.append(bench_one(name, scale, args, device, precision))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    write_result(args.out, {"benchmark": "models", "device": device_name(device), "precision": precision,
-                            "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows})
+    write_result(
+        args.out,
+        {
+            "benchmark": "models",
+            "device": device_name(device),
+            "precision": precision,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

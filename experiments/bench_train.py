@@ -11,7 +11,7 @@ The SR stage runs ``loss=l1 loss.adv=1e-3`` (generator + discriminator, EMA), as
 feature losses need trained stage-vit/-disent checkpoints; ``--size paper`` uses the
 paper-size networks, ``--size demo`` the CPU-sized ones.
 
-    python experiments/bench_train.py --size paper --out experiments/results/bench_train.json
+    python experiments/bench_train.py --size paper --out records/<date>-bench-train
     python experiments/bench_train.py --precision bf16-mixed --batch 64 --crop 240   # GPU
 """
 
@@ -34,10 +34,9 @@ from omegaconf import open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import device_name, write_result  # noqa: E402
+from _bench import device_name, record_folder, write_result  # noqa: E402
 
-from mrsr.tasks.common import build_datamodule, build_trainer  # noqa: E402
-from mrsr.tasks.train import build_module  # noqa: E402
+from mrsr.building import build_datamodule, build_module, build_trainer  # noqa: E402
 
 SIZES = {
     "paper": {"vit": ["vit=b16"], "disent": ["disent=paper"], "sr": ["model=srresnet"]},
@@ -92,8 +91,14 @@ def compose_cfg(out: Path, overrides: list[str]):
 
 
 def bench_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    overrides = [f"stage={stage}", "callbacks=none", "~logger", f"trainer.precision={args.precision}",
-                 f"trainer.accelerator={args.accelerator}", *SIZES[args.size][stage]]
+    overrides = [
+        f"stage={stage}",
+        "callbacks=none",
+        "~logger",
+        f"trainer.precision={args.precision}",
+        f"trainer.accelerator={args.accelerator}",
+        *SIZES[args.size][stage],
+    ]
     if stage == "sr":
         overrides += ["loss=l1", "loss.adv=1e-3"]
     if args.batch:
@@ -102,9 +107,13 @@ def bench_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, An
         overrides.append(f"data.patch_size={args.crop}")
     # manual-optimisation stages with two optimisers count one step per optimiser
     n_opt = 2 if stage == "disent" else 1
-    overrides += [f"trainer.max_steps={(args.warmup + 1 + args.steps) * n_opt}", "trainer.max_epochs=-1",
-                  "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false",
-                  "+trainer.enable_progress_bar=false"]
+    overrides += [
+        f"trainer.max_steps={(args.warmup + 1 + args.steps) * n_opt}",
+        "trainer.max_epochs=-1",
+        "+trainer.limit_val_batches=0",
+        "+trainer.enable_checkpointing=false",
+        "+trainer.enable_progress_bar=false",
+    ]
     cfg = compose_cfg(out / stage, overrides)
     L.seed_everything(0)
     dm = build_datamodule(cfg)
@@ -122,30 +131,48 @@ def bench_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, An
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     row = {
-        "stage": stage, "batch": batch, "hr_crop": int(cfg.data.patch_size), "scale": int(cfg.scale),
-        "timed_steps": len(timer.times), "s_per_step": per_step, "slices_per_s": batch / per_step,
-        "peak_memory_mib": peak, "trainable_params_m": params / 1e6,
-        "gflops_per_step": timer.flops / 1e9, "achieved_tflops": timer.flops / per_step / 1e12,
+        "stage": stage,
+        "batch": batch,
+        "hr_crop": int(cfg.data.patch_size),
+        "scale": int(cfg.scale),
+        "timed_steps": len(timer.times),
+        "s_per_step": per_step,
+        "slices_per_s": batch / per_step,
+        "peak_memory_mib": peak,
+        "trainable_params_m": params / 1e6,
+        "gflops_per_step": timer.flops / 1e9,
+        "achieved_tflops": timer.flops / per_step / 1e12,
     }
     print(
-        f"{stage:7s} batch {batch:3d} crop {row['hr_crop']:3d}: {row['slices_per_s']:8.2f} slices/s, "
-        f"{per_step * 1000:8.1f} ms/step, peak {peak:7.0f} MiB, {row['gflops_per_step']:8.1f} GFLOP/step, "
+        f"{stage:7s} batch {batch:3d} crop {row['hr_crop']:3d}: "
+        f"{row['slices_per_s']:8.2f} slices/s, "
+        f"{per_step * 1000:8.1f} ms/step, peak {peak:7.0f} MiB, "
+        f"{row['gflops_per_step']:8.1f} GFLOP/step, "
         f"{row['achieved_tflops']:.4f} TFLOP/s"
     )
     return row
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--stages", nargs="+", default=["vit", "disent", "sr"])
     p.add_argument("--size", choices=list(SIZES), default="demo")
     p.add_argument("--precision", default=None, help="32-true | bf16-mixed (default: bf16 on GPU)")
     p.add_argument("--accelerator", default="auto")
-    p.add_argument("--batch", type=int, default=None, help="per-process batch (default: the stage's)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="per-process batch (default: the stage's)"
+    )
     p.add_argument("--crop", type=int, default=None, help="HR training crop (default: the stage's)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("experiments/results/bench_train.json"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=record_folder("bench-train"),
+        help="record folder (or a .json file)",
+    )
     args = p.parse_args()
     gpu = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
     args.precision = args.precision or ("bf16-mixed" if gpu else "32-true")
@@ -154,10 +181,16 @@ def main() -> None:
         for stage in args.stages:
             rows.append(bench_stage(stage, args, Path(tmp)))
     device = torch.device("cuda" if gpu else "cpu")
-    result = {"benchmark": "train", "device": device_name(device), "precision": args.precision,
-              "size": args.size, "torch": torch.__version__, "rows": rows}
+    result = {
+        "benchmark": "train",
+        "device": device_name(device),
+        "precision": args.precision,
+        "size": args.size,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     print(f"device: {result['device']}, precision {args.precision}")
-    write_result(args.out, result)
+    write_result(args.out, result, vars(args))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ maps, residual on bicubic) on a batch of 16 random 96-pixel HR patches, NHWC as 
 it; ``--warmup`` steps, then the median of ``--steps`` timed steps. On a GPU the step runs under
 bf16 autocast (``--precision``).
 
-    python experiments/bench_upsampler.py --out experiments/results/bench_upsampler.json
+    python experiments/bench_upsampler.py --out records/<date>-bench-upsampler
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import device_name, write_result  # noqa: E402
+from _bench import device_name, record_folder, write_result  # noqa: E402
 
 from mrsr.nets.srresnet import SRResNet  # noqa: E402
 from mrsr.nets.upsample import UPSAMPLERS  # noqa: E402
@@ -50,8 +50,11 @@ def time_step(upsampler: str, scale: int, args: argparse.Namespace, device: torc
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
     return {
-        "upsampler": upsampler, "scale": scale, "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-        "s_per_step": step, "slices_per_s": args.batch / step,
+        "upsampler": upsampler,
+        "scale": scale,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "s_per_step": step,
+        "slices_per_s": args.batch / step,
     }
 
 
@@ -62,18 +65,33 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--precision", default="bf16-mixed", help="on a GPU: bf16-mixed | 32-true")
-    p.add_argument("--out", type=Path, default=Path("experiments/results/bench_upsampler.json"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=record_folder("bench-upsampler"),
+        help="record folder (or a .json file)",
+    )
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = [time_step(u, s, args, device) for s in (2, 4) for u in UPSAMPLERS]
     for r in rows:
-        print(f"x{r['scale']} {r['upsampler']:<20} {r['params_m']:.3f} M params  {r['s_per_step'] * 1e3:8.1f} ms/step"
-              f"  {r['slices_per_s']:8.1f} slices/s")
-    write_result(args.out, {
-        "benchmark": "upsampler", "device": device_name(device), "torch": torch.__version__,
-        "precision": args.precision if device.type == "cuda" else "32-true",
-        "batch": args.batch, "hr_crop": args.crop, "rows": rows,
-    })
+        print(
+            f"x{r['scale']} {r['upsampler']:<20} {r['params_m']:.3f} M params  "
+            f"{r['s_per_step'] * 1e3:8.1f} ms/step"
+            f"  {r['slices_per_s']:8.1f} slices/s"
+        )
+    write_result(
+        args.out,
+        {
+            "benchmark": "upsampler",
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "precision": args.precision if device.type == "cuda" else "32-true",
+            "batch": args.batch,
+            "hr_crop": args.crop,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

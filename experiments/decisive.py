@@ -1,12 +1,14 @@
 """The decisive experiment: do the paper's feature terms help? One command, all arms.
 
 The protocol, hypothesis and decision rule are fixed in
-``experiments/results/decisive/PREREGISTRATION.md`` (committed before any run); this script
-runs it and evaluates the rule mechanically.
+``docs/results/decisive-preregistration.md`` (committed before any run); this script
+runs it and evaluates the rule mechanically. ``--out`` holds the runs and caches; the record
+(``record.json``, ``per_slice.json``, ``table.md``) goes to ``--record``
+(default ``records/<date>-decisive-<cpu|gpu>``).
 
-    python experiments/decisive.py --outside mni_t1.nii.gz --out experiments/results/decisive/cpu
-    python experiments/decisive.py --outside mni_t1.nii.gz --out .../gpu --device cuda \\
-        --precision bf16-mixed --start-steps 4000 --arm-steps 2000
+    python experiments/decisive.py --outside mni_t1.nii.gz --out outputs/decisive
+    python experiments/decisive.py --outside mni_t1.nii.gz --out outputs/decisive_gpu \\
+        --device cuda --precision bf16-mixed --start-steps 4000 --arm-steps 2000
 
 Steps (each is skipped when its output exists, so an interrupted run continues):
 1. per scale, the shared L1 start (``stage=sr experiment=demo loss=l1``) and the extractors
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import subprocess
 import sys
 import time
@@ -36,33 +37,44 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from _bench import device_name, write_result
+from _bench import device_name, record_folder, write_result
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
-import mrsr
+from mrsr.building import build_datamodule, build_module
 from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume
 from mrsr.data.readers import read_nifti_canonical
 from mrsr.data.sources import demo_dir
+from mrsr.extractors import load_disent_extractor, load_vit_extractor
 from mrsr.losses.detail_response import detail_response, tile_patches
 from mrsr.metrics import FOREGROUND, hfen, psnr, psnr_fg, ssim
 from mrsr.metrics import realism as rm
 from mrsr.ops import upsample
-from mrsr.stages import disent as disent_stage
-from mrsr.stages import vit as vit_stage
-from mrsr.tasks.common import build_datamodule
-from mrsr.tasks.train import build_module
+from mrsr.records import git_commit, write_record
 
 log = logging.getLogger("decisive")
-PREREGISTRATION = Path(__file__).parent / "results" / "decisive" / "PREREGISTRATION.md"
+PREREGISTRATION = (
+    Path(__file__).resolve().parents[1] / "docs" / "results" / "decisive-preregistration.md"
+)
 ARMS = {"A": "l1", "B": "gan", "C": "gan_feat", "D": "gan_feat"}  # D: random extractors
-ARM_LABELS = {"A": "L1 continued", "B": "L1 + GAN", "C": "L1 + GAN + ViT/str/tex (trained extractors)",
-              "D": "L1 + GAN + ViT/str/tex (random extractors)"}
+ARM_LABELS = {
+    "A": "L1 continued",
+    "B": "L1 + GAN",
+    "C": "L1 + GAN + ViT/str/tex (trained extractors)",
+    "D": "L1 + GAN + ViT/str/tex (random extractors)",
+}
 # metric -> direction: +1 higher is better, -1 lower is better ("hf_power" is scored as |.|)
-REALISM = {"hf_power": -1, "grad_w1": -1, "critic": -1, "hfen_07": -1, "edge_f1": 1, "tissue_dice": 1}
+REALISM = {
+    "hf_power": -1,
+    "grad_w1": -1,
+    "critic": -1,
+    "hfen_07": -1,
+    "edge_f1": 1,
+    "tissue_dice": 1,
+}
 OTHER = {"psnr_fg": 1, "psnr": 1, "ssim": 1, "hfen_15": -1, "redeg": -1}
 DIRECTION = {**REALISM, **OTHER}
 PSNR_GUARD_DB = 0.1
@@ -81,7 +93,8 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
 
 
 def run_stage(folder: Path, overrides: list[str]) -> str:
-    """``python -m mrsr.run <overrides>`` into ``folder`` (skipped when finished); its best checkpoint."""
+    """``python -m mrsr.run <overrides>`` into ``folder`` (skipped when finished); its best
+    checkpoint."""
     finished = folder / "FINISHED.json"
     if not finished.is_file():
         cmd = [sys.executable, "-m", "mrsr.run", *overrides, f"hydra.run.dir={folder}"]
@@ -92,7 +105,7 @@ def run_stage(folder: Path, overrides: list[str]) -> str:
 
 def random_like(kind: str, path: str, seed: int) -> nn.Module:
     """The extractor of checkpoint ``path`` with its architecture but random weights (arm D)."""
-    loader = vit_stage.load_extractor if kind == "vit" else disent_stage.load_extractor
+    loader = load_vit_extractor if kind == "vit" else load_disent_extractor
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return loader(path, random_init=True)
@@ -133,11 +146,27 @@ class PoolBatches(IterableDataset):
 
 
 # ---------------------------------------------------------------------------- one arm
-def fine_tune(arm: str, scale: int, seed: int, start: str, extractors: dict[str, nn.Module], ckpts: dict[str, str],
-              pool: tuple[Tensor, Tensor], args: argparse.Namespace) -> tuple[nn.Module, DictConfig, float]:
+def fine_tune(
+    arm: str,
+    scale: int,
+    seed: int,
+    start: str,
+    extractors: dict[str, nn.Module],
+    ckpts: dict[str, str],
+    pool: tuple[Tensor, Tensor],
+    args: argparse.Namespace,
+) -> tuple[nn.Module, DictConfig, float]:
     """Fit arm ``arm`` from the start; its EMA generator, its config and the fit's seconds."""
-    overrides = ["stage=sr", "experiment=decisive", f"loss={ARMS[arm]}", f"scale={scale}", f"seed={seed}",
-                 f"sr.init_from={start}", f"sr.max_steps={args.arm_steps}", *args.arm_override]
+    overrides = [
+        "stage=sr",
+        "experiment=decisive",
+        f"loss={ARMS[arm]}",
+        f"scale={scale}",
+        f"seed={seed}",
+        f"sr.init_from={start}",
+        f"sr.max_steps={args.arm_steps}",
+        *args.arm_override,
+    ]
     cfg = compose_cfg(overrides)
     L.seed_everything(seed)
     given = {}
@@ -146,9 +175,18 @@ def fine_tune(arm: str, scale: int, seed: int, start: str, extractors: dict[str,
     elif arm == "D":
         given = {k: random_like(k, path, seed) for k, path in ckpts.items()}
     module = build_module(cfg, vit_extractor=given.get("vit"), disent_extractor=given.get("disent"))
-    trainer = L.Trainer(accelerator=args.device, devices=1, precision=args.precision, max_steps=args.arm_steps,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        precision=args.precision,
+        max_steps=args.arm_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     loader = DataLoader(PoolBatches(*pool, int(cfg.sr.batch_size), seed), batch_size=None)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
@@ -168,7 +206,8 @@ def eval_slices(path: str | Path, scale: int) -> Tensor:
 
 
 def critic_locations(hr: Tensor, seed: int = 0) -> Tensor:
-    """Fixed patch corners (slice, top, left) with >= 25 % foreground, PATCHES_PER_SLICE per slice."""
+    """Fixed patch corners (slice, top, left) with >= 25 % foreground, PATCHES_PER_SLICE per
+    slice."""
     g = torch.Generator().manual_seed(seed)
     n, _, h, w = hr.shape
     p = CRITIC_PATCH
@@ -176,7 +215,10 @@ def critic_locations(hr: Tensor, seed: int = 0) -> Tensor:
     for i in range(n):
         found = 0
         for _ in range(50 * PATCHES_PER_SLICE):
-            t, lft = int(torch.randint(0, h - p + 1, (), generator=g)), int(torch.randint(0, w - p + 1, (), generator=g))
+            t, lft = (
+                int(torch.randint(0, h - p + 1, (), generator=g)),
+                int(torch.randint(0, w - p + 1, (), generator=g)),
+            )
             if (hr[i, 0, t : t + p, lft : lft + p] > FOREGROUND).float().mean() >= 0.25:
                 out.append((i, t, lft))
                 found += 1
@@ -194,15 +236,24 @@ def patches(x: Tensor, where: Tensor) -> Tensor:
 def super_resolve(gen: nn.Module, lr: Tensor, device: torch.device, precision: str) -> Tensor:
     out = []
     for chunk in lr.split(8):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16")
+        ):
             out.append(gen(chunk.to(device)).float().clamp(min=0).cpu())
     return torch.cat(out)
 
 
-def score(sr: Tensor, hr: Tensor, lr: Tensor, scale: int, kind: str, where: Tensor | None, seed: int) -> dict[str, list]:
+def score(
+    sr: Tensor, hr: Tensor, lr: Tensor, scale: int, kind: str, where: Tensor | None, seed: int
+) -> dict[str, list]:
     """Per-slice values of every metric (the critic: per held-out patch correctness)."""
-    vals = {"psnr_fg": psnr_fg(sr, hr), "psnr": psnr(sr, hr), "ssim": ssim(sr, hr), "hfen_15": hfen(sr, hr),
-            **rm.realism_values(sr, hr, lr, scale, kind)}
+    vals = {
+        "psnr_fg": psnr_fg(sr, hr),
+        "psnr": psnr(sr, hr),
+        "ssim": ssim(sr, hr),
+        "hfen_15": hfen(sr, hr),
+        **rm.realism_values(sr, hr, lr, scale, kind),
+    }
     vals["hf_power"] = vals["hf_power"].abs()  # scored as the distance from HR's band power
     out = {k: [float(x) for x in v.flatten()] for k, v in vals.items()}
     if where is not None:
@@ -211,7 +262,7 @@ def score(sr: Tensor, hr: Tensor, lr: Tensor, scale: int, kind: str, where: Tens
     return out
 
 
-# ---------------------------------------------------------------------------- statistics and the rule
+# ------------------------------------------------------------------------ statistics and the rule
 def mean_over_seeds(per_seed: list[list[float]]) -> np.ndarray:
     return np.nanmean(np.asarray(per_seed, dtype=np.float64), axis=0)
 
@@ -241,29 +292,36 @@ def wins(comparisons: dict[str, dict], volumes: list[str], pair: str, metrics) -
     return [m for m in metrics if all(comparisons[v][pair][m]["lo"] > 0 for v in volumes)]
 
 
-def decide(comparisons: dict[str, dict], means: dict[str, dict], volumes: list[str]) -> dict[str, Any]:
+def decide(
+    comparisons: dict[str, dict], means: dict[str, dict], volumes: list[str]
+) -> dict[str, Any]:
     """The pre-registered rule at one scale (PREREGISTRATION.md)."""
     h1 = wins(comparisons, volumes, "C-B", REALISM)
     guard = {v: means[v]["C"]["psnr_fg"] - means[v]["B"]["psnr_fg"] for v in volumes}
     h2 = all(g >= -PSNR_GUARD_DB for g in guard.values())
     h3 = wins(comparisons, volumes, "C-D", h1)
     helps = len(h1) >= 2 and h2 and len(h3) >= 2
-    return {"H1_metrics": h1, "H1": len(h1) >= 2, "H2_psnr_fg_C_minus_B": guard, "H2": h2,
-            "H3_metrics": h3, "H3": len(h3) >= 2, "verdict": "the paper's terms help" if helps else "not shown"}
+    return {
+        "H1_metrics": h1,
+        "H1": len(h1) >= 2,
+        "H2_psnr_fg_C_minus_B": guard,
+        "H2": h2,
+        "H3_metrics": h3,
+        "H3": len(h3) >= 2,
+        "verdict": "the paper's terms help" if helps else "not shown",
+    }
 
 
 # ---------------------------------------------------------------------------- main
-def git_commit() -> dict[str, Any]:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--outside", required=True, help="the outside volume (MNI ICBM152 2009a T1)")
-    ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--out", required=True, help="folder of the runs and caches (an interrupted run continues)"
+    )
+    ap.add_argument(
+        "--record", default=None, help="record folder (default: records/<date>-decisive-<cpu|gpu>)"
+    )
     ap.add_argument("--scales", type=int, nargs="+", default=[4, 2])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--arms", nargs="+", default=list(ARMS))
@@ -271,39 +329,84 @@ def main() -> None:
     ap.add_argument("--arm-steps", type=int, default=400)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="32-true")
-    ap.add_argument("--stage-override", nargs="*", default=[], help="extra overrides of the start and extractor runs")
+    ap.add_argument(
+        "--stage-override",
+        nargs="*",
+        default=[],
+        help="extra overrides of the start and extractor runs",
+    )
     ap.add_argument("--arm-override", nargs="*", default=[], help="extra overrides of every arm")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("lightning", "lightning.pytorch", "mrsr"):
         logging.getLogger(name).setLevel(logging.WARNING)
     out, device = Path(args.out), torch.device(args.device)
+    record_dir = (
+        Path(args.record)
+        if args.record
+        else record_folder(f"decisive-{'gpu' if device.type == 'cuda' else 'cpu'}")
+    )
     volumes = {"seg3d": demo_dir() / "seg3d_T1.nii.gz", "outside": Path(args.outside)}
     trainer_args = [f"trainer.accelerator={args.device}", f"trainer.precision={args.precision}"]
     started = time.time()
-    vit_ckpt = run_stage(out / "extractors" / "vit", ["stage=vit", "experiment=decisive", *trainer_args, *args.stage_override])
+    vit_ckpt = run_stage(
+        out / "extractors" / "vit",
+        ["stage=vit", "experiment=decisive", *trainer_args, *args.stage_override],
+    )
     record: dict[str, Any] = {
-        "experiment": "decisive", "preregistration": str(PREREGISTRATION.relative_to(Path(__file__).parent.parent)),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "package_version": mrsr.__version__,
-        **git_commit(), "machine": platform.node(), "device": device_name(device), "torch": torch.__version__,
-        "precision": args.precision, "args": vars(args), "arm_labels": ARM_LABELS, "scales": {},
+        "experiment": "decisive",
+        "preregistration": PREREGISTRATION.relative_to(PREREGISTRATION.parents[2]).as_posix(),
+        "commit": git_commit()[0] or "unknown",
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "precision": args.precision,
+        "args": vars(args),
+        "arm_labels": ARM_LABELS,
+        "scales": {},
     }
     per_slice: dict[str, Any] = {}
     for scale in args.scales:
-        start = run_stage(out / f"start_x{scale}", ["stage=sr", "experiment=demo", "loss=l1", f"scale={scale}", "seed=42",
-                                                    f"sr.max_steps={args.start_steps}", *trainer_args, *args.stage_override])
-        dis_ckpt = run_stage(out / "extractors" / f"disent_x{scale}",
-                             ["stage=disent", "experiment=decisive", f"scale={scale}", *trainer_args, *args.stage_override])
+        start = run_stage(
+            out / f"start_x{scale}",
+            [
+                "stage=sr",
+                "experiment=demo",
+                "loss=l1",
+                f"scale={scale}",
+                "seed=42",
+                f"sr.max_steps={args.start_steps}",
+                *trainer_args,
+                *args.stage_override,
+            ],
+        )
+        dis_ckpt = run_stage(
+            out / "extractors" / f"disent_x{scale}",
+            [
+                "stage=disent",
+                "experiment=decisive",
+                f"scale={scale}",
+                *trainer_args,
+                *args.stage_override,
+            ],
+        )
         ckpts = {"vit": vit_ckpt, "disent": dis_ckpt}
-        extractors = {"vit": vit_stage.load_extractor(vit_ckpt).to(device),
-                      "disent": disent_stage.load_extractor(dis_ckpt).to(device)}
+        extractors = {
+            "vit": load_vit_extractor(vit_ckpt).to(device),
+            "disent": load_disent_extractor(dis_ckpt).to(device),
+        }
         hr = {v: eval_slices(p, scale) for v, p in volumes.items()}
         where = {v: critic_locations(x) for v, x in hr.items()}
         lr = {(v, k): degrade(x, scale, k) for v, x in hr.items() for k in ("bicubic", "kspace")}
         probe = tile_patches(hr["seg3d"], 96, 64).to(device)  # what the SR loss's patches look like
-        response = {name: {"trained": detail_response(e, probe, scale),
-                           "random": detail_response(random_like(name, ckpts[name], 0).to(device), probe, scale)}
-                    for name, e in extractors.items()}
+        response = {
+            name: {
+                "trained": detail_response(e, probe, scale),
+                "random": detail_response(
+                    random_like(name, ckpts[name], 0).to(device), probe, scale
+                ),
+            }
+            for name, e in extractors.items()
+        }
         pool = training_pool(scale, (args.arm_steps + 200) * 16, device)
         values: dict[str, dict] = {}  # "<volume>/<kind>" -> arm -> metric -> [per seed [per slice]]
         fits: dict[str, list[float]] = {}
@@ -313,51 +416,132 @@ def main() -> None:
                 if cache.is_file():
                     res = json.loads(cache.read_text())
                 else:
-                    gen, cfg, secs = fine_tune(arm, scale, seed, start, extractors, ckpts, pool, args)
-                    res = {"fit_s": secs, "config": OmegaConf.to_container(cfg.loss, resolve=True), "scores": {}}
+                    gen, cfg, secs = fine_tune(
+                        arm, scale, seed, start, extractors, ckpts, pool, args
+                    )
+                    res = {
+                        "fit_s": secs,
+                        "config": OmegaConf.to_container(cfg.loss, resolve=True),
+                        "scores": {},
+                    }
                     for v in volumes:
                         for kind in ("bicubic", "kspace"):
                             sr = super_resolve(gen, lr[(v, kind)], device, args.precision)
-                            res["scores"][f"{v}/{kind}"] = score(sr, hr[v], lr[(v, kind)], scale, kind,
-                                                                 where[v] if kind == "bicubic" else None, seed)
+                            res["scores"][f"{v}/{kind}"] = score(
+                                sr,
+                                hr[v],
+                                lr[(v, kind)],
+                                scale,
+                                kind,
+                                where[v] if kind == "bicubic" else None,
+                                seed,
+                            )
                     write_result(cache, res)
                 fits.setdefault(arm, []).append(res["fit_s"])
                 for key, metrics in res["scores"].items():
                     for m, vals in metrics.items():
-                        values.setdefault(key, {}).setdefault(arm, {}).setdefault(m, []).append(vals)
-                log.info("x%d arm %s seed %d: %s", scale, arm, seed,
-                         ", ".join(f"{m} {np.nanmean(res['scores']['seg3d/bicubic'][m]):.4f}" for m in ("psnr_fg", "hf_power", "edge_f1")))
+                        values.setdefault(key, {}).setdefault(arm, {}).setdefault(m, []).append(
+                            vals
+                        )
+                log.info(
+                    "x%d arm %s seed %d: %s",
+                    scale,
+                    arm,
+                    seed,
+                    ", ".join(
+                        f"{m} {np.nanmean(res['scores']['seg3d/bicubic'][m]):.4f}"
+                        for m in ("psnr_fg", "hf_power", "edge_f1")
+                    ),
+                )
         pairs = [("C", "B"), ("C", "D"), ("B", "A"), ("C", "A")]
-        comparisons = {key: {f"{x}-{y}": compare(values[key], x, y) for x, y in pairs if x in values[key] and y in values[key]}
-                       for key in values}
-        means = {key: {arm: {m: float(np.nanmean(mean_over_seeds(v))) for m, v in ms.items()} for arm, ms in arms.items()}
-                 for key, arms in values.items()}
-        spread = {key: {arm: {m: float(np.std([np.nanmean(s) for s in v], ddof=1)) if len(v) > 1 else 0.0
-                              for m, v in ms.items()} for arm, ms in arms.items()} for key, arms in values.items()}
-        bicubic = {f"{v}/{k}": score(upsample(lr[(v, k)], scale), hr[v], lr[(v, k)], scale, k,
-                                     where[v] if k == "bicubic" else None, args.seeds[0])
-                   for v in volumes for k in ("bicubic", "kspace")}
+        comparisons = {
+            key: {
+                f"{x}-{y}": compare(values[key], x, y)
+                for x, y in pairs
+                if x in values[key] and y in values[key]
+            }
+            for key in values
+        }
+        means = {
+            key: {
+                arm: {m: float(np.nanmean(mean_over_seeds(v))) for m, v in ms.items()}
+                for arm, ms in arms.items()
+            }
+            for key, arms in values.items()
+        }
+        spread = {
+            key: {
+                arm: {
+                    m: float(np.std([np.nanmean(s) for s in v], ddof=1)) if len(v) > 1 else 0.0
+                    for m, v in ms.items()
+                }
+                for arm, ms in arms.items()
+            }
+            for key, arms in values.items()
+        }
+        bicubic = {
+            f"{v}/{k}": score(
+                upsample(lr[(v, k)], scale),
+                hr[v],
+                lr[(v, k)],
+                scale,
+                k,
+                where[v] if k == "bicubic" else None,
+                args.seeds[0],
+            )
+            for v in volumes
+            for k in ("bicubic", "kspace")
+        }
         primary = [f"{v}/bicubic" for v in volumes]
-        decision = decide({v: comparisons[v] for v in primary}, {v: means[v] for v in primary}, primary) \
-            if all(a in args.arms for a in ARMS) else None
+        decision = (
+            decide({v: comparisons[v] for v in primary}, {v: means[v] for v in primary}, primary)
+            if all(a in args.arms for a in ARMS)
+            else None
+        )
         record["scales"][f"x{scale}"] = {
-            "start": start, "extractors": {"vit": vit_ckpt, "disent": dis_ckpt}, "detail_response": response,
-            "n_slices": {v: len(x) for v, x in hr.items()}, "n_critic_patches": {v: len(w) for v, w in where.items()},
-            "fit_s": fits, "means": means, "seed_std": spread,
-            "bicubic": {k: {m: float(np.nanmean(v)) for m, v in s.items()} for k, s in bicubic.items()},
-            "comparisons": comparisons, "decision": decision}
+            "start": start,
+            "extractors": {"vit": vit_ckpt, "disent": dis_ckpt},
+            "detail_response": response,
+            "n_slices": {v: len(x) for v, x in hr.items()},
+            "n_critic_patches": {v: len(w) for v, w in where.items()},
+            "fit_s": fits,
+            "means": means,
+            "seed_std": spread,
+            "bicubic": {
+                k: {m: float(np.nanmean(v)) for m, v in s.items()} for k, s in bicubic.items()
+            },
+            "comparisons": comparisons,
+            "decision": decision,
+        }
         per_slice[f"x{scale}"] = values
         log.info("x%d decision: %s", scale, json.dumps(decision))
         record["wall_s"] = time.time() - started
-        write_records(out, record, per_slice)  # after each scale: a stopped run keeps what it finished
+        write_records(
+            record_dir, record, per_slice
+        )  # after each scale: a stopped run keeps what it finished
     print(render(record))
 
 
-def write_records(out: Path, record: dict[str, Any], per_slice: dict[str, Any]) -> None:
-    """``record.json``, ``per_slice.json`` (6 significant digits) and ``table.md``."""
-    write_result(out / "record.json", record)
-    (out / "per_slice.json").write_text(json.dumps(_rounded(per_slice), separators=(",", ":")) + "\n")
-    (out / "table.md").write_text(render(record))
+def write_records(folder: Path, record: dict[str, Any], per_slice: dict[str, Any]) -> None:
+    """The record: ``record.json`` (provenance, the decision and every mean and interval),
+    ``per_slice.json`` (6 significant digits) and ``table.md``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "per_slice.json").write_text(
+        json.dumps(_rounded(per_slice), separators=(",", ":")) + "\n"
+    )
+    (folder / "table.md").write_text(render(record))
+    scales = ", ".join(record["scales"])
+    write_record(
+        folder,
+        title=f"The decisive experiment ({scales}, {record['device']})",
+        protocol=(
+            f"Pre-registered in {record['preregistration']}; this record applies its decision rule."
+        ),
+        metrics={k: v for k, v in record.items() if k not in ("args", "device", "commit")},
+        config=record["args"],
+        device=record["device"],
+        files=["per_slice.json", "table.md"],
+    )
 
 
 def _rounded(x: Any) -> Any:
@@ -372,28 +556,53 @@ def _rounded(x: Any) -> Any:
 
 def render(record: dict[str, Any]) -> str:
     """The record as Markdown: means per arm, the intervals of C-B and C-D, the decision."""
-    lines = [f"# Decisive experiment ({record['device']}, {record['precision']}, commit {record['commit'][:8]})", "",
-             f"Protocol: `{record['preregistration']}`. Command: `{record['command']}`.", ""]
+    lines = [
+        f"# Decisive experiment ({record['device']}, {record['precision']}, "
+        f"commit {record['commit'][:8]})",
+        "",
+        f"Protocol: `{record['preregistration']}`. Command: `{record['command']}`.",
+        "",
+    ]
     cols = ["psnr_fg", "ssim", "hfen_15", *REALISM, "redeg"]
     for scale, s in record["scales"].items():
         for key in s["means"]:
-            lines += [f"## {scale}, {key.replace('/', ', LR by ')} (mean over {len(record['args']['seeds'])} seeds of the "
-                      f"slice means; {s['n_slices'][key.split('/')[0]]} slices)", "",
-                      "| arm | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            lines += [
+                f"## {scale}, {key.replace('/', ', LR by ')} "
+                f"(mean over {len(record['args']['seeds'])} seeds of the "
+                f"slice means; {s['n_slices'][key.split('/')[0]]} slices)",
+                "",
+                "| arm | " + " | ".join(cols) + " |",
+                "|---" * (len(cols) + 1) + "|",
+            ]
             b = s["bicubic"][key]
-            lines.append("| bicubic | " + " | ".join(f"{b.get(c, float('nan')):.4f}" for c in cols) + " |")
+            lines.append(
+                "| bicubic | " + " | ".join(f"{b.get(c, float('nan')):.4f}" for c in cols) + " |"
+            )
             for arm, m in s["means"][key].items():
-                lines.append(f"| {arm}: {record['arm_labels'][arm]} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |")
+                lines.append(
+                    f"| {arm}: {record['arm_labels'][arm]} | "
+                    + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols)
+                    + " |"
+                )
             lines.append("")
             for pair, comp in s["comparisons"][key].items():
-                lines.append(f"- {pair} (positive = {pair[0]} better): " + ", ".join(
-                    f"{m} {c['mean']:+.4g} [{c['lo']:+.4g}, {c['hi']:+.4g}]" for m, c in comp.items()))
+                lines.append(
+                    f"- {pair} (positive = {pair[0]} better): "
+                    + ", ".join(
+                        f"{m} {c['mean']:+.4g} [{c['lo']:+.4g}, {c['hi']:+.4g}]"
+                        for m, c in comp.items()
+                    )
+                )
             lines.append("")
         if s["decision"]:
             d = s["decision"]
-            lines += [f"**{scale} decision: {d['verdict']}** (H1 {d['H1']}: {d['H1_metrics']}; H2 {d['H2']}: "
-                      + ", ".join(f"{k} {v:+.3f} dB" for k, v in d["H2_psnr_fg_C_minus_B"].items())
-                      + f"; H3 {d['H3']}: {d['H3_metrics']})", ""]
+            lines += [
+                f"**{scale} decision: {d['verdict']}** "
+                f"(H1 {d['H1']}: {d['H1_metrics']}; H2 {d['H2']}: "
+                + ", ".join(f"{k} {v:+.3f} dB" for k, v in d["H2_psnr_fg_C_minus_B"].items())
+                + f"; H3 {d['H3']}: {d['H3_metrics']})",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 

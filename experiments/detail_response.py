@@ -22,13 +22,18 @@ from _bench import write_result
 from torch import nn
 
 from mrsr.checkpoint import load_checkpoint
+from mrsr.extractors import load_disent_extractor, load_vit_extractor
 from mrsr.losses.detail_response import LOWPASSES, demo_patches, detail_response
-from mrsr.stages import disent, vit
 
-STAGES: dict[str, Callable[..., nn.Module]] = {"vit": vit.load_extractor, "disent": disent.load_extractor}
+STAGES: dict[str, Callable[..., nn.Module]] = {
+    "vit": load_vit_extractor,
+    "disent": load_disent_extractor,
+}
 
 
-def measure(stage: str, path: str, hr: torch.Tensor, scales: list[int], seed: int) -> dict[str, Any]:
+def measure(
+    stage: str, path: str, hr: torch.Tensor, scales: list[int], seed: int
+) -> dict[str, Any]:
     """Responses of the checkpoint's extractor and of a random one (same net, same pixel scale)."""
     ext = STAGES[stage](path)
     ckpt = load_checkpoint(path, stage=stage)
@@ -40,7 +45,9 @@ def measure(stage: str, path: str, hr: torch.Tensor, scales: list[int], seed: in
         "global_step": ckpt.get("global_step"),
         "pixel_scale": ext.pixel_scale,
         "input_size": list(ext.input_size(*hr.shape[-2:]) or ()),
-        "config": {k: meta.get(k) for k in ("train_crop", "mim_weight", "lr_views", "scale") if k in meta},
+        "config": {
+            k: meta.get(k) for k in ("train_crop", "mim_weight", "lr_views", "scale") if k in meta
+        },
         "trained": {f"x{s}": detail_response(ext, hr, s) for s in scales},
         "random": {f"x{s}": detail_response(rand, hr, s) for s in scales},
     }
@@ -53,7 +60,9 @@ def summary(response: dict[str, float]) -> str:
 
 def labelled(items: list[str]) -> dict[str, str]:
     """``LABEL=PATH`` arguments as a dict (a bare path is labelled by its position)."""
-    return dict(item.split("=", 1) if "=" in item else (str(i), item) for i, item in enumerate(items))
+    return dict(
+        item.split("=", 1) if "=" in item else (str(i), item) for i, item in enumerate(items)
+    )
 
 
 def main() -> None:
@@ -68,7 +77,11 @@ def main() -> None:
     args = ap.parse_args()
     hr = demo_patches(args.patches, args.size)
     result: dict[str, Any] = {
-        "patches": {"n": args.patches, "size": args.size, "subject": "seg3d T1 (demo test subject)"},
+        "patches": {
+            "n": args.patches,
+            "size": args.size,
+            "subject": "seg3d T1 (demo test subject)",
+        },
         "lowpasses": list(LOWPASSES),
         "seed": args.seed,
         "command": " ".join(["python", *sys.argv]),
@@ -77,7 +90,10 @@ def main() -> None:
         "pixels": {f"x{s}": detail_response(nn.Flatten(), hr, s) for s in args.scales},
     }
     for stage in STAGES:
-        runs = {label: measure(stage, path, hr, args.scales, args.seed) for label, path in labelled(getattr(args, stage)).items()}
+        runs = {
+            label: measure(stage, path, hr, args.scales, args.seed)
+            for label, path in labelled(getattr(args, stage)).items()
+        }
         if runs:
             result[stage] = runs
         for label, run in runs.items():

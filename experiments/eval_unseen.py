@@ -38,8 +38,9 @@ from omegaconf import OmegaConf
 
 from mrsr.data.degrade import degrade, intensity_range, upsample
 from mrsr.data.readers import read_nifti
+from mrsr.inference import write_nifti_atomic
 from mrsr.metrics import RealismMetrics, hfen_terms, ssim
-from mrsr.tasks.predict import predict, write_nifti_atomic
+from mrsr.tasks.predict import predict
 
 DEFAULT_VOLUMES = ["mrsr/assets/demo/seg3d_T1.nii.gz"]
 
@@ -52,7 +53,8 @@ def _per_slice(fn, vol: np.ndarray, axis: int) -> np.ndarray:
 
 def degrade_volume(hr: np.ndarray, scale: int, axis: int, kind: str = "bicubic") -> np.ndarray:
     """The package's down-sampling of every slice (``bicubic``: antialiased, the bundled models'
-    training degradation; ``kspace``: central k-space truncation, one they never saw), clamped at 0."""
+    training degradation; ``kspace``: central k-space truncation, one they never saw), clamped
+    at 0."""
     return _per_slice(lambda x: degrade(x, scale, kind), hr, axis)
 
 
@@ -65,18 +67,28 @@ def score(pred: np.ndarray, hr: np.ndarray, axis: int) -> dict[str, float]:
     mse = float(np.mean((pred.astype(np.float64) - hr) ** 2))
     p = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pred, axis, 0)))[:, None].float()
     t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(hr, axis, 0)))[:, None].float()
-    s = torch.cat([ssim(p[i : i + 16], t[i : i + 16], data_range=peak) for i in range(0, len(p), 16)])
+    s = torch.cat(
+        [ssim(p[i : i + 16], t[i : i + 16], data_range=peak) for i in range(0, len(p), 16)]
+    )
     terms = [hfen_terms(p[i : i + 16], t[i : i + 16]) for i in range(0, len(p), 16)]
     err, ref = (float(sum(x[j].sum() for x in terms)) for j in (0, 1))
-    return {"psnr": 10 * np.log10(peak**2 / mse), "ssim": float(s.mean()), "hfen": (err / ref) ** 0.5}
+    return {
+        "psnr": 10 * np.log10(peak**2 / mse),
+        "ssim": float(s.mean()),
+        "hfen": (err / ref) ** 0.5,
+    }
 
 
-def realism(pred: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: int, axis: int, kind: str) -> dict[str, float]:
+def realism(
+    pred: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: int, axis: int, kind: str
+) -> dict[str, float]:
     """The realism/structure/consistency slice means of ``pred`` (normalised by HR's range)."""
     lo, hi = intensity_range(hr)
 
     def slices(v: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis((v - lo) / (hi - lo), axis, 0)))[:, None].float()
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis((v - lo) / (hi - lo), axis, 0)))[
+            :, None
+        ].float()
 
     p, t, low = slices(pred), slices(hr), slices(lr)
     metric = RealismMetrics(scale, kind)
@@ -96,18 +108,31 @@ def crop_inplane(vol: np.ndarray, scale: int, axis: int) -> np.ndarray:
     return vol[tuple(index)]
 
 
-def evaluate(path: str, scale: int, ckpt: str | None, axis: int, intensity: float, tmp: Path,
-             degradation: str = "bicubic") -> dict:
+def evaluate(
+    path: str,
+    scale: int,
+    ckpt: str | None,
+    axis: int,
+    intensity: float,
+    tmp: Path,
+    degradation: str = "bicubic",
+) -> dict:
     vol = read_nifti(path)
     hr = crop_inplane(vol.data * np.float32(intensity), scale, axis)
     lr = degrade_volume(hr, scale, axis, degradation)
     lr_path, sr_path = tmp / "lr.nii.gz", tmp / "sr.nii.gz"
     sr_path.unlink(missing_ok=True)
     write_nifti_atomic(lr_path, lr, vol.affine)
-    cfg = OmegaConf.create({
-        "ckpt": ckpt, "scale": scale, "input": str(lr_path), "output": str(sr_path), "overwrite": True,
-        "predict": {"axis": axis, "batch_size": 8, "tile": 256, "overlap": 16},
-    })
+    cfg = OmegaConf.create(
+        {
+            "ckpt": ckpt,
+            "scale": scale,
+            "input": str(lr_path),
+            "output": str(sr_path),
+            "overwrite": True,
+            "predict": {"axis": axis, "batch_size": 8, "tile": 256, "overlap": 16},
+        }
+    )
     t0 = time.perf_counter()
     predict(cfg)
     seconds = time.perf_counter() - t0
@@ -117,11 +142,20 @@ def evaluate(path: str, scale: int, ckpt: str | None, axis: int, intensity: floa
     bic = bicubic_volume(lr, scale, axis)
     ours, base = score(sr, hr, axis), score(bic, hr, axis)
     return {
-        "volume": Path(path).name, "scale": scale, "axis": axis, "intensity": intensity, "degradation": degradation,
-        "shape": list(hr.shape), "hr_max": float(hr.max()),
-        "bicubic_psnr": base["psnr"], "bicubic_ssim": base["ssim"],
-        "sr_psnr": ours["psnr"], "sr_ssim": ours["ssim"], "gain_db": ours["psnr"] - base["psnr"],
-        "bicubic_hfen": base["hfen"], "sr_hfen": ours["hfen"],
+        "volume": Path(path).name,
+        "scale": scale,
+        "axis": axis,
+        "intensity": intensity,
+        "degradation": degradation,
+        "shape": list(hr.shape),
+        "hr_max": float(hr.max()),
+        "bicubic_psnr": base["psnr"],
+        "bicubic_ssim": base["ssim"],
+        "sr_psnr": ours["psnr"],
+        "sr_ssim": ours["ssim"],
+        "gain_db": ours["psnr"] - base["psnr"],
+        "bicubic_hfen": base["hfen"],
+        "sr_hfen": ours["hfen"],
         **{f"sr_{k}": v for k, v in realism(sr, hr, lr, scale, axis, degradation).items()},
         **{f"bicubic_{k}": v for k, v in realism(bic, hr, lr, scale, axis, degradation).items()},
         "predict_seconds": seconds,
@@ -135,9 +169,18 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help="stage-sr checkpoint (default: the bundled model)")
     ap.add_argument("--axis", type=int, nargs="+", default=[2])
     ap.add_argument("--intensity", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--degradation", nargs="+", default=["bicubic"], choices=["bicubic", "kspace"],
-                    help="how the LR input is made (kspace: an operator the bundled models were not trained on)")
-    ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    ap.add_argument(
+        "--degradation",
+        nargs="+",
+        default=["bicubic"],
+        choices=["bicubic", "kspace"],
+        help=(
+            "how the LR input is made (kspace: an operator the bundled models were not trained on)"
+        ),
+    )
+    ap.add_argument(
+        "--out", default=None, help="record folder or .json file to write (default: print only)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
@@ -148,10 +191,14 @@ def main() -> None:
                     r = evaluate(path, args.scale, args.ckpt, axis, f, Path(tmp), kind)
                     rows.append(r)
                     print(
-                        f"{r['volume']:<40} x{args.scale} {kind:<7} axis {axis} intensity x{f:g}: bicubic "
-                        f"{r['bicubic_psnr']:.2f} dB / {r['bicubic_ssim']:.4f}, SR {r['sr_psnr']:.2f} dB / "
-                        f"{r['sr_ssim']:.4f} ({r['gain_db']:+.2f} dB), HFEN {r['bicubic_hfen']:.4f} -> "
-                        f"{r['sr_hfen']:.4f}", flush=True,
+                        f"{r['volume']:<40} x{args.scale} {kind:<7} axis {axis} "
+                        f"intensity x{f:g}: bicubic "
+                        f"{r['bicubic_psnr']:.2f} dB / {r['bicubic_ssim']:.4f}, "
+                        f"SR {r['sr_psnr']:.2f} dB / "
+                        f"{r['sr_ssim']:.4f} ({r['gain_db']:+.2f} dB), "
+                        f"HFEN {r['bicubic_hfen']:.4f} -> "
+                        f"{r['sr_hfen']:.4f}",
+                        flush=True,
                     )
     gains = [r["gain_db"] for r in rows]
     print(f"mean gain {np.mean(gains):+.2f} dB over {len(rows)} volume(s)/setting(s)")

@@ -21,11 +21,11 @@ from _bench import write_result
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from mrsr.building import build_datamodule
+from mrsr.extractors import load_disent_extractor as load_disent
+from mrsr.extractors import load_vit_extractor as load_vit
 from mrsr.losses.objective import SRObjective
-from mrsr.stages.disent import load_extractor as load_disent
 from mrsr.stages.sr import load_generator
-from mrsr.stages.vit import load_extractor as load_vit
-from mrsr.tasks.common import build_datamodule
 
 
 def grad_norm_on(x: torch.Tensor):
@@ -54,8 +54,14 @@ def main() -> None:
     dm.setup("fit")
     gen = load_generator(args.sr, scale=int(cfg.scale))
     vit, dis = load_vit(args.vit), load_disent(args.disent)
-    base = OmegaConf.to_container(cfg.loss, resolve=True) | {"pixel": 0.0, "adv": 0.0, "vit": 1.0, "str": 1.0,
-                                                               "tex": 1.0, "normalise": []}
+    base = OmegaConf.to_container(cfg.loss, resolve=True) | {
+        "pixel": 0.0,
+        "adv": 0.0,
+        "vit": 1.0,
+        "str": 1.0,
+        "tex": 1.0,
+        "normalise": [],
+    }
     norms: dict[str, list[float]] = {}
     for i, (lr, hr, _) in enumerate(dm.train_dataloader()):
         if i >= args.batches:
@@ -65,18 +71,35 @@ def main() -> None:
         norms.setdefault("pixel L1 vs HR", []).append(gnorm(torch.nn.functional.l1_loss(sr, hr)))
         for target in ("hr", "lr", "dc"):
             for mode in ("pooled", "spatial"):
-                obj = SRObjective({**base, "target": target, "features": mode}, int(cfg.scale),
-                                  dm.store.degradation, vit, dis)
+                obj = SRObjective(
+                    {**base, "target": target, "features": mode},
+                    int(cfg.scale),
+                    dm.store.degradation,
+                    vit,
+                    dis,
+                )
                 for k, v in obj.terms(lr, hr, sr).items():
                     if k != "pixel":
                         norms.setdefault(f"{k} target={target} {mode}", []).append(gnorm(v))
     ref = statistics.mean(norms["pixel L1 vs HR"])
-    rows = [{"term": k, "grad_norm": statistics.mean(v), "ratio_to_l1": statistics.mean(v) / ref} for k, v in norms.items()]
+    rows = [
+        {"term": k, "grad_norm": statistics.mean(v), "ratio_to_l1": statistics.mean(v) / ref}
+        for k, v in norms.items()
+    ]
     for r in rows:
         print(f"{r['term']:<28} {r['grad_norm']:.3e}  x{r['ratio_to_l1']:.2e} of L1")
     if args.out:
-        write_result(args.out, {"sr": args.sr, "vit": args.vit, "disent": args.disent, "batches": args.batches,
-                                "overrides": args.overrides, "rows": rows})
+        write_result(
+            args.out,
+            {
+                "sr": args.sr,
+                "vit": args.vit,
+                "disent": args.disent,
+                "batches": args.batches,
+                "overrides": args.overrides,
+                "rows": rows,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 Each volume (default: the embedded demo volumes) is made into ``--spacing`` mm slices along
 ``axis`` with ``throughplane_eval.plain_thick`` (the mean of each group of slices, or a sampled
 Gaussian of FWHM = spacing: not the stage's own operator), normalised as the stage does, and
-:func:`mrsr.data.profile_estimate.estimate_profile` is run with the width free and with the
+:func:`mrsr.isotropic.estimate.estimate_profile` is run with the width free and with the
 thickness given. No network is trained.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from throughplane_eval import DEFAULT_VOLUMES, plain_thick
 
-from mrsr.data.profile_estimate import estimate_profile
 from mrsr.data.readers import read_nifti
-from mrsr.tasks.throughplane import normalised_scan
+from mrsr.isotropic.estimate import estimate_profile
+from mrsr.isotropic.restore import normalised_scan
 
 
 def check(spec: str, spacing: float) -> list[dict]:
@@ -37,10 +37,20 @@ def check(spec: str, spacing: float) -> list[dict]:
         norm = normalised_scan(plain_thick(ref, r, kind), 0)[0]
         free = estimate_profile(norm, inplane, spacing)
         given = estimate_profile(norm, inplane, spacing, thickness=spacing)
-        rows.append({"volume": Path(path).name, "axis": axis, "slices_made_by": f"{kind} of {spacing:g} mm",
-                     "estimate": free.record(), "thickness_given": given.record()})
-        print(f"{Path(path).name:<22} {kind:<8} -> {free.describe()}; thickness given: {given.describe()}",
-              flush=True)
+        rows.append(
+            {
+                "volume": Path(path).name,
+                "axis": axis,
+                "slices_made_by": f"{kind} of {spacing:g} mm",
+                "estimate": free.record(),
+                "thickness_given": given.record(),
+            }
+        )
+        print(
+            f"{Path(path).name:<22} {kind:<8} -> {free.describe()}; "
+            f"thickness given: {given.describe()}",
+            flush=True,
+        )
     return rows
 
 
@@ -52,7 +62,9 @@ def main() -> None:
     args = ap.parse_args()
     rows = [row for spec in args.volumes for row in check(spec, args.spacing)]
     if args.out:
-        Path(args.out).write_text(json.dumps({"spacing_mm": args.spacing, "rows": rows}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"spacing_mm": args.spacing, "rows": rows}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from mrsr.records import load_records, render_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = Path("docs/results/records")
-MARKED = re.compile(r"(<!-- record-table: (?P<slug>[\w-]+) -->\n)(?P<body>.*?)(<!-- /record-table -->)", re.S)
+MARKED = re.compile(
+    r"(<!-- record-table: (?P<slug>[\w-]+) -->\n)(?P<body>.*?)(<!-- /record-table -->)", re.S
+)
 INLINE_METRICS = 20_000  # characters of metrics JSON shown on a record's page; larger: see the file
 
 
@@ -34,12 +36,24 @@ def page(record: dict) -> str:
     """One record's documentation page."""
     slug = record["slug"]
     commit = record["commit"] or "not recorded"
-    rows = [("date", record["date"]), ("command", _code(record["command"])),
-            ("package version", record["package_version"] or "not recorded"),
-            ("commit", f"`{commit}`" + (" (with uncommitted changes)" if record.get("dirty") else "")),
-            ("machine", record["machine"] or "not recorded"), ("device", record["device"] or "not recorded")]
-    out = [f"# {record['title']}", "", f"Record `records/{slug}/record.json`.", "",
-           "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    rows = [
+        ("date", record["date"]),
+        ("command", _code(record["command"])),
+        ("package version", record["package_version"] or "not recorded"),
+        ("commit", f"`{commit}`" + (" (with uncommitted changes)" if record.get("dirty") else "")),
+        ("machine", record["machine"] or "not recorded"),
+        ("device", record["device"] or "not recorded"),
+    ]
+    out = [
+        f"# {record['title']}",
+        "",
+        f"Record `records/{slug}/record.json`.",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in rows],
+        "",
+    ]
     out += ["## Protocol", "", str(record["protocol"] or "not recorded"), ""]
     if record.get("note"):
         out += [f"*{record['note']}*", ""]
@@ -51,9 +65,15 @@ def page(record: dict) -> str:
         out += ["## Config", "", "```json", json.dumps(record["config"], indent=1), "```", ""]
     metrics = json.dumps(record["metrics"], indent=1)
     out += ["## Metrics", ""]
-    out += (["```json", metrics, "```"] if len(metrics) <= INLINE_METRICS
-            else [f"{len(metrics):,} characters: see `records/{slug}/record.json` (keys: "
-                  + ", ".join(f"`{k}`" for k in record["metrics"]) + ")."])
+    out += (
+        ["```json", metrics, "```"]
+        if len(metrics) <= INLINE_METRICS
+        else [
+            f"{len(metrics):,} characters: see `records/{slug}/record.json` (keys: "
+            + ", ".join(f"`{k}`" for k in record["metrics"])
+            + ")."
+        ]
+    )
     return "\n".join(out) + "\n"
 
 
@@ -65,19 +85,29 @@ def _code(command: object) -> str:
 
 
 def index(records: list[dict]) -> str:
-    lines = ["# Records", "",
-             "Every committed result, newest first: a folder `records/<date>-<slug>/` with `record.json` "
-             "(command, package version, commit, config, machine, device, metrics) and its tables and figures. "
-             "These pages are rendered from the records by `python experiments/render_records.py`.", "",
-             "| date | record | device | commit |", "|---|---|---|---|"]
+    lines = [
+        "# Records",
+        "",
+        "Every committed result, newest first: "
+        "a folder `records/<date>-<slug>/` with `record.json` "
+        "(command, package version, commit, config, machine, device, metrics) "
+        "and its tables and figures. "
+        "These pages are rendered from the records by `python experiments/render_records.py`.",
+        "",
+        "| date | record | device | commit |",
+        "|---|---|---|---|",
+    ]
     for r in records:
         commit = f"`{r['commit'][:8]}`" if r["commit"] else "—"
-        lines.append(f"| {r['date']} | [{r['title']}]({r['slug']}.md) | {r['device'] or '—'} | {commit} |")
+        lines.append(
+            f"| {r['date']} | [{r['title']}]({r['slug']}.md) | {r['device'] or '—'} | {commit} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def fill_tables(text: str, by_slug: dict[str, dict], where: Path) -> str:
     """``text`` with every marked table replaced by its record's table."""
+
     def fill(m: re.Match) -> str:
         slug = m["slug"]
         if slug not in by_slug:
@@ -108,11 +138,16 @@ def main() -> int:
     args = ap.parse_args()
     wanted = outputs()
     stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
-    orphans = [p for p in (ROOT / PAGES).glob("*.md") if p not in wanted]  # pages of removed records
+    orphans = [
+        p for p in (ROOT / PAGES).glob("*.md") if p not in wanted
+    ]  # pages of removed records
     names = [p.relative_to(ROOT).as_posix() for p in stale + orphans]
     if args.check:
         if names:
-            print("out of date (run python experiments/render_records.py): " + ", ".join(names), file=sys.stderr)
+            print(
+                "out of date (run python experiments/render_records.py): " + ", ".join(names),
+                file=sys.stderr,
+            )
             return 1
         print("records, pages and tables agree")
         return 0

@@ -10,8 +10,8 @@ along the thick axis are scored against the reference over the whole volume, as
 on the slices that cut across the thick axis). The network never sees the reference: it
 learns from the thick scan's own in-plane slices.
 
-    python experiments/throughplane_eval.py [VOLUME[:axis] ...] [--pad 256 256 160] [--orientations] \
-        [--out experiments/results/throughplane/x.json] [-- trainer.max_steps=600 ...]
+    python experiments/throughplane_eval.py [VOLUME[:axis] ...] [--pad 256 256 160] \
+        [--orientations] [--out records/<date>-throughplane-x] [-- trainer.max_steps=600 ...]
 
 ``--pad`` zero-pads each reference (centred) first: the timing case of a 256 x 256 x 40 scan
 at 1 x 1 x 4 mm. ``--true-profile boxcar`` simulates boxcar slices (to measure what assuming the
@@ -39,44 +39,61 @@ import torch
 from _bench import device_name, write_result
 from eval_unseen import score
 
-from mrsr.data.profile_estimate import highband_ratio
 from mrsr.data.readers import read_nifti
-from mrsr.data.slice_profile import along, slice_profile, thick_sampling
-from mrsr.tasks.predict import write_nifti_atomic
-from mrsr.tasks.throughplane import (
-    cubic_along,
-    grid_affine,
-    make_isotropic,
-    normalised_scan,
-    thick_geometry,
-)
+from mrsr.inference import write_nifti_atomic
+from mrsr.isotropic.estimate import highband_ratio
+from mrsr.isotropic.geometry import grid_affine, thick_geometry
+from mrsr.isotropic.operators import along, cubic_along, thick_sampling
+from mrsr.isotropic.profile import slice_profile
+from mrsr.isotropic.restore import make_isotropic, normalised_scan
 from mrsr.viz import save_grid
 
 DEMO = "mrsr/assets/demo"
-DEFAULT_VOLUMES = [f"{DEMO}/stroke_T1.nii.gz:2", f"{DEMO}/stroke_T2.nii.gz:2", f"{DEMO}/stroke_FLAIR.nii.gz:2",
-                   f"{DEMO}/seg3d_T1.nii.gz:0"]
+DEFAULT_VOLUMES = [
+    f"{DEMO}/stroke_T1.nii.gz:2",
+    f"{DEMO}/stroke_T2.nii.gz:2",
+    f"{DEMO}/stroke_FLAIR.nii.gz:2",
+    f"{DEMO}/seg3d_T1.nii.gz:0",
+]
 
 
 def pad_to(vol: np.ndarray, shape: list[int] | None) -> np.ndarray:
     if not shape:
         return vol
     out = np.zeros(shape, dtype=vol.dtype)
-    src = tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + min(n, m)) for n, m in zip(vol.shape, shape, strict=True))
-    dst = tuple(slice(max(0, (m - n) // 2), max(0, (m - n) // 2) + min(n, m)) for n, m in zip(vol.shape, shape, strict=True))
+    src = tuple(
+        slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + min(n, m))
+        for n, m in zip(vol.shape, shape, strict=True)
+    )
+    dst = tuple(
+        slice(max(0, (m - n) // 2), max(0, (m - n) // 2) + min(n, m))
+        for n, m in zip(vol.shape, shape, strict=True)
+    )
     out[dst] = vol[src]
     return out
 
 
-def simulate(ref: np.ndarray, affine: np.ndarray, voxel: float, axis: int, spacing: float, profile: str = "gaussian",
-             operator: str = "stage") -> tuple[np.ndarray, np.ndarray]:
+def simulate(
+    ref: np.ndarray,
+    affine: np.ndarray,
+    voxel: float,
+    axis: int,
+    spacing: float,
+    profile: str = "gaussian",
+    operator: str = "stage",
+) -> tuple[np.ndarray, np.ndarray]:
     """Thick slices every ``spacing`` mm along ``axis`` (``profile`` of FWHM or width = spacing).
 
     ``operator="stage"`` uses the stage's own sampling matrix (profile integrated over each voxel);
     ``"plain"`` an independent one (:func:`plain_thick`), so the test is not an inverse crime."""
-    sampling, grid = thick_sampling(ref.shape[axis], voxel, spacing, slice_profile(profile, spacing))
+    sampling, grid = thick_sampling(
+        ref.shape[axis], voxel, spacing, slice_profile(profile, spacing)
+    )
     if operator == "plain":
         r = int(round(spacing / voxel))
-        return np.moveaxis(plain_thick(np.moveaxis(ref, axis, 0), r, profile), 0, axis), grid_affine(affine, axis, grid)
+        return np.moveaxis(
+            plain_thick(np.moveaxis(ref, axis, 0), r, profile), 0, axis
+        ), grid_affine(affine, axis, grid)
     return along(ref, sampling, axis), grid_affine(affine, axis, grid)
 
 
@@ -91,7 +108,9 @@ def plain_thick(fine: np.ndarray, r: int, profile: str) -> np.ndarray:
         return x.reshape(n // r, r, *x.shape[1:]).mean(1).astype(np.float32)
     sigma = r / (2 * np.sqrt(2 * np.log(2)))
     half = int(np.ceil(4 * sigma))
-    offsets = np.arange(-half, half) + 0.5  # fine centres around a group centre (half-integer for even r)
+    offsets = (
+        np.arange(-half, half) + 0.5
+    )  # fine centres around a group centre (half-integer for even r)
     if r % 2:
         offsets = np.arange(-half, half + 1).astype(np.float64)
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
@@ -105,9 +124,10 @@ def plain_thick(fine: np.ndarray, r: int, profile: str) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def reference_ratio(ref: np.ndarray, thick: np.ndarray, axis: int, voxel: float, spacing: float,
-                    profile: str) -> float:
-    """The stage's self-check ratio (:func:`~mrsr.data.profile_estimate.highband_ratio`) of a
+def reference_ratio(
+    ref: np.ndarray, thick: np.ndarray, axis: int, voxel: float, spacing: float, profile: str
+) -> float:
+    """The stage's self-check ratio (:func:`~mrsr.isotropic.estimate.highband_ratio`) of a
     perfect output: the reference against the thick scan, with the true profile."""
     norm, lo, hi = normalised_scan(thick, axis)
     truth = (np.moveaxis(ref, axis, 0) - lo) / (hi - lo)
@@ -115,16 +135,35 @@ def reference_ratio(ref: np.ndarray, thick: np.ndarray, axis: int, voxel: float,
 
 
 def run_stage(thick: Path, out: Path, run_dir: Path, voxel: float, overrides: list[str]) -> float:
-    cmd = [sys.executable, "-m", "mrsr.run", "stage=throughplane", f"input={thick}", f"output={out}",
-           f"throughplane.spacing={voxel}", "logger=null", f"hydra.run.dir={run_dir}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mrsr.run",
+        "stage=throughplane",
+        f"input={thick}",
+        f"output={out}",
+        f"throughplane.spacing={voxel}",
+        "logger=null",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
-def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[str], tmp: Path,
-             orientations: bool = False, true_profile: str = "gaussian", operator: str = "stage",
-             crop: int | None = None, keep_dir: Path | None = None) -> tuple[dict, list]:
+def evaluate(
+    spec: str,
+    spacing: float,
+    pad: list[int] | None,
+    overrides: list[str],
+    tmp: Path,
+    orientations: bool = False,
+    true_profile: str = "gaussian",
+    operator: str = "stage",
+    crop: int | None = None,
+    keep_dir: Path | None = None,
+) -> tuple[dict, list]:
     path, _, axis_s = spec.partition(":")
     axis = int(axis_s or 2)
     vol = read_nifti(path)
@@ -134,13 +173,22 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
     voxel = float(vol.zooms[axis])
     r = int(round(spacing / voxel))
     if not np.isclose(r * voxel, spacing):
-        raise SystemExit(f"{path}: spacing {spacing} mm is not a multiple of the {voxel} mm voxels along axis {axis}")
+        raise SystemExit(
+            f"{path}: spacing {spacing} mm is not a multiple of the {voxel} mm voxels "
+            f"along axis {axis}"
+        )
     keep = list(ref.shape)
-    keep[axis] -= keep[axis] % r  # whole thick slices only, so the output grid is the reference grid
+    keep[axis] -= (
+        keep[axis] % r
+    )  # whole thick slices only, so the output grid is the reference grid
     ref = pad_to(ref, keep)
     thick, affine = simulate(ref, vol.affine, voxel, axis, spacing, true_profile, operator)
     name = Path(path).name.removesuffix(".nii.gz")
-    thick_path, sr_path, run_dir = tmp / f"{name}_thick.nii.gz", tmp / f"{name}_iso.nii.gz", tmp / f"{name}_run"
+    thick_path, sr_path, run_dir = (
+        tmp / f"{name}_thick.nii.gz",
+        tmp / f"{name}_iso.nii.gz",
+        tmp / f"{name}_run",
+    )
     write_nifti_atomic(thick_path, thick, affine)
     seconds = run_stage(thick_path, sr_path, run_dir, voxel, overrides)
     sr_img = nib.load(str(sr_path))
@@ -151,7 +199,9 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
     cubic = np.moveaxis(cubic_along(np.moveaxis(thick, axis, 0), 0, grid), 0, axis)
     cubic = np.maximum(cubic, thick.min())
     record = json.loads((run_dir / "throughplane.json").read_text())
-    inplane = next(a for a in range(3) if a != axis)  # score's slices along it contain the thick axis
+    inplane = next(
+        a for a in range(3) if a != axis
+    )  # score's slices along it contain the thick axis
     ours, base = score(sr, ref, inplane), score(cubic, ref, inplane)
     per_orientation = {}
     if orientations:  # the same network, each orientation alone (the stage averages both)
@@ -162,18 +212,33 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
         for planes in ((2,), (1,), (2, 1)):
             alone = make_isotropic(net, norm, lo, hi, geom, grid, progress=False, planes=planes)
             per_orientation["+".join(f"fixed axis {geom.inplane[p - 1]}" for p in planes)] = (
-                score(alone, ref, inplane)["psnr"] - base["psnr"])
+                score(alone, ref, inplane)["psnr"] - base["psnr"]
+            )
     row = {
-        "volume": Path(path).name, "axis": axis, "shape_thick": list(thick.shape), "shape_ref": list(ref.shape),
-        "voxel_mm": voxel, "spacing_mm": spacing, "affine_matches_reference": bool(np.allclose(sr_img.affine, vol.affine,
-                                                                                              atol=1e-4)),
-        "cubic_psnr": base["psnr"], "sr_psnr": ours["psnr"], "gain_db": ours["psnr"] - base["psnr"],
-        "cubic_ssim": base["ssim"], "sr_ssim": ours["ssim"], "cubic_hfen": base["hfen"], "sr_hfen": ours["hfen"],
+        "volume": Path(path).name,
+        "axis": axis,
+        "shape_thick": list(thick.shape),
+        "shape_ref": list(ref.shape),
+        "voxel_mm": voxel,
+        "spacing_mm": spacing,
+        "affine_matches_reference": bool(np.allclose(sr_img.affine, vol.affine, atol=1e-4)),
+        "cubic_psnr": base["psnr"],
+        "sr_psnr": ours["psnr"],
+        "gain_db": ours["psnr"] - base["psnr"],
+        "cubic_ssim": base["ssim"],
+        "sr_ssim": ours["ssim"],
+        "cubic_hfen": base["hfen"],
+        "sr_hfen": ours["hfen"],
         "held_out_gain_db": (record["held_out_psnr"] or 0) - (record["held_out_psnr_cubic"] or 0),
-        "seconds_total": seconds, "seconds_train": record["train_seconds"], "seconds_apply": record["apply_seconds"],
-        "device": record["device"], "gain_db_by_orientation": per_orientation,
-        "simulated_with": f"{true_profile} ({operator} operator)", "profile": record.get("profile"),
-        "profile_fit": record.get("profile_fit"), "self_check": record.get("self_check"),
+        "seconds_total": seconds,
+        "seconds_train": record["train_seconds"],
+        "seconds_apply": record["apply_seconds"],
+        "device": record["device"],
+        "gain_db_by_orientation": per_orientation,
+        "simulated_with": f"{true_profile} ({operator} operator)",
+        "profile": record.get("profile"),
+        "profile_fit": record.get("profile_fit"),
+        "self_check": record.get("self_check"),
         "warnings": record.get("warnings"),
         "highband_ratio_reference": reference_ratio(ref, thick, axis, voxel, spacing, true_profile),
     }
@@ -185,7 +250,9 @@ def evaluate(spec: str, spacing: float, pad: list[int] | None, overrides: list[s
     lo, hi = float(ref.min()), float(np.percentile(ref[ref > ref.min()], 99.5))
     rep = np.repeat(thick, r, axis=axis)
 
-    def cut(v: np.ndarray) -> torch.Tensor:  # the slice at the middle of ``inplane``, thick axis vertical
+    def cut(
+        v: np.ndarray,
+    ) -> torch.Tensor:  # the slice at the middle of ``inplane``, thick axis vertical
         img = np.take(v, k, axis=inplane)
         rest = [a for a in range(3) if a != inplane]
         if rest.index(axis) == 1:
@@ -201,50 +268,107 @@ def main() -> None:
     ap.add_argument("volumes", nargs="*", default=DEFAULT_VOLUMES)
     ap.add_argument("--spacing", type=float, default=4.0)
     ap.add_argument("--pad", type=int, nargs=3, default=None)
-    ap.add_argument("--out", default=None, help="JSON file to write (and a .png figure beside it)")
-    ap.add_argument("--simulate", default="stage", choices=["stage", "plain"],
-                    help="thick-slice operator: the stage's sampling matrix, or an independent plain one")
-    ap.add_argument("--crop", type=int, default=None, help="keep the first N voxels along the thick axis")
+    ap.add_argument(
+        "--out", default=None, help="record folder (or a .json file), with a .png figure"
+    )
+    ap.add_argument(
+        "--simulate",
+        default="stage",
+        choices=["stage", "plain"],
+        help="thick-slice operator: the stage's sampling matrix, or an independent plain one",
+    )
+    ap.add_argument(
+        "--crop", type=int, default=None, help="keep the first N voxels along the thick axis"
+    )
     ap.add_argument("--keep", default=None, help="folder to copy each thick input and output into")
     ap.add_argument("--orientations", action="store_true", help="also score each orientation alone")
-    ap.add_argument("--true-profile", default="gaussian", choices=["gaussian", "boxcar"],
-                    help="profile the thick slices are simulated with (the stage assumes throughplane.slice_profile)")
+    ap.add_argument(
+        "--true-profile",
+        default="gaussian",
+        choices=["gaussian", "boxcar"],
+        help=(
+            "profile the thick slices are simulated with "
+            "(the stage assumes throughplane.slice_profile)"
+        ),
+    )
     args, overrides = ap.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     rows, figure = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.volumes:
-            row, images = evaluate(spec, args.spacing, args.pad, overrides, Path(tmp), args.orientations,
-                                   args.true_profile, args.simulate, args.crop,
-                                   Path(args.keep) if args.keep else None)
+            row, images = evaluate(
+                spec,
+                args.spacing,
+                args.pad,
+                overrides,
+                Path(tmp),
+                args.orientations,
+                args.true_profile,
+                args.simulate,
+                args.crop,
+                Path(args.keep) if args.keep else None,
+            )
             rows.append(row)
             figure.append(images)
-            print(f"{row['volume']:<22} {row['shape_thick']} -> {row['shape_ref']}: cubic {row['cubic_psnr']:.2f} dB / "
-                  f"SSIM {row['cubic_ssim']:.4f} / HFEN {row['cubic_hfen']:.4f}; SR {row['sr_psnr']:.2f} dB / "
-                  f"{row['sr_ssim']:.4f} / {row['sr_hfen']:.4f} ({row['gain_db']:+.2f} dB); "
-                  f"{row['seconds_total']:.0f} s (train {row['seconds_train']:.0f} s, apply {row['seconds_apply']:.0f} s)",
-                  flush=True)
+            print(
+                f"{row['volume']:<22} {row['shape_thick']} -> {row['shape_ref']}: "
+                f"cubic {row['cubic_psnr']:.2f} dB / "
+                f"SSIM {row['cubic_ssim']:.4f} / HFEN {row['cubic_hfen']:.4f}; "
+                f"SR {row['sr_psnr']:.2f} dB / "
+                f"{row['sr_ssim']:.4f} / {row['sr_hfen']:.4f} ({row['gain_db']:+.2f} dB); "
+                f"{row['seconds_total']:.0f} s (train {row['seconds_train']:.0f} s, "
+                f"apply {row['seconds_apply']:.0f} s)",
+                flush=True,
+            )
             check = row["self_check"] or {}
-            print(f"  profile {row['profile']}; self-check ratio {check.get('highband_ratio', float('nan')):.2f} "
-                  f"(reference {row['highband_ratio_reference']:.2f}); warnings: {row['warnings'] or 'none'}",
-                  flush=True)
+            print(
+                f"  profile {row['profile']}; "
+                f"self-check ratio {check.get('highband_ratio', float('nan')):.2f} "
+                f"(reference {row['highband_ratio_reference']:.2f}); "
+                f"warnings: {row['warnings'] or 'none'}",
+                flush=True,
+            )
             if row["gain_db_by_orientation"]:
-                print("  gain by orientation: " + ", ".join(f"{k} {v:+.2f} dB" for k, v in
-                                                          row["gain_db_by_orientation"].items()), flush=True)
+                print(
+                    "  gain by orientation: "
+                    + ", ".join(
+                        f"{k} {v:+.2f} dB" for k, v in row["gain_db_by_orientation"].items()
+                    ),
+                    flush=True,
+                )
     gains = [r["gain_db"] for r in rows]
     print(f"mean gain {np.mean(gains):+.2f} dB over {len(rows)} volume(s)")
     if args.out:
-        threads = os.environ.get("OMP_NUM_THREADS", "all")
-        write_result(args.out, {"cpu": device_name(torch.device("cpu")), "omp_threads": threads,
-                                "true_profile": args.true_profile, "simulate": args.simulate, "crop": args.crop,
-                                "overrides": overrides, "spacing_mm": args.spacing, "pad": args.pad, "rows": rows})
+        out = Path(args.out)
         h = max(im.shape[0] for ims in figure for im in ims)
         w = max(im.shape[1] for ims in figure for im in ims)
         cols = []
         for c, title in enumerate(("thick input", "cubic spline", "through-plane SR", "reference")):
-            batch = torch.stack([torch.from_numpy(pad_to(ims[c].numpy(), [h, w])) for ims in figure])[:, None]
+            batch = torch.stack(
+                [torch.from_numpy(pad_to(ims[c].numpy(), [h, w])) for ims in figure]
+            )[:, None]
             cols.append((title, batch))
-        save_grid(cols, Path(args.out).with_suffix(".png"), max_rows=len(figure))
+        save_grid(
+            cols,
+            out.with_suffix(".png") if out.suffix == ".json" else out / "figure.png",
+            max_rows=len(figure),
+        )
+        threads = os.environ.get("OMP_NUM_THREADS", "all")
+        write_result(
+            out,
+            {
+                "cpu": device_name(torch.device("cpu")),
+                "omp_threads": threads,
+                "true_profile": args.true_profile,
+                "simulate": args.simulate,
+                "crop": args.crop,
+                "overrides": overrides,
+                "spacing_mm": args.spacing,
+                "pad": args.pad,
+                "rows": rows,
+            },
+            vars(args),
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,13 @@ class RngState(L.Callback):
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "numpy": [
+                kind,
+                torch.from_numpy(keys.astype(np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(gauss),
+            ],
             "python": random.getstate(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -73,8 +79,13 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None) -> None:
         super().__init__(
-            dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
-            every_n_train_steps=every_n_train_steps, enable_version_counter=False,
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            save_last=False,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
         )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -109,28 +120,45 @@ class ProgressBar(RichProgressBar):
         self._last = now
         loss = trainer.callback_metrics.get("train/loss")
         text = f", train/loss {float(loss):.4g}" if loss is not None else ""
-        logging.getLogger("mrsr").info("step %d/%d%s, %.0f s", trainer.global_step, int(total), text, now - self._t0)
+        logging.getLogger("mrsr").info(
+            "step %d/%d%s, %.0f s", trainer.global_step, int(total), text, now - self._t0
+        )
 
     def _get_train_description(self, current_epoch: int) -> str:
         trainer = self.trainer
         if trainer.max_epochs is not None and trainer.max_epochs >= 0:
             return super()._get_train_description(current_epoch)
-        text = f"step {trainer.global_step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")
-        return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
+        text = f"step {trainer.global_step}" + (
+            f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
+        )
+        return (
+            f"{text:{len(self.validation_description)}}"
+            if len(self.validation_description) > len(text)
+            else text
+        )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)
         self._log_progress(trainer)
-        if self.progress is not None and self.train_progress_bar_id is not None and (
-            trainer.max_epochs is None or trainer.max_epochs < 0):
-            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(0))
+        if (
+            self.progress is not None
+            and self.train_progress_bar_id is not None
+            and (trainer.max_epochs is None or trainer.max_epochs < 0)
+        ):
+            self.progress.update(
+                self.train_progress_bar_id, description=self._get_train_description(0)
+            )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes checkpoints to a temporary file in the target folder, fsyncs it and renames it
     into place, so a kill during a save leaves the previous checkpoint intact."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         if "://" in str(path):  # remote file systems: Lightning's own (transactional) writer
             return super().save_checkpoint(checkpoint, path, storage_options)
 

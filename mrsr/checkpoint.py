@@ -18,7 +18,9 @@ import torch
 from mrsr.errors import CheckpointError
 
 
-def load_checkpoint(path: str | Path, stage: str | None = None, scale: int | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, stage: str | None = None, scale: int | None = None
+) -> dict[str, Any]:
     """Load a checkpoint safely and check it is from ``stage`` (and ``scale``)."""
     path = Path(path)
     if not path.exists():
@@ -33,7 +35,9 @@ def load_checkpoint(path: str | Path, stage: str | None = None, scale: int | Non
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found:
             raise CheckpointError(
-                path, f"refused: it would import {found[1]} on loading (only tensors and plain containers are allowed)"
+                path,
+                f"refused: it would import {found[1]} on loading "
+                "(only tensors and plain containers are allowed)",
             ) from err
         raise CheckpointError(path, f"corrupt checkpoint ({_detail(err)})") from err
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
@@ -44,7 +48,9 @@ def load_checkpoint(path: str | Path, stage: str | None = None, scale: int | Non
     if not isinstance(meta, dict) or "stage" not in meta:
         raise CheckpointError(path, "not an mrsr checkpoint (no mrsr metadata)")
     if stage is not None and meta["stage"] != stage:
-        raise CheckpointError(path, f"is a stage-{meta['stage']} checkpoint, expected a stage-{stage} checkpoint")
+        raise CheckpointError(
+            path, f"is a stage-{meta['stage']} checkpoint, expected a stage-{stage} checkpoint"
+        )
     if scale is not None and meta.get("scale") is not None and int(meta["scale"]) != int(scale):
         raise CheckpointError(path, f"was trained for scale x{meta['scale']}, expected x{scale}")
     return ckpt
@@ -53,7 +59,11 @@ def load_checkpoint(path: str | Path, stage: str | None = None, scale: int | Non
 def _detail(err: BaseException) -> str:
     """The informative part of a loading error, on one line."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Please file", "Check the doc"))]
+    useful = [
+        ln
+        for ln in lines
+        if not ln.startswith(("Weights only load failed", "Please file", "Check the doc"))
+    ]
     text = (useful or lines or [type(err).__name__])[0]
     return text.removeprefix("WeightsUnpickler error:").strip()[:200] or type(err).__name__
 

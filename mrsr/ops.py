@@ -19,6 +19,7 @@ def check_scale(scale: int) -> int:
 
 
 def upsample(lr: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tensor:
-    """Interpolation baseline: nearest, bilinear or bicubic up-sampling (ringing below 0 removed)."""
+    """Interpolation baseline: nearest, bilinear or bicubic up-sampling (ringing below 0
+    removed)."""
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     return F.interpolate(lr, scale_factor=scale, mode=mode, **kwargs).clamp(min=0.0)

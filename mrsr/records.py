@@ -31,8 +31,20 @@ from mrsr.results import atomic_write_text
 
 SCHEMA = 1
 RECORD = "record.json"
-REQUIRED = ("schema", "title", "date", "protocol", "command", "package_version", "commit", "config",
-            "machine", "device", "metrics", "files")
+REQUIRED = (
+    "schema",
+    "title",
+    "date",
+    "protocol",
+    "command",
+    "package_version",
+    "commit",
+    "config",
+    "machine",
+    "device",
+    "metrics",
+    "files",
+)
 SLUG = re.compile(r"\d{4}-\d{2}-\d{2}-[a-z0-9]+(-[a-z0-9]+)*")
 
 
@@ -47,7 +59,9 @@ def git_commit(where: Path | None = None) -> tuple[str | None, bool | None]:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=30)
+            done = subprocess.run(
+                ["git", *args], cwd=where, capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -60,11 +74,15 @@ def git_commit(where: Path | None = None) -> tuple[str | None, bool | None]:
 
 def machine() -> str:
     """The kind of machine (OS, architecture, CPU count), not its host name."""
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def command(argv: Sequence[str] | None = None) -> str:
-    """The command line that made the record, with the script path relative to the working folder."""
+    """The command line that made the record, with the script path relative to the working
+    folder."""
     argv = list(sys.argv if argv is None else argv)
     if argv:
         script = Path(argv[0])
@@ -95,9 +113,18 @@ def write_record(
     folder = Path(folder)
     commit, dirty = git_commit()
     record = {
-        "schema": SCHEMA, "title": title, "date": date or dt.date.today().isoformat(), "protocol": protocol,
-        "command": command(argv), "package_version": mrsr.__version__, "commit": commit, "dirty": dirty,
-        "config": config, "machine": machine(), "device": device, "metrics": metrics,
+        "schema": SCHEMA,
+        "title": title,
+        "date": date or dt.date.today().isoformat(),
+        "protocol": protocol,
+        "command": command(argv),
+        "package_version": mrsr.__version__,
+        "commit": commit,
+        "dirty": dirty,
+        "config": config,
+        "machine": machine(),
+        "device": device,
+        "metrics": metrics,
         "files": sorted(files),
     }
     if table is not None:
@@ -114,11 +141,15 @@ def check(record: dict[str, Any], folder: Path) -> None:
     if missing:
         raise RecordError(f"{folder / RECORD}: missing {', '.join(missing)}")
     if record["schema"] != SCHEMA:
-        raise RecordError(f"{folder / RECORD}: schema {record['schema']!r} (this package reads {SCHEMA})")
+        raise RecordError(
+            f"{folder / RECORD}: schema {record['schema']!r} (this package reads {SCHEMA})"
+        )
     if folder.is_dir():
         absent = [f for f in record["files"] if not (folder / f).is_file()]
         if absent:
-            raise RecordError(f"{folder / RECORD}: names files that are not there: {', '.join(absent)}")
+            raise RecordError(
+                f"{folder / RECORD}: names files that are not there: {', '.join(absent)}"
+            )
     table = record.get("table")
     if table is not None:
         width = len(table.get("columns") or [])
@@ -134,7 +165,9 @@ def load_record(folder: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise RecordError(f"{folder / RECORD}: unreadable ({type(err).__name__})") from None
     if not SLUG.fullmatch(folder.name):
-        raise RecordError(f"{folder}: a record folder is named <yyyy-mm-dd>-<slug> (lower case, dashes)")
+        raise RecordError(
+            f"{folder}: a record folder is named <yyyy-mm-dd>-<slug> (lower case, dashes)"
+        )
     check(record, folder)
     return {**record, "slug": folder.name}
 
@@ -150,7 +183,10 @@ def render_table(record: dict[str, Any]) -> str:
     table = record.get("table")
     if not table:
         return ""
-    lines = ["| " + " | ".join(map(str, table["columns"])) + " |", "|" + "---|" * len(table["columns"])]
+    lines = [
+        "| " + " | ".join(map(str, table["columns"])) + " |",
+        "|" + "---|" * len(table["columns"]),
+    ]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in table["rows"]]
     caption = table.get("caption")
     source = f"Record `records/{record['slug']}/`"

@@ -3,10 +3,11 @@
 ``python -m mrsr.report <sweep folder> [<sweep folder> ...] [--out DIR] [--no-figure]``
 
 Every ``results.json`` below the folder (a ``stage=sr`` job folder, or the ``sr/`` folder
-of a ``stage=pipeline`` job) is one finished run; the job's ``.hydra`` folder tells its
-loss preset and network. Rows: bicubic, the comparison networks (``model=srcnn``, ``edsr``, ...), the ``l1`` baseline (the default), the ``paired`` preset, the paper's
-full method and each ablation; columns: scale x PSNR / SSIM / NMSE (and HFEN, PSNR and SSIM
-over the foreground where the results have them), mean ± std over the test volumes
+of a ``stage=pipeline`` job) is one finished run; its rows say what it was (loss preset and
+network with their labels, seed, generator updates). Rows: bicubic, the comparison networks
+(``model=srcnn``, ``edsr``, ...), the ``l1`` baseline (the default), the other loss presets
+(the paper's full method, each ablation, ...); columns: scale x PSNR / SSIM / NMSE (and HFEN,
+PSNR and SSIM over the foreground where the results have them), mean ± std over the test volumes
 (``psnr_vol ± psnr_vol_std``, ...); parameter count and inference time per test slice where the
 results have them. A metric that no run of a table has is left out of it;
 a run without a metric that others have shows "—" there (results written before it existed).
@@ -25,41 +26,57 @@ from typing import Any
 
 import yaml
 
+from mrsr.labels import L1_PHASE
 from mrsr.metrics import REALISM
 from mrsr.results import atomic_write_text
 
-# Row order and labels (the paper's naming of the loss terms).
-PRESETS: dict[str, str] = {
-    "bicubic": "bicubic",
-    "l1": "SRResNet, L1 (baseline)",
-    "paired": "paired: L1 + negligible L_adv/L_ViT/L_str/L_tex vs HR (in effect L1)",
-    "paper": "full method: L_adv + L_ViT + L_str + L_tex",
-    "tex_vit": "ablation: L_tex + L_ViT",
-    "str_vit": "ablation: L_str + L_ViT",
-    "vit": "ablation: L_ViT",
-    "tex_str": "ablation: L_tex + L_str",
-    "paper_dc": "paper's losses, data consistency: D(SR) vs LR",
-    "spatial": "L1 + L_adv + per-location L_ViT/L_str + L_tex vs HR",
-    "gan": "L1 + L_adv (10 % of L1's gradient)",
-    "gan_feat": "L1 + L_adv + per-location L_ViT/L_str + L_tex vs HR (10 % of L1's gradient each)",
-}
-# The comparison networks (``model=``), in the paper's row order; SRResNet rows are named by loss preset.
-MODELS: dict[str, str] = {
-    "srcnn": "SRCNN (Dong 2016)",
-    "vdsr": "VDSR (Kim 2016)",
-    "edsr": "EDSR (Lim 2017)",
-    "rdn": "RDN (Zhang 2018)",
-    "rcan": "RCAN (Zhang 2018)",
-    "swinir": "SwinIR (Liang 2021)",
-}
+# Row order: bicubic, the comparison networks in the paper's order, then the SRResNet loss presets.
+# Labels are the configs' own (``label:`` in conf/loss and conf/model), carried by the rows.
+PRESET_ORDER = (
+    "l1",
+    "paired",
+    "paper",
+    "tex_vit",
+    "str_vit",
+    "vit",
+    "tex_str",
+    "paper_dc",
+    "spatial",
+    "gan",
+    "gan_feat",
+)
+NETWORK_ORDER = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir")
 COST = ("params", "ms_per_slice")
 # realism/structure/consistency (mrsr.metrics.realism; rows of 0.8+ have them)
 METRICS = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg", *REALISM)
-DIGITS = {"psnr": 2, "ssim": 4, "nmse": 4, "hfen": 4, "psnr_fg": 2, "ssim_fg": 4,
-          "hf_power": 3, "grad_w1": 4, "hfen_07": 4, "edge_f1": 4, "tissue_dice": 4, "redeg": 4}
-LABELS = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "hfen": "HFEN", "psnr_fg": "PSNR-fg", "ssim_fg": "SSIM-fg",
-          "hf_power": "HF power (log10, 0 best)", "grad_w1": "grad W1", "hfen_07": "HFEN 0.7",
-          "edge_f1": "edge F1", "tissue_dice": "tissue Dice", "redeg": "re-degradation"}
+DIGITS = {
+    "psnr": 2,
+    "ssim": 4,
+    "nmse": 4,
+    "hfen": 4,
+    "psnr_fg": 2,
+    "ssim_fg": 4,
+    "hf_power": 3,
+    "grad_w1": 4,
+    "hfen_07": 4,
+    "edge_f1": 4,
+    "tissue_dice": 4,
+    "redeg": 4,
+}
+LABELS = {
+    "psnr": "PSNR",
+    "ssim": "SSIM",
+    "nmse": "NMSE",
+    "hfen": "HFEN",
+    "psnr_fg": "PSNR-fg",
+    "ssim_fg": "SSIM-fg",
+    "hf_power": "HF power (log10, 0 best)",
+    "grad_w1": "grad W1",
+    "hfen_07": "HFEN 0.7",
+    "edge_f1": "edge F1",
+    "tissue_dice": "tissue Dice",
+    "redeg": "re-degradation",
+}
 
 
 class ReportError(Exception):
@@ -68,14 +85,14 @@ class ReportError(Exception):
 
 @dataclass
 class Run:
-    """One finished run: its results rows and what the job folder says about it."""
+    """One finished run: its results rows, which say what it was (loss preset, network, seed,
+    budget), and its job's config (the data the figure is drawn from)."""
 
     folder: Path  # where results.json is
-    job: Path  # the Hydra job folder (has .hydra/), or ``folder``
     rows: list[dict[str, Any]]
     preset: str
     model: str | None = None
-    choices: dict[str, Any] = field(default_factory=dict)
+    seed: Any = None
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,56 +113,48 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def collect(sweep: str | Path) -> list[Run]:
-    """The finished runs below ``sweep`` (folders with a ``results.json``), in path order."""
-    from mrsr.tasks.pipeline import PRETRAIN_FOLDER
-
+    """The finished runs below ``sweep`` (folders with a ``results.json``), in path order; the L1
+    phase of a two-phase run is not a row of the tables."""
     sweep = Path(sweep)
     if not sweep.is_dir():
         raise ReportError(f"{sweep}: not a folder")
     runs = []
     for path in sorted(sweep.rglob("results.json")):
-        if path.parent.name == PRETRAIN_FOLDER:
-            continue  # the L1 phase of a two-phase job: not a preset of the table
         try:
             rows = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(rows, list) or not rows:
+        if not isinstance(rows, list) or not rows or rows[0].get("loss") == L1_PHASE:
             continue
-        job = _job_folder(path.parent, sweep)
-        hydra = _load_yaml(job / ".hydra" / "hydra.yaml").get("hydra", {})
-        choices = (hydra.get("runtime") or {}).get("choices") or {}
-        preset = choices.get("loss") or rows[0].get("loss") or rows[0].get("loss_preset") or "?"
-        model = choices.get("model") or rows[0].get("model")
-        runs.append(Run(path.parent, job, rows, str(preset), model, choices, _load_yaml(job / ".hydra" / "config.yaml")))
+        first, job = rows[0], _job_folder(path.parent, sweep)
+        runs.append(
+            Run(
+                path.parent,
+                rows,
+                str(first.get("loss") or "?"),
+                first.get("model"),
+                first.get("seed"),
+                _load_yaml(job / ".hydra" / "config.yaml"),
+            )
+        )
     if not runs:
         raise ReportError(f"{sweep}: no finished runs (no results.json below it)")
     return runs
 
 
-def budget(config: dict[str, Any]) -> str:
-    """A run's SR budget in generator updates (or epochs), with its phases: ``300 (150 L1 + 150
-    fine-tuning)`` for a two-phase pipeline job, ``300 (one phase)`` otherwise; ``—`` unknown."""
-    from omegaconf import OmegaConf
-
-    from mrsr.tasks.pipeline import split_budget, two_phase
-
-    cfg = OmegaConf.create(config)
-    # a stage-sr job ran trainer.max_steps (0.7+; it defaults to sr.max_steps), a pipeline sr.max_steps
-    source = "trainer" if cfg.get("trainer") and "max_steps" in cfg.trainer else "sr"
-
-    def length(key: str) -> int:
-        value = OmegaConf.select(cfg, f"{source}.{key}", default=-1, throw_on_resolution_failure=False)
-        return int(value) if isinstance(value, int) else -1
-
-    steps, epochs = length("max_steps"), length("max_epochs")
-    if steps <= 0 and epochs <= 0:
+def budget(row: dict[str, Any]) -> str:
+    """A run's SR budget in generator updates, from its results row: ``700 updates (350 L1 + 350
+    fine-tuning)`` for a run started from another run's generator (``sr.init_from``, the L1
+    phase of a pipeline), ``700 updates (one phase)`` otherwise; ``—`` when the row does not say."""
+    if row.get("updates") is None:
         return "—"
-    unit, total = ("updates", steps) if steps > 0 else ("epochs", epochs)
-    if (config.get("stage") or {}).get("name") == "pipeline" and "pipeline" in config and two_phase(cfg):
-        first, rest = split_budget(cfg)
-        return f"{total} {unit} ({next(iter(first.values()))} L1 + {next(iter(rest.values()))} fine-tuning)"
-    return f"{total} {unit} (one phase)"
+    updates, start = int(row["updates"]), int(row.get("start_updates") or 0)
+    if not start:
+        return f"{updates} updates (one phase)"
+    before = (
+        "L1" if row.get("start_loss") in ("l1", L1_PHASE) else str(row.get("start_loss") or "start")
+    )
+    return f"{start + updates} updates ({start} {before} + {updates} fine-tuning)"
 
 
 def method_name(model: str | None, preset: str) -> str:
@@ -156,15 +165,17 @@ def method_name(model: str | None, preset: str) -> str:
     return model if preset == "l1" else f"{model}+{preset}"
 
 
-def method_label(method: str) -> str:
-    """The row's label in the Markdown table."""
-    if method in PRESETS:
-        return PRESETS[method]
+def method_label(method: str, row: dict[str, Any] | None = None) -> str:
+    """The row's label in the Markdown table: the loss preset's ``label`` for SRResNet rows, the
+    network's ``label`` (with ``, loss=<preset>`` when it is not ``l1``) for the others; the
+    method name when the results row carries no label (results written before labels)."""
+    row = row or {}
+    if method == "bicubic":
+        return "bicubic"
     model, _, preset = method.partition("+")
-    family = model.removesuffix("_small")
-    if family not in MODELS:
-        return method
-    label = MODELS[family] + (", CPU size" if model.endswith("_small") else "")
+    if model == row.get("loss"):
+        return str(row.get("loss_label") or method)
+    label = str(row.get("model_label") or model)
     return label + (f", loss={preset}" if preset else "")
 
 
@@ -173,13 +184,10 @@ def method_order(method: str) -> tuple[int, str]:
     family = method.partition("+")[0].removesuffix("_small")
     if method == "bicubic":
         return 0, method
-    if family in MODELS:
-        return 1 + list(MODELS).index(family), method
-    return 1 + len(MODELS) + (list(PRESETS).index(method) if method in PRESETS else len(PRESETS)), method
-
-
-def _seed(run: Run) -> Any:
-    return run.config.get("seed")
+    if family in NETWORK_ORDER:
+        return 1 + NETWORK_ORDER.index(family), method
+    rank = PRESET_ORDER.index(method) if method in PRESET_ORDER else len(PRESET_ORDER)
+    return 1 + len(NETWORK_ORDER) + rank, method
 
 
 def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
@@ -194,15 +202,28 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
     by_seed: dict[tuple, dict[Any, dict[str, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r.folder / "results.json").stat().st_mtime):
         for row in run.rows:
-            method = "bicubic" if row.get("method") == "bicubic" else method_name(run.model, run.preset)
+            method = (
+                "bicubic" if row.get("method") == "bicubic" else method_name(run.model, run.preset)
+            )
             key = (row.get("dataset"), row.get("degradation"), method, int(row["scale"]))
             if method == "bicubic" and key in by_seed:
                 continue
-            rec = {"dataset": key[0], "degradation": key[1], "method": method, "scale": key[3], "run": str(run.folder),
-                   "budget": "—" if method == "bicubic" else budget(run.config)}
+            rec = {
+                "dataset": key[0],
+                "degradation": key[1],
+                "method": method,
+                "scale": key[3],
+                "run": str(run.folder),
+                "budget": "—" if method == "bicubic" else budget(row),
+                "label": method_label(method, {**row, "loss": run.preset}),
+            }
             rec.update({k: row[k] for k in COST if row.get(k) is not None})
             if row.get("device"):
-                rec["device"] = f"{row['device']}, {row['precision']}" if row.get("precision") else str(row["device"])
+                rec["device"] = (
+                    f"{row['device']}, {row['precision']}"
+                    if row.get("precision")
+                    else str(row["device"])
+                )
             for m in METRICS:
                 if f"{m}_vol" not in row and m not in row:
                     continue  # older results without this metric
@@ -210,20 +231,35 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 if f"{m}_vol_std" in row or m not in REALISM:  # realism: slice means, no volume std
                     rec[f"{m}_std"] = float(row.get(f"{m}_vol_std", 0.0))
             seeds = by_seed.setdefault(key, {})
-            seed = None if method == "bicubic" else _seed(run)
+            seed = None if method == "bicubic" else run.seed
             if seed in seeds and method != "bicubic" and seeds[seed]["model"] != run.model:
-                print(f"mrsr.report: {method} x{key[3]} seed {seed}: {run.folder} (model={run.model}) replaces "
-                      f"{seeds[seed]['run']} (model={seeds[seed]['model']})", file=sys.stderr)
+                print(
+                    f"mrsr.report: {method} x{key[3]} seed {seed}: {run.folder} "
+                    f"(model={run.model}) replaces "
+                    f"{seeds[seed]['run']} (model={seeds[seed]['model']})",
+                    file=sys.stderr,
+                )
             seeds[seed] = {**rec, "model": run.model}
     out = [_over_seeds(list(recs.values())) for recs in by_seed.values()]
-    return sorted(out, key=lambda r: (str(r["dataset"]), str(r["degradation"]), method_order(r["method"]), r["scale"]))
+    return sorted(
+        out,
+        key=lambda r: (
+            str(r["dataset"]),
+            str(r["degradation"]),
+            method_order(r["method"]),
+            r["scale"],
+        ),
+    )
 
 
 def _over_seeds(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample std over the seeds' records (one record is returned as it is)."""
     if len(recs) == 1:
         return {**recs[0], "n_seeds": 1}
-    out = {k: recs[-1][k] for k in ("dataset", "degradation", "method", "scale", "run", "budget")}
+    out = {
+        k: recs[-1][k]
+        for k in ("dataset", "degradation", "method", "scale", "run", "budget", "label")
+    }
     out["n_seeds"] = len(recs)
     out.update({k: recs[-1][k] for k in ("params", "model") if k in recs[-1]})
     devices = {r.get("device") for r in recs}
@@ -261,7 +297,9 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     return groups
 
 
-def _wide(rows: list[dict[str, Any]]) -> tuple[list[int], list[tuple[str, dict[int, dict[str, Any]]]]]:
+def _wide(
+    rows: list[dict[str, Any]],
+) -> tuple[list[int], list[tuple[str, dict[int, dict[str, Any]]]]]:
     scales = sorted({r["scale"] for r in rows})
     methods: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
@@ -272,7 +310,9 @@ def _wide(rows: list[dict[str, Any]]) -> tuple[list[int], list[tuple[str, dict[i
 def _per_scale(by_scale: dict[int, dict[str, Any]], scales: list[int], key: str, fmt) -> str:
     if not any(key in (by_scale.get(s) or {}) for s in scales):
         return "—"
-    return " / ".join(fmt(by_scale[s][key]) if key in (by_scale.get(s) or {}) else "—" for s in scales)
+    return " / ".join(
+        fmt(by_scale[s][key]) if key in (by_scale.get(s) or {}) else "—" for s in scales
+    )
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -285,27 +325,42 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         head = ["method", *(["params", "ms / slice"] if cost else []), "SR budget", "seeds"]
         head += [f"x{s} {LABELS[m]}" for s in scales for m in metrics]
         seeds = max(int(r.get("n_seeds", 1)) for r in group)
-        spread = ("mean ± std over the seeds of each row; bicubic and one-seed rows: over test volumes"
-                  if seeds > 1 else "mean ± std over test volumes")
+        spread = (
+            "mean ± std over the seeds of each row; bicubic and one-seed rows: over test volumes"
+            if seeds > 1
+            else "mean ± std over test volumes"
+        )
         devices = sorted({str(r["device"]) for r in group if r.get("device")})
         lines = [f"**{dataset}**, {degradation} degradation ({spread})", ""]
         if any(m in REALISM for m in metrics):
-            lines += ["HF power ... re-degradation: realism, structure and consistency (`mrsr.metrics.realism`), "
-                      "slice means over the test slices with foreground", ""]
+            lines += [
+                "HF power ... re-degradation: realism, structure and consistency "
+                "(`mrsr.metrics.realism`), "
+                "slice means over the test slices with foreground",
+                "",
+            ]
         if cost:
             per = " / ".join(f"x{s}" for s in scales)
-            lines += [f"params and ms / slice per scale ({per}); ms / slice: the network's forward pass per test "
-                      f"slice at the test batch size (median over batches), on {', '.join(devices) or 'the test device'}", ""]
+            lines += [
+                f"params and ms / slice per scale ({per}); "
+                "ms / slice: the network's forward pass per test "
+                "slice at the test batch size (median over batches), "
+                f"on {', '.join(devices) or 'the test device'}",
+                "",
+            ]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method, by_scale in methods:
             first = next(iter(by_scale.values()))
-            cells = [method_label(method)]
+            cells = [str(first.get("label") or method_label(method))]
             if cost:
                 ms = _per_scale(by_scale, scales, "ms_per_slice", lambda v: f"{v:.1f}")
                 if len(devices) > 1 and first.get("device"):
                     ms += f" ({first['device']})"
                 cells += [_per_scale(by_scale, scales, "params", lambda v: f"{v / 1e6:.3f} M"), ms]
-            cells += [first.get("budget", "—"), "—" if method == "bicubic" else str(first.get("n_seeds", 1))]
+            cells += [
+                first.get("budget", "—"),
+                "—" if method == "bicubic" else str(first.get("n_seeds", 1)),
+            ]
             for s in scales:
                 cells += [_cell(by_scale.get(s), m) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
@@ -319,7 +374,11 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     cols = ["dataset", "degradation", "method", "scale"]
     cols += [f"{m}{s}" for m in _present(rows) for s in ("", "_std")]
-    cols += [k for k in (*COST, "device") if any(k in r for r in rows)] + ["n_seeds", "budget", "run"]
+    cols += [k for k in (*COST, "device") if any(k in r for r in rows)] + [
+        "n_seeds",
+        "budget",
+        "run",
+    ]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
@@ -340,22 +399,27 @@ def _finished_ckpt(run: Run) -> Path | None:
 
 
 def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Figure-2-style PNG: per scale, one test slice (LR, bicubic, each method, HR) and error maps."""
+    """Figure-2-style PNG: per scale, one test slice (LR, bicubic, each method, HR) and error
+    maps."""
     import numpy as np
     import torch
     from omegaconf import OmegaConf
     from PIL import Image, ImageDraw
 
+    from mrsr.building import build_datamodule
     from mrsr.data.degrade import upsample
     from mrsr.stages.sr import load_generator
-    from mrsr.tasks.common import build_datamodule
     from mrsr.viz import make_grid
 
     by_folder = {str(r.folder): r for r in runs}
     blocks = []
     dataset = rows[0]["dataset"]
     for scale in sorted({r["scale"] for r in rows if r["dataset"] == dataset}):
-        sr_rows = [r for r in rows if r["dataset"] == dataset and r["scale"] == scale and r["method"] != "bicubic"]
+        sr_rows = [
+            r
+            for r in rows
+            if r["dataset"] == dataset and r["scale"] == scale and r["method"] != "bicubic"
+        ]
         models = []
         for r in sr_rows:
             run = by_folder[r["run"]]
@@ -374,7 +438,11 @@ def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path
             outs = [("bicubic", upsample(lr, scale))]
             outs += [(name, g(lr).clamp(min=0)) for name, g, _ in models]
         images = [("LR", lr), *outs, ("HR", hr)]
-        errors = [("|LR", torch.zeros_like(hr)), *[(f"|{n}", o - hr) for n, o in outs], ("|HR", torch.zeros_like(hr))]
+        errors = [
+            ("|LR", torch.zeros_like(hr)),
+            *[(f"|{n}", o - hr) for n, o in outs],
+            ("|HR", torch.zeros_like(hr)),
+        ]
         grid = np.concatenate([make_grid(images, 1), make_grid(errors, 1)[2:]], axis=0)
         titles = [t for t, _ in images]
         blocks.append((f"x{scale}", titles, grid))
@@ -405,7 +473,9 @@ def _relative(path: str, root: Path) -> str:
         return path
 
 
-def report(sweep: str | Path | list[str | Path], out: str | Path | None = None, figure: bool = True) -> dict[str, Path]:
+def report(
+    sweep: str | Path | list[str | Path], out: str | Path | None = None, figure: bool = True
+) -> dict[str, Path]:
     """Write ``table.md``, ``table.csv`` (and ``figure.png``) for the sweep (or several sweep
     folders, e.g. one per scale, in one table) into ``out`` (default: the first sweep folder)."""
     sweeps = [Path(x) for x in (sweep if isinstance(sweep, list) else [sweep])]
@@ -426,8 +496,11 @@ def report(sweep: str | Path | list[str | Path], out: str | Path | None = None, 
         try:
             fig = make_figure(runs, rows, out / "figure.png")
         except Exception as err:  # noqa: BLE001 - the tables are the main product
-            print(f"mrsr.report: figure skipped ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
-                  file=sys.stderr)
+            print(
+                f"mrsr.report: figure skipped ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200]})",
+                file=sys.stderr,
+            )
             fig = None
         if fig is not None:
             written["figure.png"] = fig
@@ -435,9 +508,15 @@ def report(sweep: str | Path | list[str | Path], out: str | Path | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mrsr.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", nargs="+", help="multirun sweep folder(s) (or any folders with finished runs)")
-    parser.add_argument("--out", help="where to write table.md, table.csv, figure.png (default: the sweep folder)")
+    parser = argparse.ArgumentParser(
+        prog="python -m mrsr.report", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "sweep", nargs="+", help="multirun sweep folder(s) (or any folders with finished runs)"
+    )
+    parser.add_argument(
+        "--out", help="where to write table.md, table.csv, figure.png (default: the sweep folder)"
+    )
     parser.add_argument("--no-figure", action="store_true", help="only the tables")
     args = parser.parse_args(argv)
     try:

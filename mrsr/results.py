@@ -14,14 +14,24 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-METRIC_COLUMNS = ("psnr", "ssim", "nmse", "psnr_vol", "ssim_vol", "nmse_vol", "psnr_vol_std", "ssim_vol_std", "nmse_vol_std")
+METRIC_COLUMNS = (
+    "psnr",
+    "ssim",
+    "nmse",
+    "psnr_vol",
+    "ssim_vol",
+    "nmse_vol",
+    "psnr_vol_std",
+    "ssim_vol_std",
+    "nmse_vol_std",
+)
 
 
 def atomic_write(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, give it the usual
     permissions (``0666 & ~umask``; a temporary file starts private), rename it into place
-    and fsync the folder: a reader sees the old file or the whole new one, never a part. ``suffix`` ends
-    the temporary name (writers that choose a format by extension)."""
+    and fsync the folder: a reader sees the old file or the whole new one, never a part.
+    ``suffix`` ends the temporary name (writers that choose a format by extension)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
     os.close(fd)
@@ -52,7 +62,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def write_results(out_dir: str | Path, rows: Sequence[dict], name: str = "results") -> tuple[Path, Path]:
+def write_results(
+    out_dir: str | Path, rows: Sequence[dict], name: str = "results"
+) -> tuple[Path, Path]:
     """Write ``rows`` as ``<name>.csv`` and ``<name>.json`` in ``out_dir``."""
     out_dir = Path(out_dir)
     keys: list[str] = []
@@ -74,10 +86,26 @@ def print_table(rows: Sequence[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    extra = [(k, label, d) for k, label, d in (("hfen", "HFEN", 4), ("psnr_fg", "PSNR-fg", 2), ("ssim_fg", "SSIM-fg", 4))
-             if all(k in r for r in rows)]
+    extra = [
+        (k, label, d)
+        for k, label, d in (
+            ("hfen", "HFEN", 4),
+            ("psnr_fg", "PSNR-fg", 2),
+            ("ssim_fg", "SSIM-fg", 4),
+        )
+        if all(k in r for r in rows)
+    ]
     table = Table(title=title)
-    cols = ("method", "PSNR", "SSIM", "NMSE", *(label for _, label, _ in extra), "PSNR (vol)", "SSIM (vol)", "NMSE (vol)")
+    cols = (
+        "method",
+        "PSNR",
+        "SSIM",
+        "NMSE",
+        *(label for _, label, _ in extra),
+        "PSNR (vol)",
+        "SSIM (vol)",
+        "NMSE (vol)",
+    )
     for col in cols:
         table.add_column(col, justify="right" if col != "method" else "left")
     for r in rows:

@@ -1,6 +1,7 @@
-"""Command line: ``python -m mrsr.run stage=<vit|disent|sr|eval|predict|pipeline|throughplane> ...``.
+"""Command line:
+``python -m mrsr.run stage=<vit|disent|sr|eval|predict|pipeline|throughplane> ...``.
 
-A thin ``@hydra.main`` over :func:`mrsr.tasks.run_task`; expected errors are printed on
+A thin ``@hydra.main`` over :func:`mrsr.runner.run_task`; expected errors are printed on
 one line (exit status 2) instead of a traceback.
 """
 
@@ -22,7 +23,9 @@ def conf_dir() -> Path:
 
 def group_options(group: str) -> list[str]:
     folder = conf_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return (
+        sorted(p.stem for p in folder.glob("[!_]*.yaml")) if folder.is_dir() else []
+    )  # _x: a base
 
 
 def check_group_choices(argv: list[str]) -> str | None:
@@ -43,14 +46,14 @@ def check_group_choices(argv: list[str]) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="pkg://mrsr.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from mrsr.tasks import run_task
+    from mrsr.runner import run_task
 
     try:
         return run_task(cfg)
     except Exception as err:
         # An expected error wrapped by Hydra's instantiate (e.g. a bad scale for a model).
         from mrsr.errors import user_error
-        from mrsr.tasks import to_log_file
+        from mrsr.runner import to_log_file
 
         cause = user_error(err)
         if cause is None:
@@ -71,9 +74,28 @@ def null_groups_to_deletions(argv: list[str]) -> list[str]:
 
 # Hydra flags that change what the command does; with them, overrides are left to Hydra.
 _HYDRA_FLAGS = (
-    "-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-p",
-    "--package", "--resolve", "-sc", "--shell-completion", "--version", "-cp", "--config-path",
-    "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun",
+    "-m",
+    "--multirun",
+    "-h",
+    "--help",
+    "--hydra-help",
+    "-c",
+    "--cfg",
+    "-i",
+    "--info",
+    "-p",
+    "--package",
+    "--resolve",
+    "-sc",
+    "--shell-completion",
+    "--version",
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+    "--experimental-rerun",
 )
 
 
@@ -89,11 +111,23 @@ def check_value_types(base, cfg, overrides: list[str]) -> str | None:
         new = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
         if old is None or new is None or isinstance(old, str):
             continue
-        want = "true/false" if isinstance(old, bool) else "an integer" if isinstance(old, int) else "a number"
-        ok = isinstance(new, bool) if isinstance(old, bool) else (
-            isinstance(new, int) and not isinstance(new, bool) if isinstance(old, int)
-            else isinstance(new, int | float) and not isinstance(new, bool) if isinstance(old, float)
-            else True
+        want = (
+            "true/false"
+            if isinstance(old, bool)
+            else "an integer"
+            if isinstance(old, int)
+            else "a number"
+        )
+        ok = (
+            isinstance(new, bool)
+            if isinstance(old, bool)
+            else (
+                isinstance(new, int) and not isinstance(new, bool)
+                if isinstance(old, int)
+                else isinstance(new, int | float) and not isinstance(new, bool)
+                if isinstance(old, float)
+                else True
+            )
         )
         if not ok:
             return f"mrsr: {key}={new!r} is invalid: expected {want}"
@@ -112,13 +146,19 @@ def check_overrides(argv: list[str]) -> str | None:
         with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
             groups = [a for a in overrides if "." not in a.split("=", 1)[0]]
-            problem = check_value_types(compose(config_name="config", overrides=groups), cfg, overrides)
+            problem = check_value_types(
+                compose(config_name="config", overrides=groups), cfg, overrides
+            )
             if problem:
                 return problem
     except Exception as err:  # noqa: BLE001 - any composition failure is the user's override
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         key = next((line for line in lines if line.startswith("full_key:")), "")
-        reason = [line for line in lines if not line.startswith(("full_key:", "object_type", "reference_type"))]
+        reason = [
+            line
+            for line in lines
+            if not line.startswith(("full_key:", "object_type", "reference_type"))
+        ]
         first = " ".join(reason[:2]) if reason else type(err).__name__
         return f"mrsr: {first}" + (f" ({key})" if key and key not in first else "")
     finally:

@@ -59,14 +59,23 @@ def make_ixi(root: Path, n_subjects: int = 6, contrasts=("T1", "T2"), shape=(40,
 
 def fft2c(img: np.ndarray) -> np.ndarray:
     axes = (-2, -1)
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=axes), axes=axes, norm="ortho"), axes=axes)
+    return np.fft.fftshift(
+        np.fft.fft2(np.fft.ifftshift(img, axes=axes), axes=axes, norm="ortho"), axes=axes
+    )
 
 
 def make_fastmri_file(
-    path: Path, acquisition: str = "CORPD_FBK", n_slices: int = 4, size=(48, 40), coils: int = 3,
-    crop=(32, 32), store_recon: bool = True, seed: int = 0,
+    path: Path,
+    acquisition: str = "CORPD_FBK",
+    n_slices: int = 4,
+    size=(48, 40),
+    coils: int = 3,
+    crop=(32, 32),
+    store_recon: bool = True,
+    seed: int = 0,
 ) -> Path:
-    """fastMRI multi-coil layout: kspace (slices, coils, H, W) + reconstruction_rss (slices, 32, 32)."""
+    """fastMRI multi-coil layout: kspace (slices, coils, H, W) + reconstruction_rss
+    (slices, 32, 32)."""
     import h5py
 
     rng = np.random.default_rng(seed)
@@ -80,7 +89,10 @@ def make_fastmri_file(
             rss = np.sqrt((np.abs(coil_imgs) ** 2).sum(1))
             h, w = rss.shape[-2:]
             t, left = (h - crop[0]) // 2, (w - crop[1]) // 2
-            f.create_dataset("reconstruction_rss", data=rss[:, t : t + crop[0], left : left + crop[1]].astype(np.float32))
+            f.create_dataset(
+                "reconstruction_rss",
+                data=rss[:, t : t + crop[0], left : left + crop[1]].astype(np.float32),
+            )
         f.attrs["acquisition"] = acquisition
         f.attrs["patient_id"] = path.stem
     return path
@@ -122,3 +134,26 @@ def make_cfg(tmp_path: Path):
 
     yield _make
     GlobalHydra.instance().clear()
+
+
+def run_labels(
+    loss: str, model: str | None = None, seed: int | None = 42, updates: int | None = 300
+) -> dict:
+    """What a stage-sr run's results rows say about the run (labels from the config files)."""
+    import yaml
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    out = {
+        "loss": loss,
+        "loss_label": yaml.safe_load((conf / "loss" / f"{loss}.yaml").read_text())["label"],
+        "seed": seed,
+        "updates": updates,
+        "start_updates": 0,
+        "start_loss": None,
+    }
+    if model:
+        out |= {
+            "model": model,
+            "model_label": yaml.safe_load((conf / "model" / f"{model}.yaml").read_text())["label"],
+        }
+    return out

@@ -41,7 +41,9 @@ def snapshot(root: Path) -> list[tuple[str, int, int]]:
 
 
 def nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None, dtype=None) -> Path:
-    img = nib.Nifti1Image(data if dtype is None else data.astype(dtype), np.eye(4) if affine is None else affine)
+    img = nib.Nifti1Image(
+        data if dtype is None else data.astype(dtype), np.eye(4) if affine is None else affine
+    )
     nib.save(img, str(path))
     return path
 
@@ -238,14 +240,19 @@ def test_broken_nifti(tmp_path: Path, case: str) -> None:
 
 @pytest.mark.parametrize(
     ("dtype", "lo", "hi"),
-    [(np.int16, -32768, 32767), (np.uint16, 0, 65535), (np.int32, -(2**31), 2**31 - 1), (np.uint8, 0, 255),
-     (np.float64, -1e30, 1e30)],
+    [
+        (np.int16, -32768, 32767),
+        (np.uint16, 0, 65535),
+        (np.int32, -(2**31), 2**31 - 1),
+        (np.uint8, 0, 255),
+        (np.float64, -1e30, 1e30),
+    ],
 )
 def test_extreme_integer_values_load_without_overflow(tmp_path: Path, dtype, lo, hi) -> None:
     root = good_ixi(tmp_path)
     data = np.full(SHAPE, lo, dtype=np.float64)
     data[4:20, 4:20, :] = hi
-    data[8:16, 8:16, :] = (lo / 2 + hi / 2)
+    data[8:16, 8:16, :] = lo / 2 + hi / 2
     _replace(root, lambda p: nifti(p, data.astype(dtype)))
     before = snapshot(root)
     dm = ixi_dm(root)
@@ -254,7 +261,11 @@ def test_extreme_integer_values_load_without_overflow(tmp_path: Path, dtype, lo,
     assert np.isfinite(hr.numpy()).all() and hr.min() == 0 and hr.max() == 1
     # ordering is preserved: the bright square is brighter than the middle, middle than background
     mid = hr[3, 0, 12, 12].item()
-    assert hr[3, 0, 5, 5].item() == pytest.approx(1.0) and 0.3 < mid < 0.7 and hr[3, 0, 0, 0].item() == 0
+    assert (
+        hr[3, 0, 5, 5].item() == pytest.approx(1.0)
+        and 0.3 < mid < 0.7
+        and hr[3, 0, 0, 0].item() == 0
+    )
     assert snapshot(root) == before
 
 
@@ -441,7 +452,9 @@ def h5_rewrite(**datasets) -> Callable[[Path], Path]:
 
 
 _rng = np.random.default_rng(0)
-_K = (_rng.standard_normal((3, 2, 40, 40)) + 1j * _rng.standard_normal((3, 2, 40, 40))).astype(np.complex64)
+_K = (_rng.standard_normal((3, 2, 40, 40)) + 1j * _rng.standard_normal((3, 2, 40, 40))).astype(
+    np.complex64
+)
 _K_NAN = _K.copy()
 _K_NAN[1, 0, 3, 3] = np.nan
 
@@ -502,9 +515,22 @@ def test_cli_reports_bad_file_on_one_line(tmp_path: Path) -> None:
     before = snapshot(root)
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "mrsr.run", "stage=eval", "model=bicubic", "data=ixi", "data.num_workers=0",
-         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mrsr.run",
+            "stage=eval",
+            "model=bicubic",
+            "data=ixi",
+            "data.num_workers=0",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -68,7 +68,9 @@ def test_good_checkpoint_loads(tmp_path: Path) -> None:
     torch.save(good_ckpt(), path)
     ckpt = load_checkpoint(path, stage="sr", scale=2)
     assert torch.equal(ckpt["state_dict"]["generator.w"], torch.ones(2, 2))
-    assert sub_state_dict(ckpt["state_dict"], "generator") == {"w": ckpt["state_dict"]["generator.w"]}
+    assert sub_state_dict(ckpt["state_dict"], "generator") == {
+        "w": ckpt["state_dict"]["generator.w"]
+    }
 
 
 def _truncated(tmp_path: Path) -> Path:
@@ -113,8 +115,16 @@ CASES = {
     "not_a_dict": (_write("list.ckpt", [torch.ones(1)]), "state_dict", {}),
     "no_state_dict": (_write("nosd.ckpt", {"weights": torch.ones(1)}), "state_dict", {}),
     "no_metadata": (_write("nometa.ckpt", {"state_dict": {"w": torch.ones(1)}}), "metadata", {}),
-    "wrong_stage": (_write("vit.ckpt", good_ckpt(stage="vit")), "expected a stage-sr", {"stage": "sr"}),
-    "wrong_scale": (_write("x4.ckpt", good_ckpt(scale=4)), "expected x2", {"stage": "sr", "scale": 2}),
+    "wrong_stage": (
+        _write("vit.ckpt", good_ckpt(stage="vit")),
+        "expected a stage-sr",
+        {"stage": "sr"},
+    ),
+    "wrong_scale": (
+        _write("x4.ckpt", good_ckpt(scale=4)),
+        "expected x2",
+        {"stage": "sr", "scale": 2},
+    ),
 }
 
 
@@ -135,6 +145,9 @@ def test_errors_survive_pickling_between_processes() -> None:
 
     from mrsr.errors import DataError
 
-    for err in (DataError("/data/IXI002-Guys-0828-T1.nii.gz", "truncated"), CheckpointError("/x.ckpt", "corrupt")):
+    for err in (
+        DataError("/data/IXI002-Guys-0828-T1.nii.gz", "truncated"),
+        CheckpointError("/x.ckpt", "corrupt"),
+    ):
         again = pickle.loads(pickle.dumps(err))
         assert type(again) is type(err) and str(again) == str(err)

@@ -51,10 +51,14 @@ def test_ixi_split_disjoint_by_subject_and_stable(tmp_path: Path) -> None:
     refs = list_ixi(root, ["T1", "T2"])
     a = split_by_subject(refs, (5, 2, 1), seed=1)
     b = split_by_subject(refs, (5, 2, 1), seed=1)
-    assert {k: [r.name for r in v] for k, v in a.items()} == {k: [r.name for r in v] for k, v in b.items()}
+    assert {k: [r.name for r in v] for k, v in a.items()} == {
+        k: [r.name for r in v] for k, v in b.items()
+    }
     subj = {k: {r.subject for r in v} for k, v in a.items()}
     assert [len(subj[k]) for k in ("train", "test", "val")] == [5, 2, 1]
-    assert not (subj["train"] & subj["test"] or subj["train"] & subj["val"] or subj["test"] & subj["val"])
+    assert not (
+        subj["train"] & subj["test"] or subj["train"] & subj["val"] or subj["test"] & subj["val"]
+    )
     # both contrasts of a subject go to the same split
     for split, rs in a.items():
         for r in rs:
@@ -73,8 +77,14 @@ def test_ixi_datamodule_split_disjoint(ixi_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("n", "wanted", "expected"),
-    [(600, (500, 70, 6), (500, 70, 6)), (576, (500, 70, 6), (500, 70, 6)), (10, (500, 70, 6), (8, 1, 1)),
-     (100, (500, 70, 6), (87, 12, 1)), (3, (500, 70, 6), (1, 1, 1)), (6, (3, 2, 1), (3, 2, 1))],
+    [
+        (600, (500, 70, 6), (500, 70, 6)),
+        (576, (500, 70, 6), (500, 70, 6)),
+        (10, (500, 70, 6), (8, 1, 1)),
+        (100, (500, 70, 6), (87, 12, 1)),
+        (3, (500, 70, 6), (1, 1, 1)),
+        (6, (3, 2, 1), (3, 2, 1)),
+    ],
 )
 def test_split_counts_rule(n: int, wanted, expected) -> None:
     got = split_counts(n, wanted)
@@ -187,7 +197,9 @@ def test_kspace_only_file_used_when_no_reconstruction(tmp_path: Path) -> None:
     info_src = read_fastmri(path, "auto", (32, 32))
     assert info_src.shape == (4, 32, 32)
     path2 = make_fastmri_file(root / "file2.h5")
-    np.testing.assert_allclose(info_src, read_fastmri(path2, "auto", (32, 32)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        info_src, read_fastmri(path2, "auto", (32, 32)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_fastmri_acquisition_filter(fastmri_dir: Path) -> None:
@@ -290,7 +302,12 @@ def test_metric_directions() -> None:
     scores = []
     for noise in (0.2, 0.05):
         m = SRMetrics()
-        m.update((y + noise * torch.randn_like(y)).clamp(min=0), y, torch.tensor([0, 0]), torch.tensor([0, 1]))
+        m.update(
+            (y + noise * torch.randn_like(y)).clamp(min=0),
+            y,
+            torch.tensor([0, 0]),
+            torch.tensor([0, 1]),
+        )
         scores.append(m.compute())
     for name, higher in HIGHER_IS_BETTER.items():
         assert (scores[1][name] > scores[0][name]) == higher, name
@@ -354,7 +371,9 @@ def test_srmetrics_dedup_and_per_volume() -> None:
     slices = [0, 1, 2, 0, 1, 0]
     m = SRMetrics()
     m.update(x[:4], y[:4], torch.tensor(vols[:4]), torch.tensor(slices[:4]))
-    m.update(x[2:], y[2:], torch.tensor(vols[2:]), torch.tensor(slices[2:]))  # (0,2), (1,0) repeated
+    m.update(
+        x[2:], y[2:], torch.tensor(vols[2:]), torch.tensor(slices[2:])
+    )  # (0,2), (1,0) repeated
     m.update(x[:1], y[:1], torch.tensor([0]), torch.tensor([0]))
     got = m.compute()
     ref = _metrics_reference(list(x[:, 0]), list(y[:, 0]), vols, slices)
@@ -425,7 +444,9 @@ def _brain_slices(n: int) -> torch.Tensor:
 
     from mrsr.data.sources import demo_dir
 
-    vol = normalise_volume(np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32))
+    vol = normalise_volume(
+        np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32)
+    )
     mid = [d // 2 for d in vol.shape]
     sl = vol[mid[0] - 48 : mid[0] + 48, mid[1] - 48 : mid[1] + 48, mid[2] : mid[2] + n]
     return torch.from_numpy(np.ascontiguousarray(sl.transpose(2, 0, 1)))[:, None].double()
@@ -446,7 +467,11 @@ def test_kspace_lr_is_on_the_image_grid(scale: int) -> None:
     hr = _brain_slices(1)
     up = upsample(degrade(hr, scale, "kspace"), scale).double()
     shifts = [-0.5, -0.25, 0.0, 0.25, 0.5]
-    err = {(dy, dx): (up - _fourier_shift(hr, dy, dx)).pow(2).mean().item() for dy in shifts for dx in shifts}
+    err = {
+        (dy, dx): (up - _fourier_shift(hr, dy, dx)).pow(2).mean().item()
+        for dy in shifts
+        for dx in shifts
+    }
     assert min(err, key=err.get) == (0.0, 0.0)
     # and it is as close to the HR as bicubic up-sampling of the image-space LR (not 5 dB below)
     bic = (upsample(degrade(hr, scale, "bicubic"), scale).double() - hr).pow(2).mean().item()
@@ -460,7 +485,9 @@ def test_kspace_keeps_the_mean(scale: int) -> None:
 
     hr = _brain_slices(2).float()
     low = kspace_lowpass(hr, scale)
-    torch.testing.assert_close(low.real.mean((-2, -1)), hr.double().mean((-2, -1)), atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        low.real.mean((-2, -1)), hr.double().mean((-2, -1)), atol=1e-9, rtol=0
+    )
     mag = degrade(hr, scale, "kspace")
     assert torch.allclose(mag.mean((-2, -1)), hr.mean((-2, -1)), rtol=0.03)
 
@@ -496,21 +523,28 @@ def test_disk_cache_is_keyed_by_mtime_and_settings(tmp_path, ixi_dir):
 
 def test_multi_axis_training_skips_parts_too_thin_to_slice_across() -> None:
     """A validation slab at the end of the volume leaves an empty part: it is skipped."""
-    dm = DemoDataModule(scale=2, patch_size=16, contrasts=["T1"], val_slab=[0.5, 0.995], train_axes=[0, 1, 2])
+    dm = DemoDataModule(
+        scale=2, patch_size=16, contrasts=["T1"], val_slab=[0.5, 0.995], train_axes=[0, 1, 2]
+    )
     dm.setup("fit")
     train = dm.datasets["train"]
     assert len(train) > 0 and {train.views[v].axis for v, _ in train.index} == {0, 1, 2}
     assert all(train.views[v].slab[1] <= 0.5 for v, _ in train.index)
 
 
-def _official_fastmri(root: Path, train: int, val: int, prefix: str = "", challenges=("singlecoil",)) -> Path:
-    """The official fastMRI folders as users extract them (a test folder without ground truth too)."""
+def _official_fastmri(
+    root: Path, train: int, val: int, prefix: str = "", challenges=("singlecoil",)
+) -> Path:
+    """The official fastMRI folders as users extract them (a test folder without ground truth
+    too)."""
     for ch in challenges:
         for split, n, base in (("train", train, 1000), ("val", val, 2000)):
             d = root / f"{prefix}{ch}_{split}"
             d.mkdir(parents=True)
             for i in range(n):
-                make_fastmri_file(d / f"file{base + i}.h5", ("CORPD_FBK", "CORPDFS_FBK")[i % 2], seed=i)
+                make_fastmri_file(
+                    d / f"file{base + i}.h5", ("CORPD_FBK", "CORPDFS_FBK")[i % 2], seed=i
+                )
         test = root / f"{prefix}{ch}_test_v2"
         test.mkdir()
         make_fastmri_file(test / "file3000.h5", store_recon=False)
@@ -531,11 +565,17 @@ def test_fastmri_official_folders(tmp_path: Path, prefix: str) -> None:
     assert {r.path for r in again.datasets["val"].refs} == names["val"]  # deterministic
     # counts above what is there: everything but the held-out validation files is used
     dm = _fastmri(root, split=(227, 24, 4))
-    assert (len(dm.datasets["train"].refs), len(dm.datasets["val"].refs), len(dm.datasets["test"].refs)) == (1, 4, 3)
+    assert (
+        len(dm.datasets["train"].refs),
+        len(dm.datasets["val"].refs),
+        len(dm.datasets["test"].refs),
+    ) == (1, 4, 3)
 
 
 def test_fastmri_both_challenges_need_a_choice(tmp_path: Path) -> None:
-    root = _official_fastmri(tmp_path / "knee", train=2, val=1, challenges=("singlecoil", "multicoil"))
+    root = _official_fastmri(
+        tmp_path / "knee", train=2, val=1, challenges=("singlecoil", "multicoil")
+    )
     with pytest.raises(DataError, match="data.challenge="):
         _fastmri(root)
     dm = _fastmri(root, split=(1, 1, 1), challenge="multicoil")

@@ -23,15 +23,29 @@ STAGES = {
     "vit": ["vit.max_steps=2", "vit.val_check_interval=2", "vit.batch_size=8"],
     "disent": ["disent.max_steps=2", "disent.val_check_interval=2", "disent.batch_size=4"],
     # one optimiser step per batch updates G and D: 2 steps = 2 batches = 2 generator updates
-    "sr": ["sr.max_steps=2", "sr.val_check_interval=1", "sr.batch_size=4", "sr.train_crop=32",
-           "loss=l1", "loss.adv=1e-3"],
+    "sr": [
+        "sr.max_steps=2",
+        "sr.val_check_interval=1",
+        "sr.batch_size=4",
+        "sr.train_crop=32",
+        "loss=l1",
+        "loss.adv=1e-3",
+    ],
 }
 COMMON = ["~callbacks.progress_bar", "seed=3"]
 
 
 def run(run_dir: Path, stage: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mrsr.run", f"stage={stage}", *STAGES[stage], *COMMON,
-           f"hydra.run.dir={run_dir}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mrsr.run",
+        f"stage={stage}",
+        *STAGES[stage],
+        *COMMON,
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     if check:
@@ -43,9 +57,7 @@ def finished_metrics(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "FINISHED.json").read_text())["test"]
 
 
-@pytest.mark.parametrize(
-    "stage", ["vit", "disent", "sr"]
-)
+@pytest.mark.parametrize("stage", ["vit", "disent", "sr"])
 def test_ddp_two_processes_match_one(tmp_path: Path, stage: str) -> None:
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     run(ddp, stage, "trainer=ddp_cpu")
@@ -62,9 +74,22 @@ def test_ddp_two_processes_match_one(tmp_path: Path, stage: str) -> None:
 
 def test_multirun_with_subprocess_ddp_is_refused(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "mrsr.run", "-m", "stage=vit", *STAGES["vit"], *COMMON,
-         "trainer=ddp_cpu", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mrsr.run",
+            "-m",
+            "stage=vit",
+            *STAGES["vit"],
+            *COMMON,
+            "trainer=ddp_cpu",
+            "seed=1,2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     failed = sorted((tmp_path / "sweep").glob("*/FAILED"))
     assert len(failed) == 2, proc.stderr[-2000:]
@@ -100,10 +125,21 @@ def test_torchrun_ranks_with_different_run_folders_stop(tmp_path: Path) -> None:
     if not torchrun.exists():
         pytest.skip("torchrun not installed next to the interpreter")
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "-m", "mrsr.run", "stage=vit", *STAGES["vit"], *COMMON,
-         "trainer=ddp_cpu", f"hydra.run.dir={tmp_path}/rank_${{oc.env:LOCAL_RANK}}"],
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "-m",
+            "mrsr.run",
+            "stage=vit",
+            *STAGES["vit"],
+            *COMMON,
+            "trainer=ddp_cpu",
+            f"hydra.run.dir={tmp_path}/rank_${{oc.env:LOCAL_RANK}}",
+        ],
         env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert "mrsr: ranks write to different run folders" in proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mrsr.extractors import DisentExtractor, ViTExtractor
 from mrsr.losses.detail_response import (
     demo_patches,
     detail_response,
@@ -20,15 +21,13 @@ from mrsr.losses.detail_response import (
 )
 from mrsr.nets.swapae import StructureTextureEncoder
 from mrsr.nets.vit import SliceViT
-from mrsr.stages.disent import DisentExtractor
-from mrsr.stages.vit import ViTExtractor
 
 # Pixel-scale effect at x2, bicubic low-pass, random-init tiny extractors (the demo `tiny` nets),
 # 32 patches of 96 px of the demo test subject. Measured (seeds 0-5; the test uses seed 0):
 #   DisentExtractor z_s:          pixel scale 1: 0.020-0.117 (0.117); 48/112: 0.0009-0.0059 (0.0047)
 #   ViTExtractor tokens_spatial:  pixel scale 1: 0.018-0.021 (0.020); 64/112: 0.0012-0.0014 (0.0012)
 # (Trained for the demo's 300 steps, both extractors are blind at x2 at either scale, < 0.001:
-# experiments/results/decisive/detail_response.json.)
+# records/2026-12-03-detail-response.)
 DISENT_FLOOR = 0.01  # response of z_s at pixel scale 1
 VIT_FLOOR = 0.01  # response of the token map at pixel scale 1
 MIN_GAIN = 5.0  # pixel scale 1 over the downsampling scale (measured >= 12x)
@@ -80,11 +79,22 @@ def test_toy_extractors(hr: Tensor) -> None:
 
 
 def _tiny_extractors(pixel_scale: str) -> tuple[DisentExtractor, ViTExtractor]:
-    """The demo `tiny` nets at random init (seed 0), fed at ``img_size / 112`` or at pixel scale 1."""
+    """The demo `tiny` nets at random init (seed 0), fed at ``img_size / 112`` or at pixel
+    scale 1."""
     torch.manual_seed(0)
-    enc = StructureTextureEncoder(img_size=48, enc_channels=[8, 8, 8, 8], structure_channels=4, texture_dim=32)
+    enc = StructureTextureEncoder(
+        img_size=48, enc_channels=[8, 8, 8, 8], structure_channels=4, texture_dim=32
+    )
     torch.manual_seed(0)
-    net = SliceViT(img_size=64, patch_size=16, hidden_size=96, mlp_dim=192, num_layers=2, num_heads=4, num_classes=3)
+    net = SliceViT(
+        img_size=64,
+        patch_size=16,
+        hidden_size=96,
+        mlp_dim=192,
+        num_layers=2,
+        num_heads=4,
+        num_classes=3,
+    )
     if pixel_scale == "one":
         return DisentExtractor(enc, pixel_scale=1.0), ViTExtractor(net, pixel_scale=1.0)
     return DisentExtractor(enc, pixel_scale=48 / 112), ViTExtractor(net, pixel_scale=64 / 112)
@@ -94,13 +104,22 @@ def test_pixel_scale_one_sees_sr_detail(hr: Tensor) -> None:
     """Fed downsampled (the old presets) the extractors' Nyquist is at the LR Nyquist at x2 and
     they barely respond; at pixel scale 1 the same networks do."""
     (d_one, v_one), (d_old, v_old) = _tiny_extractors("one"), _tiny_extractors("old")
-    assert d_one.input_size(96, 96) == v_one.input_size(96, 96) == (96, 96)  # the SR patch, unresized
+    assert (
+        d_one.input_size(96, 96) == v_one.input_size(96, 96) == (96, 96)
+    )  # the SR patch, unresized
     assert d_old.input_size(96, 96) == v_old.input_size(96, 96) == (48, 48)
     z_s, z_t = d_one(hr[:2])
     assert z_s.shape == (2, 4, 24, 24) and z_t.shape == (2, 32)
-    assert v_one(hr[:2])[1].shape == (2, 96, 6, 6)  # trained at 64 px: position embedding 4x4 -> 6x6
-    for one, old, key, floor in ((d_one, d_old, "bicubic/z_s", DISENT_FLOOR),
-                                 (v_one, v_old, "bicubic/tokens_spatial", VIT_FLOOR)):
+    assert v_one(hr[:2])[1].shape == (
+        2,
+        96,
+        6,
+        6,
+    )  # trained at 64 px: position embedding 4x4 -> 6x6
+    for one, old, key, floor in (
+        (d_one, d_old, "bicubic/z_s", DISENT_FLOOR),
+        (v_one, v_old, "bicubic/tokens_spatial", VIT_FLOOR),
+    ):
         r_one, r_old = detail_response(one, hr, 2)[key], detail_response(old, hr, 2)[key]
         assert r_one > floor and r_one > MIN_GAIN * r_old, (key, r_one, r_old)
 
@@ -109,7 +128,12 @@ def test_scale_one_presets_train_at_the_network_input_size(make_cfg) -> None:
     for stage, option, value in (("vit", "mim_weight", 1.0), ("disent", "lr_views", True)):
         cfg = make_cfg(f"stage={stage}", f"{stage}=tiny_sr")
         recipe = cfg[stage]
-        assert recipe.train_crop == recipe.img_size == cfg.data.patch_size == cfg.stage.module.train_crop
+        assert (
+            recipe.train_crop
+            == recipe.img_size
+            == cfg.data.patch_size
+            == cfg.stage.module.train_crop
+        )
         assert recipe[option] == value and cfg.stage.module[option] == value
         tiny = make_cfg(f"stage={stage}")[stage]  # the tiny preset, otherwise the same
         assert tiny.img_size == recipe.img_size and tiny.train_crop != recipe.train_crop

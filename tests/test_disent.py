@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from mrsr.errors import MrsrError
+from mrsr.extractors import load_disent_extractor
 from mrsr.metrics import psnr
 from mrsr.nets.swapae import StructureTextureEncoder, resize_to
 from mrsr.stages.disent import (
     DisentModule,
-    load_extractor,
     pearson,
     sobel_edges,
     swap_partners,
@@ -97,8 +97,16 @@ def test_lr_views_learn_the_lr_hr_swap():
     from mrsr.data.degrade import degrade, upsample
 
     torch.manual_seed(0)
-    m = DisentModule(TINY, weights={"adv": 0.0, "swap": 0.0}, disc_channels=8, lr_views=True, scale=2,
-                     degradation="bicubic", lr=2e-3, betas=(0.9, 0.99))
+    m = DisentModule(
+        TINY,
+        weights={"adv": 0.0, "swap": 0.0},
+        disc_channels=8,
+        lr_views=True,
+        scale=2,
+        degradation="bicubic",
+        lr=2e-3,
+        betas=(0.9, 0.99),
+    )
     _attach_trainer(m)
     logged = {}
     m.log_dict = lambda d, **k: logged.update({k_: float(v) for k_, v in d.items()})
@@ -116,14 +124,19 @@ def test_lr_views_learn_the_lr_hr_swap():
 
 
 def test_extractor_input_size_keeps_the_trained_pixel_scale():
-    from mrsr.stages.disent import DisentExtractor
+    from mrsr.extractors import DisentExtractor
 
     enc = StructureTextureEncoder(**TINY).eval()
     ext = DisentExtractor(enc, pixel_scale=32 / 64)  # trained on 64-px crops resized to 32
     assert ext.input_size(96, 96) == (48, 48) and ext.input_size(10, 10) == (16, 16)
     z_s, z_t = ext(torch.rand(2, 1, 96, 96))
     assert z_s.shape == (2, 4, 12, 12) and z_t.shape == (2, 16)
-    assert DisentExtractor(enc)(torch.rand(2, 1, 96, 96))[0].shape == (2, 4, 8, 8)  # legacy: img_size
+    assert DisentExtractor(enc)(torch.rand(2, 1, 96, 96))[0].shape == (
+        2,
+        4,
+        8,
+        8,
+    )  # legacy: img_size
 
 
 def test_nan_step_is_skipped():
@@ -154,8 +167,7 @@ def test_training_improves_reconstruction_and_swap_keeps_structure(make_cfg):
         "disent.batch_size=8",
         "disent.train_crop=64",
     )
-    from mrsr.tasks.common import build_datamodule
-    from mrsr.tasks.train import build_module
+    from mrsr.building import build_datamodule, build_module
 
     torch.manual_seed(0)
     dm = build_datamodule(cfg)
@@ -201,7 +213,7 @@ def saved_ckpt(tmp_path_factory) -> Path:
 
 
 def test_extractor_is_frozen(saved_ckpt):
-    ext = load_extractor(saved_ckpt)
+    ext = load_disent_extractor(saved_ckpt)
     assert sum(p.requires_grad for p in ext.parameters()) == 0
     ext.train()
     assert not ext.training and not ext.encoder.training
@@ -231,7 +243,7 @@ def test_extractor_matches_trained_encoder(saved_ckpt):
         {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
     )
     x = torch.rand(2, 1, 32, 32)
-    ext = load_extractor(saved_ckpt)
+    ext = load_disent_extractor(saved_ckpt)
     with torch.no_grad():
         for u, v in zip(ext(x), enc(x), strict=True):
             assert torch.equal(u, v)
@@ -245,13 +257,13 @@ def _one_line(err: MrsrError) -> str:
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path, saved_ckpt):
     with pytest.raises(MrsrError) as e:
-        load_extractor(tmp_path / "missing.ckpt")
+        load_disent_extractor(tmp_path / "missing.ckpt")
     assert "not found" in _one_line(e.value)
 
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all" * 10)
     with pytest.raises(MrsrError) as e:
-        load_extractor(garbage)
+        load_disent_extractor(garbage)
     assert str(garbage) in _one_line(e.value)
 
     vit_like = tmp_path / "vit.ckpt"
@@ -260,7 +272,7 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, saved_ckpt):
         vit_like,
     )
     with pytest.raises(MrsrError) as e:
-        load_extractor(vit_like)
+        load_disent_extractor(vit_like)
     assert "stage-vit" in _one_line(e.value)
 
     ckpt = torch.load(saved_ckpt, weights_only=True)
@@ -268,11 +280,11 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, saved_ckpt):
     bad = tmp_path / "mismatch.ckpt"
     torch.save(ckpt, bad)
     with pytest.raises(MrsrError) as e:
-        load_extractor(bad)
+        load_disent_extractor(bad)
     assert "do not fit" in _one_line(e.value)
 
     del ckpt["mrsr"]["config"]
     torch.save(ckpt, bad)
     with pytest.raises(MrsrError) as e:
-        load_extractor(bad)
+        load_disent_extractor(bad)
     assert "network config" in _one_line(e.value)

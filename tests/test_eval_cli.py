@@ -21,7 +21,12 @@ def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
     env = {**os.environ, "WANDB_MODE": "disabled"}
     env.pop("MRSR_OUTPUT_DIR", None)
     return subprocess.run(
-        [sys.executable, "-m", "mrsr.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "mrsr.run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -43,7 +48,9 @@ def _read_results(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def test_eval_demo_end_to_end(tmp_path: Path) -> None:
     cwd, run_dir = tmp_path / "elsewhere", tmp_path / "run"
     cwd.mkdir()
-    proc = run_cli("stage=eval", "model=bicubic", "data=demo", "scale=2", f"hydra.run.dir={run_dir}", cwd=cwd)
+    proc = run_cli(
+        "stage=eval", "model=bicubic", "data=demo", "scale=2", f"hydra.run.dir={run_dir}", cwd=cwd
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for word in ("PSNR", "SSIM", "NMSE", "bicubic"):
         assert word in proc.stdout
@@ -56,8 +63,16 @@ def test_eval_demo_end_to_end(tmp_path: Path) -> None:
     assert f"{ref['psnr']:.2f}" in proc.stdout
     assert 25 < rows[0]["psnr"] < 45 and 0.8 < rows[0]["ssim"] < 1
     # realism, structure and consistency: bicubic up-sampling is blur, consistent with its input
-    assert rows[0]["hf_power"] < -0.3 and 0.5 < rows[0]["edge_f1"] < 1 and 0.5 < rows[0]["tissue_dice"] < 1
-    assert 0 < rows[0]["redeg"] < 0.1 and rows[0]["grad_w1"] > 0 and rows[0]["hfen_07"] > rows[0]["hfen"]
+    assert (
+        rows[0]["hf_power"] < -0.3
+        and 0.5 < rows[0]["edge_f1"] < 1
+        and 0.5 < rows[0]["tissue_dice"] < 1
+    )
+    assert (
+        0 < rows[0]["redeg"] < 0.1
+        and rows[0]["grad_w1"] > 0
+        and rows[0]["hfen_07"] > rows[0]["hfen"]
+    )
     assert not any(cwd.iterdir()), "nothing may be written into the working directory"
 
 
@@ -67,18 +82,30 @@ def test_eval_ixi_end_to_end(tmp_path: Path) -> None:
     cwd, run_dir = tmp_path / "elsewhere", tmp_path / "run"
     cwd.mkdir()
     proc = run_cli(
-        "stage=eval", "model=bicubic", "data=ixi", f"paths.data_dir={tmp_path / 'data'}", "scale=4",
-        "data.crop=[40,44,12]", "data.num_workers=0", f"hydra.run.dir={run_dir}", cwd=cwd,
+        "stage=eval",
+        "model=bicubic",
+        "data=ixi",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "scale=4",
+        "data.crop=[40,44,12]",
+        "data.num_workers=0",
+        f"hydra.run.dir={run_dir}",
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "IXI x4" in proc.stdout
     rows, _ = _read_results(run_dir)
-    dm = IXIDataModule(root=str(tmp_path / "data" / "IXI"), scale=4, crop=(40, 44, 12), split=(500, 70, 6))
+    dm = IXIDataModule(
+        root=str(tmp_path / "data" / "IXI"), scale=4, crop=(40, 44, 12), split=(500, 70, 6)
+    )
     ref = _reference(dm)
     assert rows[0]["dataset"] == "IXI" and rows[0]["n_volumes"] == ref["n_volumes"] >= 1
     for k in ("psnr", "ssim", "nmse"):
         assert rows[0][k] == pytest.approx(ref[k], rel=1e-6), k
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "data" / "IXI").iterdir()) == listing
+    assert (
+        sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "data" / "IXI").iterdir())
+        == listing
+    )
 
 
 def test_eval_fastmri_folder_of_two_files(tmp_path: Path) -> None:
@@ -86,8 +113,15 @@ def test_eval_fastmri_folder_of_two_files(tmp_path: Path) -> None:
     make_fastmri(tmp_path / "data" / "fastmri", n_files=2)
     run_dir = tmp_path / "run"
     proc = run_cli(
-        "stage=eval", "model=bicubic", "data=fastmri", f"paths.data_dir={tmp_path / 'data'}", "data.split=all",
-        "data.fastmri_crop=[32,32]", "data.num_workers=0", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "stage=eval",
+        "model=bicubic",
+        "data=fastmri",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.split=all",
+        "data.fastmri_crop=[32,32]",
+        "data.num_workers=0",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows, _ = _read_results(run_dir)
@@ -109,7 +143,10 @@ def _one_line_error(proc: subprocess.CompletedProcess) -> str:
         (["stage=nonsense"], "nonsense"),
         (["stage=eval", "model=bicubic", "data=nonsense"], "nonsense"),
         (["stage=eval", "model=bicubic", "scale=3"], "scale=3"),
-        (["stage=eval", "model=bicubic", "data=ixi", "paths.data_dir=/nonexistent/dir"], "/nonexistent/dir"),
+        (
+            ["stage=eval", "model=bicubic", "data=ixi", "paths.data_dir=/nonexistent/dir"],
+            "/nonexistent/dir",
+        ),
         (["stage=eval", "model=bicubic", "scale=8"], "scale=8"),
         (["stage=eval", "model=bicubic", "data.num_workers=abc"], "data.num_workers"),
         (["stage=eval", "model=bicubic", "data.flips=3"], "expected true/false"),
@@ -126,8 +163,17 @@ def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -
 def test_cli_help_lists_groups(tmp_path: Path) -> None:
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for group in ("stage", "data", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug"):
+    for group in (
+        "stage",
+        "data",
+        "model",
+        "trainer",
+        "logger",
+        "callbacks",
+        "paths",
+        "experiment",
+        "debug",
+    ):
         assert f"{group}:" in proc.stdout, group
     for option in ("demo", "ixi", "fastmri", "bicubic", "eval"):
         assert option in proc.stdout
-

@@ -14,9 +14,9 @@ import lightning as L
 import pytest
 import torch
 
+from mrsr.building import build_module
 from mrsr.losses.gan import d_accuracy
 from mrsr.stages.sr import SRModule
-from mrsr.tasks.train import build_module
 from tests.test_sr import SMALL, snapshot, synthetic_loader
 
 
@@ -29,8 +29,14 @@ def gan_module(make_cfg, *extra: str, loss: str = "gan") -> SRModule:
 def fit(module: SRModule, tmp_path: Path, steps: int, ckpt_path: str | None = None) -> L.Trainer:
     """``steps`` generator updates over as many epochs of the synthetic loader as needed."""
     trainer = L.Trainer(
-        max_steps=steps, max_epochs=-1, limit_val_batches=0, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=steps,
+        max_epochs=-1,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         default_root_dir=str(tmp_path),
     )
     trainer.fit(module, train_dataloaders=synthetic_loader(), ckpt_path=ckpt_path)
@@ -47,7 +53,11 @@ def held_out_accuracy(module: SRModule) -> float:
     generator = copy.deepcopy(module.generator).train()
     with torch.no_grad():
         return statistics.fmean(
-            float(d_accuracy(module.discriminator(hr), module.discriminator(generator(lr)), module.gan_loss))
+            float(
+                d_accuracy(
+                    module.discriminator(hr), module.discriminator(generator(lr)), module.gan_loss
+                )
+            )
             for lr, hr, _ in synthetic_loader(seed=1)
         )
 
@@ -61,10 +71,17 @@ def record_first_step(module: SRModule, monkeypatch) -> dict[str, Any]:
         if not seen:
             opt = module.trainer.optimizers[0]
             seen.update(
-                global_step=module.global_step, epoch=module.lr_schedulers().last_epoch,
-                generator=snapshot(module.generator), ema=snapshot(module.ema), discriminator=snapshot(module.discriminator),
+                global_step=module.global_step,
+                epoch=module.lr_schedulers().last_epoch,
+                generator=snapshot(module.generator),
+                ema=snapshot(module.ema),
+                discriminator=snapshot(module.discriminator),
                 g_state=[opt.state.get(p) for p in module.generator.parameters()],
-                d_steps={int(opt.state[p]["step"]) for p in module.discriminator.parameters() if p in opt.state},
+                d_steps={
+                    int(opt.state[p]["step"])
+                    for p in module.discriminator.parameters()
+                    if p in opt.state
+                },
                 accuracy=held_out_accuracy(module),
             )
         return original(batch, batch_idx)
@@ -78,7 +95,9 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_discriminator_has_its_own_learning_rate_and_betas(make_cfg, tmp_path: Path) -> None:
-    module = gan_module(make_cfg, "sr.lr=1e-4", "sr.d_lr=4e-4", "sr.d_betas=[0.5,0.99]", "sr.warmup_steps=4")
+    module = gan_module(
+        make_cfg, "sr.lr=1e-4", "sr.d_lr=4e-4", "sr.d_betas=[0.5,0.99]", "sr.warmup_steps=4"
+    )
     assert (module.hparams["d_lr"], module.hparams["d_betas"]) == (4e-4, [0.5, 0.99])
     fit(module, tmp_path, steps=2)
     g, d = group(module, "G"), group(module, "D")
@@ -100,8 +119,9 @@ def test_default_discriminator_settings_are_the_generators(make_cfg, tmp_path: P
     assert same(*results)
 
 
-def test_warmup_trains_d_alone_before_the_first_generator_update(make_cfg, tmp_path: Path, monkeypatch,
-                                                                 caplog) -> None:
+def test_warmup_trains_d_alone_before_the_first_generator_update(
+    make_cfg, tmp_path: Path, monkeypatch, caplog
+) -> None:
     warmup, steps = 40, 3
     module = gan_module(make_cfg, f"sr.d_warmup={warmup}", "sr.d_lr=3e-3", "sr.lr_schedule=cosine")
     g0, ema0, d0 = snapshot(module.generator), snapshot(module.ema), snapshot(module.discriminator)
@@ -130,8 +150,11 @@ def test_resumed_run_does_not_warm_up_again(make_cfg, tmp_path: Path, monkeypatc
     first = record_first_step(resumed, monkeypatch)
     trainer = fit(resumed, tmp_path, steps=4, ckpt_path=str(tmp_path / "cut.ckpt"))
     assert trainer.global_step == 4 and first["global_step"] == 2
-    d_saved = {k.removeprefix("discriminator."): v for k, v in saved["state_dict"].items()
-               if k.startswith("discriminator.")}
+    d_saved = {
+        k.removeprefix("discriminator."): v
+        for k, v in saved["state_dict"].items()
+        if k.startswith("discriminator.")
+    }
     assert same(first["discriminator"], d_saved)  # D as checkpointed: no second warm-up
     assert first["d_steps"] == {4 + 2}  # its 4 warm-up steps and 2 updates of the first fit
 
@@ -148,7 +171,9 @@ def test_d_accuracy_threshold_per_gan_loss() -> None:
     real, fake = torch.tensor([0.7, 0.2]), torch.tensor([0.3, -1.0])
     assert float(d_accuracy(real, fake, "nsgan")) == 0.5 * (1.0 + 0.5)  # logit 0 is the midpoint
     assert float(d_accuracy(real, fake, "hinge")) == 0.5 * (1.0 + 0.5)
-    assert float(d_accuracy(real, fake, "lsgan")) == 0.5 * (0.5 + 1.0)  # targets 1 and 0: midpoint 0.5
+    assert float(d_accuracy(real, fake, "lsgan")) == 0.5 * (
+        0.5 + 1.0
+    )  # targets 1 and 0: midpoint 0.5
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from mrsr.metrics import (
     ssim,
     ssim_fg,
 )
+from tests.conftest import run_labels
 
 # ------------------------------------------------------------------ independent reference
 
@@ -69,7 +70,9 @@ def brain() -> torch.Tensor:
 
     from mrsr.data.sources import demo_dir
 
-    vol = normalise_volume(np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32))
+    vol = normalise_volume(
+        np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32)
+    )
     mid = vol.shape[2] // 2
     sl = vol[:, :, [mid, mid + 10]].transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(sl))[:, None].float()
@@ -204,7 +207,9 @@ def test_all_background_slice_is_left_out() -> None:
         assert out["n_slices"] == 2 and out["n_slices_fg"] == 1
         for k in ("psnr_fg", "ssim_fg", "psnr_fg_vol", "ssim_fg_vol"):
             assert out[k] == pytest.approx(ref[k], rel=1e-12), k
-            assert out[k] == pytest.approx((psnr_fg if k.startswith("psnr") else ssim_fg)(x, y)[0].item(), rel=1e-5)
+            assert out[k] == pytest.approx(
+                (psnr_fg if k.startswith("psnr") else ssim_fg)(x, y)[0].item(), rel=1e-5
+            )
         assert out["psnr_fg_vol_std"] == 0.0 and out["ssim_fg_vol_std"] == 0.0
         assert out["psnr"] != pytest.approx(ref["psnr"])  # the unmasked mean does count it
     assert split.compute()["n_volumes"] == 2
@@ -236,7 +241,9 @@ def test_srmetrics_hfen_per_slice_and_per_volume(brain: torch.Tensor) -> None:
     # masked per-volume PSNR: summed foreground squared error over the foreground pixel count
     mask = (hr > FOREGROUND).double()
     sse = (((sr.clamp(min=0) - hr).double() ** 2) * mask).sum()
-    assert out["psnr_fg_vol"] == pytest.approx(10 * math.log10(mask.sum().item() / sse.item()), rel=1e-6)
+    assert out["psnr_fg_vol"] == pytest.approx(
+        10 * math.log10(mask.sum().item() / sse.item()), rel=1e-6
+    )
     assert out["ssim_fg_vol"] == pytest.approx(ssim_fg(sr, hr).mean().item(), rel=1e-5)
     # the existing keys are still there, with the new ones
     for k in ("psnr", "ssim", "nmse", "n_slices", "n_volumes"):
@@ -248,7 +255,11 @@ def test_srmetrics_hfen_per_slice_and_per_volume(brain: torch.Tensor) -> None:
 def test_summary_names_and_directions() -> None:
     assert SUMMARY == ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg")
     assert set(SUMMARY) == set(HIGHER_IS_BETTER)
-    assert HIGHER_IS_BETTER["hfen"] is False and HIGHER_IS_BETTER["psnr_fg"] and HIGHER_IS_BETTER["ssim_fg"]
+    assert (
+        HIGHER_IS_BETTER["hfen"] is False
+        and HIGHER_IS_BETTER["psnr_fg"]
+        and HIGHER_IS_BETTER["ssim_fg"]
+    )
 
 
 # ------------------------------------------------------------------ report
@@ -256,17 +267,39 @@ def test_summary_names_and_directions() -> None:
 
 def _job(root: Path, name: str, preset: str, extra: dict) -> None:
     folder = root / name / "sr"
-    (root / name / ".hydra").mkdir(parents=True)
-    (root / name / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      loss: {preset}\n")
-    base = {"dataset": "demo", "scale": 2, "degradation": "bicubic"}
-    vals = {"psnr": 30.0, "ssim": 0.9, "nmse": 0.01, "psnr_vol": 29.0, "ssim_vol": 0.8, "nmse_vol": 0.02,
-            "psnr_vol_std": 0.5, "ssim_vol_std": 0.01, "nmse_vol_std": 0.001, **extra}
-    folder.mkdir()
+    base = {
+        "dataset": "demo",
+        "scale": 2,
+        "degradation": "bicubic",
+        **run_labels(preset, updates=None),
+    }
+    vals = {
+        "psnr": 30.0,
+        "ssim": 0.9,
+        "nmse": 0.01,
+        "psnr_vol": 29.0,
+        "ssim_vol": 0.8,
+        "nmse_vol": 0.02,
+        "psnr_vol_std": 0.5,
+        "ssim_vol_std": 0.01,
+        "nmse_vol_std": 0.001,
+        **extra,
+    }
+    folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps([{"method": "sr", **base, **vals}]))
 
 
-NEW = {"hfen": 0.3, "hfen_vol": 0.25, "hfen_vol_std": 0.012345, "psnr_fg": 27.0, "psnr_fg_vol": 26.5,
-       "psnr_fg_vol_std": 0.75, "ssim_fg": 0.7, "ssim_fg_vol": 0.69, "ssim_fg_vol_std": 0.02}
+NEW = {
+    "hfen": 0.3,
+    "hfen_vol": 0.25,
+    "hfen_vol_std": 0.012345,
+    "psnr_fg": 27.0,
+    "psnr_fg_vol": 26.5,
+    "psnr_fg_vol_std": 0.75,
+    "ssim_fg": 0.7,
+    "ssim_fg_vol": 0.69,
+    "ssim_fg_vol_std": 0.02,
+}
 
 
 def test_report_old_results_keep_the_old_table(tmp_path: Path) -> None:
@@ -274,9 +307,15 @@ def test_report_old_results_keep_the_old_table(tmp_path: Path) -> None:
     rows = report.table_rows(report.collect(tmp_path))
     md = report.to_markdown(rows)
     assert "HFEN" not in md and "fg" not in md
-    assert "| SRResNet, L1 (baseline) | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 |" in md
+    assert (
+        "| SRResNet, L1 (baseline) | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 |"
+        in md
+    )
     header = report.to_csv(rows).splitlines()[0]
-    assert header == "dataset,degradation,method,scale,psnr,psnr_std,ssim,ssim_std,nmse,nmse_std,n_seeds,budget,run"
+    assert header == (
+        "dataset,degradation,method,scale,psnr,psnr_std,ssim,ssim_std,nmse,nmse_std,"
+        "n_seeds,budget,run"
+    )
 
 
 def test_report_shows_new_metrics_and_a_dash_for_old_runs(tmp_path: Path) -> None:
@@ -285,10 +324,18 @@ def test_report_shows_new_metrics_and_a_dash_for_old_runs(tmp_path: Path) -> Non
     rows = report.table_rows(report.collect(tmp_path))
     md = report.to_markdown(rows)
     assert "| x2 HFEN | x2 PSNR-fg | x2 SSIM-fg |" in md
-    assert ("| full method: L_adv + L_ViT + L_str + L_tex | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 "
-            "| 0.2500 ± 0.0123 | 26.50 ± 0.75 | 0.6900 ± 0.0200 |") in md
-    assert "| SRResNet, L1 (baseline) | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 | — | — | — |" in md
+    assert (
+        "| full method: L_adv + L_ViT + L_str + L_tex | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 "
+        "| 0.0200 ± 0.0010 "
+        "| 0.2500 ± 0.0123 | 26.50 ± 0.75 | 0.6900 ± 0.0200 |"
+    ) in md
+    assert (
+        "| SRResNet, L1 (baseline) | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 "
+        "| — | — | — |" in md
+    )
     lines = report.to_csv(rows).splitlines()
-    assert lines[0].endswith("nmse_std,hfen,hfen_std,psnr_fg,psnr_fg_std,ssim_fg,ssim_fg_std,n_seeds,budget,run")
+    assert lines[0].endswith(
+        "nmse_std,hfen,hfen_std,psnr_fg,psnr_fg_std,ssim_fg,ssim_fg_std,n_seeds,budget,run"
+    )
     old = next(line for line in lines if ",l1," in line)
     assert ",0.02,0.001,,,,,,," in old

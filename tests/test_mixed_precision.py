@@ -25,7 +25,9 @@ class ManualToy(StageModule):
 
     stage = "toy"
 
-    def __init__(self, nan_policy: str = "stop", bad_steps: tuple[int, ...] = OVERFLOW_STEPS) -> None:
+    def __init__(
+        self, nan_policy: str = "stop", bad_steps: tuple[int, ...] = OVERFLOW_STEPS
+    ) -> None:
         super().__init__(config={"toy": True}, scale=2, nan_policy=nan_policy)
         self.automatic_optimization = False
         self.net = torch.nn.Linear(4, 1)
@@ -58,8 +60,13 @@ def fit(tmp_path: Path, module: ManualToy, steps: int = 8, fp16: bool = True) ->
     data = DataLoader(TensorDataset(torch.randn(128, 4)), batch_size=8)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
         plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)] if fp16 else None,
     )
     trainer.fit(module, data)
@@ -74,13 +81,18 @@ def test_overflow_skips_one_step_lowers_the_scale_and_training_goes_on(tmp_path:
     assert module.scales[bad] == module.scales[bad - 1] / 2  # the scaler lowered its scale
     # the overflowing step left the weights alone; every later step updated them
     assert torch.equal(module.history[bad], module.history[bad + 1])
-    assert all(not torch.equal(a, b) for a, b in zip(module.history[bad + 1 : -1], module.history[bad + 2 :], strict=True))
+    assert all(
+        not torch.equal(a, b)
+        for a, b in zip(module.history[bad + 1 : -1], module.history[bad + 2 :], strict=True)
+    )
     assert torch.isfinite(module.net.weight).all()
 
 
 def test_gradients_that_stay_non_finite_reach_the_nan_policy(tmp_path: Path) -> None:
     module = ManualToy("stop", bad_steps=tuple(range(100)))
-    with pytest.raises(NumericalError, match=r"non-finite loss term\(s\) grad\(net\) at loss scale"):
+    with pytest.raises(
+        NumericalError, match=r"non-finite loss term\(s\) grad\(net\) at loss scale"
+    ):
         fit(tmp_path, module, steps=40)
     assert module.overflow_steps == 11  # 2**10 halved eleven times: below the minimum scale of 1
 

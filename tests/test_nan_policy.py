@@ -50,8 +50,13 @@ def fit(tmp_path: Path, module: Toy, steps: int = 6) -> L.Trainer:
     L.seed_everything(0)
     data = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=8)
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, plugins=[AtomicCheckpointIO()],
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        plugins=[AtomicCheckpointIO()],
         callbacks=[LastCheckpoint(dirpath=str(tmp_path), every_n_train_steps=1)],
     )
     trainer.fit(module, data)

@@ -13,26 +13,50 @@ import pytest
 import torch
 
 from mrsr import report
+from mrsr.labels import L1_PHASE
 from mrsr.tasks.pipeline import extractor_key, needed_extractors, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny data: a 96 x 96 in-plane crop of 12 axial slices of the demo volumes.
 TINY_DATA = ["data.crop=[96,96,12]", "data.eval_batch_size=4"]
-FAST_SR = ["model=srresnet_small", "model.n_blocks=1", "sr.val_check_interval=10",
-           "sr.batch_size=4", "sr.train_crop=32", "sr.ema_decay=0", "callbacks.progress_bar=null"]
+FAST_SR = [
+    "model=srresnet_small",
+    "model.n_blocks=1",
+    "sr.val_check_interval=10",
+    "sr.batch_size=4",
+    "sr.train_crop=32",
+    "sr.ema_decay=0",
+    "callbacks.progress_bar=null",
+]
 
 
 def _mrsr(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "mrsr.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "mrsr.run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def test_multirun_sweep_gives_one_folder_per_job_and_the_table_matches(tmp_path: Path) -> None:
     """scale=2,4 x max_steps=20,-1: jobs 1 and 3 fail (no length), 0 and 2 still finish."""
     sweep = tmp_path / "sweep"
-    proc = _mrsr("-m", "stage=sr", "loss=l1", "scale=2,4", *FAST_SR, *TINY_DATA,
-                 "sr.max_steps=20,-1", "sr.max_epochs=-1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = _mrsr(
+        "-m",
+        "stage=sr",
+        "loss=l1",
+        "scale=2,4",
+        *FAST_SR,
+        *TINY_DATA,
+        "sr.max_steps=20,-1",
+        "sr.max_epochs=-1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1", "2", "3"]
@@ -43,7 +67,12 @@ def test_multirun_sweep_gives_one_folder_per_job_and_the_table_matches(tmp_path:
         assert (job / "FINISHED.json").is_file() and not (job / "FAILED").exists()
 
     rows = report.table_rows(report.collect(sweep))
-    assert {(r["method"], r["scale"]) for r in rows} == {("bicubic", 2), ("bicubic", 4), ("l1", 2), ("l1", 4)}
+    assert {(r["method"], r["scale"]) for r in rows} == {
+        ("bicubic", 2),
+        ("bicubic", 4),
+        ("l1", 2),
+        ("l1", 4),
+    }
     for job in finished:
         results = json.loads((job / "results.json").read_text())
         scale = results[0]["scale"]
@@ -73,16 +102,33 @@ def test_collector_rejects_a_folder_without_finished_runs(tmp_path: Path, capsys
     assert report.main([str(tmp_path / "missing")]) == 2
 
 
-def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None:
+def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path, make_cfg) -> None:
     def job(name: str, preset: str, scale: int, psnr: float) -> None:
         folder = tmp_path / name / "sr"
-        (tmp_path / name / ".hydra").mkdir(parents=True)
-        (tmp_path / name / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      loss: {preset}\n")
-        base = {"dataset": "demo", "scale": scale, "degradation": "bicubic"}
-        vals = {"psnr": psnr, "ssim": 0.9, "nmse": 0.01, "psnr_vol": psnr - 1, "ssim_vol": 0.8, "nmse_vol": 0.02,
-                "psnr_vol_std": 0.5, "ssim_vol_std": 0.01, "nmse_vol_std": 0.001}
-        folder.mkdir()
-        rows = [{"method": "sr", **base, **vals}, {"method": "bicubic", **base, **vals, "psnr_vol": 20.0}]
+        loss = make_cfg(f"loss={preset}").loss  # rows are labelled by the run's own config
+        base = {
+            "dataset": "demo",
+            "scale": scale,
+            "degradation": "bicubic",
+            "loss": loss.name,
+            "loss_label": loss.label,
+        }
+        vals = {
+            "psnr": psnr,
+            "ssim": 0.9,
+            "nmse": 0.01,
+            "psnr_vol": psnr - 1,
+            "ssim_vol": 0.8,
+            "nmse_vol": 0.02,
+            "psnr_vol_std": 0.5,
+            "ssim_vol_std": 0.01,
+            "nmse_vol_std": 0.001,
+        }
+        folder.mkdir(parents=True)
+        rows = [
+            {"method": "sr", **base, **vals},
+            {"method": "bicubic", **base, **vals, "psnr_vol": 20.0},
+        ]
         (folder / "results.json").write_text(json.dumps(rows))
 
     job("0", "tex_str", 2, 30.0)
@@ -90,10 +136,18 @@ def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None
     job("2", "l1", 4, 28.0)
     rows = report.table_rows(report.collect(tmp_path))
     assert [(r["method"], r["scale"]) for r in rows] == [
-        ("bicubic", 2), ("bicubic", 4), ("l1", 4), ("paper", 2), ("tex_str", 2)]
+        ("bicubic", 2),
+        ("bicubic", 4),
+        ("l1", 4),
+        ("paper", 2),
+        ("tex_str", 2),
+    ]
     assert next(r for r in rows if r["method"] == "paper")["psnr"] == 30.0  # the volume mean
     md = report.to_markdown(rows)
-    assert "| ablation: L_tex + L_str | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 | — | — | — |" in md
+    assert (
+        "| ablation: L_tex + L_str | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 "
+        "| — | — | — |" in md
+    )
 
 
 def test_needed_extractors_follow_the_loss_preset(make_cfg) -> None:
@@ -104,18 +158,32 @@ def test_needed_extractors_follow_the_loss_preset(make_cfg) -> None:
     # Both extractors train on HR slices only: one of each serves both scales and degradations,
     # but another contrast selection or network size is another extractor.
     for stage in ("vit", "disent"):
-        assert extractor_key(make_cfg("scale=2"), stage) == extractor_key(make_cfg("scale=4"), stage)
+        assert extractor_key(make_cfg("scale=2"), stage) == extractor_key(
+            make_cfg("scale=4"), stage
+        )
         assert extractor_key(make_cfg("scale=2"), stage) == extractor_key(
             make_cfg("data.degradation=kspace"), stage
         )
-        assert extractor_key(make_cfg(), stage) != extractor_key(make_cfg("data.contrasts=[T1,T2]"), stage)
-    assert extractor_key(make_cfg(), "disent") != extractor_key(make_cfg("disent.texture_dim=16"), "disent")
+        assert extractor_key(make_cfg(), stage) != extractor_key(
+            make_cfg("data.contrasts=[T1,T2]"), stage
+        )
+    assert extractor_key(make_cfg(), "disent") != extractor_key(
+        make_cfg("disent.texture_dim=16"), "disent"
+    )
 
 
 def test_interrupted_pipeline_resumes_without_retraining_vit(make_cfg, caplog) -> None:
     """First run: vit finishes, then sr fails (no length). Rerun: vit is skipped, sr trains."""
-    tiny = ["stage=pipeline", "loss=vit", *TINY_DATA, *FAST_SR, "vit.max_steps=10",
-            "vit.val_check_interval=5", "vit.batch_size=4", "vit.train_crop=32"]
+    tiny = [
+        "stage=pipeline",
+        "loss=vit",
+        *TINY_DATA,
+        *FAST_SR,
+        "vit.max_steps=10",
+        "vit.val_check_interval=5",
+        "vit.batch_size=4",
+        "vit.train_crop=32",
+    ]
     cfg = make_cfg(*tiny, "sr.max_steps=-1", "sr.max_epochs=-1")
     root = Path(cfg.paths.output_dir)
     with pytest.raises(Exception, match="max_steps or max_epochs"):
@@ -135,23 +203,37 @@ def test_interrupted_pipeline_resumes_without_retraining_vit(make_cfg, caplog) -
     assert result["stages"]["vit"]["best"] == str(best)
     assert json.loads((root / "PIPELINE.json").read_text())["vit"]["best"] == str(best)
     # two phases, one budget: 10 L1 updates, then 10 fine-tuning updates from the L1 generator
-    steps = {p: torch.load(root / p / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-             for p in ("sr_l1", "sr")}
+    steps = {
+        p: torch.load(root / p / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        for p in ("sr_l1", "sr")
+    }
     assert steps == {"sr_l1": 10, "sr": 10}
     assert result["stages"]["sr"]["best"] and result["stages"]["sr_l1"]["best"]
     assert "fine-tuning from" in caplog.text and "loaded" in caplog.text
+    # each phase is labelled by its own arguments: the L1 phase is not a row of the tables
+    rows = {p: json.loads((root / p / "results.json").read_text())[0] for p in ("sr_l1", "sr")}
+    assert rows["sr_l1"]["loss"] == L1_PHASE and rows["sr"]["loss"] == "vit"
+    assert rows["sr"]["loss_label"] == "ablation: L_ViT" and rows["sr"]["model"] == "srresnet_small"
+    assert [r.preset for r in report.collect(root)] == ["vit"]
+    assert report.budget(rows["sr"]) == "20 updates (10 L1 + 10 fine-tuning)"
+    assert report.budget(rows["sr_l1"]) == "10 updates (one phase)"
 
 
 def test_report_gives_mean_and_std_over_seeds(tmp_path: Path) -> None:
     def job(name: str, preset: str, seed: int, psnr: float) -> None:
         folder = tmp_path / name / "sr"
-        (tmp_path / name / ".hydra").mkdir(parents=True)
-        (tmp_path / name / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n      loss: {preset}\n")
-        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
-        base = {"dataset": "demo", "scale": 2, "degradation": "bicubic"}
-        folder.mkdir()
-        rows = [{"method": "sr", **base, "psnr_vol": psnr, "psnr_vol_std": 0.0},
-                {"method": "bicubic", **base, "psnr_vol": 20.0, "psnr_vol_std": 0.0}]
+        base = {
+            "dataset": "demo",
+            "scale": 2,
+            "degradation": "bicubic",
+            "loss": preset,
+            "seed": seed,
+        }
+        folder.mkdir(parents=True)
+        rows = [
+            {"method": "sr", **base, "psnr_vol": psnr, "psnr_vol_std": 0.0},
+            {"method": "bicubic", **base, "psnr_vol": 20.0, "psnr_vol_std": 0.0},
+        ]
         (folder / "results.json").write_text(json.dumps(rows))
 
     for i, (seed, psnr) in enumerate([(42, 30.0), (43, 31.0), (44, 32.0)]):
@@ -166,9 +248,10 @@ def test_report_gives_mean_and_std_over_seeds(tmp_path: Path) -> None:
 
 
 def test_report_leaves_out_the_l1_phase(tmp_path: Path) -> None:
-    phase = tmp_path / "extractors" / "sr_l1-demo-123" / "sr_l1"
+    """Found by the loss name its rows carry, wherever its folder is."""
+    phase = tmp_path / "extractors" / "anywhere"
     phase.mkdir(parents=True)
-    base = {"dataset": "demo", "scale": 2, "degradation": "bicubic", "loss": "paired"}
+    base = {"dataset": "demo", "scale": 2, "degradation": "bicubic", "loss": L1_PHASE}
     (phase / "results.json").write_text(json.dumps([{"method": "sr", **base, "psnr_vol": 1.0}]))
     with pytest.raises(report.ReportError, match="no finished runs"):
         report.collect(tmp_path)

@@ -13,16 +13,26 @@ import torch
 FAST = {
     "vit": ["vit.max_steps=2", "vit.val_check_interval=2", "vit.batch_size=4"],
     "disent": ["disent.max_steps=2", "disent.val_check_interval=2", "disent.batch_size=4"],
-    "sr": ["sr.max_steps=2", "sr.val_check_interval=1", "sr.batch_size=4", "sr.train_crop=32",
-           "loss=l1", "loss.adv=1e-3"],
+    "sr": [
+        "sr.max_steps=2",
+        "sr.val_check_interval=1",
+        "sr.batch_size=4",
+        "sr.train_crop=32",
+        "loss=l1",
+        "loss.adv=1e-3",
+    ],
 }
-LIMITS = ["+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2", "trainer=cpu",
-          "~callbacks.progress_bar"]
+LIMITS = [
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "trainer=cpu",
+    "~callbacks.progress_bar",
+]
 
 
 @pytest.mark.parametrize("stage", ["vit", "disent", "sr"])
 def test_bf16_mixed_on_cpu(make_cfg, stage: str) -> None:
-    from mrsr.tasks.train import train_stage
+    from mrsr.training import train_stage
 
     cfg = make_cfg(f"stage={stage}", *FAST[stage], *LIMITS, "trainer.precision=bf16-mixed")
     out = Path(cfg.paths.output_dir)
@@ -40,7 +50,7 @@ def test_bf16_mixed_on_cpu(make_cfg, stage: str) -> None:
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
 def test_precision_values_accepted(make_cfg, precision: str) -> None:
-    from mrsr.tasks.common import build_trainer
+    from mrsr.building import build_trainer
 
     cfg = make_cfg("trainer=cpu", f"trainer.precision={precision}", "~callbacks.progress_bar")
     trainer = build_trainer(cfg)

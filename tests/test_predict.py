@@ -10,19 +10,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mrsr import inference
 from mrsr.data.degrade import intensity_range, normalise_volume
 from mrsr.errors import DataError, MrsrError
 from mrsr.nets.srresnet import SRResNet
 from mrsr.tasks import predict as predict_mod
 from tests.conftest import make_fastmri_file, phantom
 
-SMALL = ["model=srresnet_small", "model.n_blocks=1", "model.n_feats=8", "model.residual_bicubic=true"]
+SMALL = [
+    "model=srresnet_small",
+    "model.n_blocks=1",
+    "model.n_feats=8",
+    "model.residual_bicubic=true",
+]
 
 
 def save_sr_checkpoint(make_cfg, path: Path, scale: int = 2, bicubic_only: bool = True) -> Path:
     """A stage-sr checkpoint written as training writes it; with ``bicubic_only`` its EMA
     generator outputs exactly the bicubic up-sampling (zero residual)."""
-    from mrsr.tasks.train import build_module
+    from mrsr.building import build_module
 
     cfg = make_cfg("stage=sr", "loss=l1", f"scale={scale}", *SMALL)
     module = build_module(cfg)
@@ -59,7 +65,14 @@ def setup(make_cfg, tmp_path: Path):
     def run(*extra: str, output: Path | None = None, input: Path = inp):
         out = output or tmp_path / "out.nii.gz"
         # the fixture's voxels (1 x 2 x 3 mm) are not square in any plane: the axis is given
-        cfg = make_cfg("stage=predict", f"ckpt={ckpt}", f"input={input}", f"output={out}", "predict.axis=2", *extra)
+        cfg = make_cfg(
+            "stage=predict",
+            f"ckpt={ckpt}",
+            f"input={input}",
+            f"output={out}",
+            "predict.axis=2",
+            *extra,
+        )
         return predict_mod.predict(cfg), out
 
     return run, vol, inp, tmp_path
@@ -85,7 +98,9 @@ def test_predict_shape_affine_and_intensities(setup, axis: int) -> None:
         assert np.allclose(world(a_out, new), world(a_in, old), atol=1e-4)
     # zero-residual generator = bicubic on the normalised scale, mapped back to the input range
     lo, hi = intensity_range(vol.astype(np.float32))
-    slices = torch.from_numpy(np.moveaxis(normalise_volume(vol.astype(np.float32)), axis, 0))[:, None]
+    slices = torch.from_numpy(np.moveaxis(normalise_volume(vol.astype(np.float32)), axis, 0))[
+        :, None
+    ]
     bic = F.interpolate(slices, scale_factor=2, mode="bicubic", align_corners=False).clamp(min=0)
     expect = np.moveaxis(bic[:, 0].numpy(), 0, axis) * (hi - lo) + lo
     assert np.allclose(np.asarray(img.dataobj), expect, atol=1e-3 * (hi - lo))
@@ -97,7 +112,9 @@ def test_predict_2d_and_fastmri(setup, make_cfg, tmp_path: Path) -> None:
     result, out = run(output=tmp_path / "slice_sr.nii", input=inp2d)
     img = nib.load(str(out))
     assert img.shape == (24, 20)
-    assert np.allclose(world(img.affine, (0, 0, 0)), world(rotated_affine(), (-0.25, -0.25, 0)), atol=1e-4)
+    assert np.allclose(
+        world(img.affine, (0, 0, 0)), world(rotated_affine(), (-0.25, -0.25, 0)), atol=1e-4
+    )
     h5 = make_fastmri_file(tmp_path / "knee.h5", n_slices=3)
     result, out = run(output=tmp_path / "knee_sr.nii.gz", input=h5)
     img = nib.load(str(out))
@@ -111,8 +128,8 @@ def test_tiled_equals_whole_image() -> None:
     x = torch.rand(2, 1, 50, 37)
     with torch.no_grad():
         whole = net(x)
-        tiled = predict_mod.sr_tiled(net, x, 2, tile=24, overlap=16)
-        small = predict_mod.sr_tiled(net, x, 2, tile=20, overlap=4)
+        tiled = inference.sr_tiled(net, x, 2, tile=24, overlap=16)
+        small = inference.sr_tiled(net, x, 2, tile=20, overlap=4)
     assert torch.allclose(whole, tiled, atol=1e-5)
     assert small.shape == whole.shape and not torch.allclose(whole, small, atol=1e-5)
 
@@ -139,7 +156,7 @@ def test_predict_refusals(setup, tmp_path: Path) -> None:
 
 def test_failure_mid_volume_leaves_no_output(setup, monkeypatch, tmp_path: Path) -> None:
     run, *_ = setup
-    real = predict_mod.sr_tiled
+    real = inference.sr_tiled
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -148,11 +165,11 @@ def test_failure_mid_volume_leaves_no_output(setup, monkeypatch, tmp_path: Path)
             raise RuntimeError("out of memory (simulated)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict_mod, "sr_tiled", flaky)
+    monkeypatch.setattr(inference, "sr_tiled", flaky)
     with pytest.raises(RuntimeError):
         run("predict.batch_size=2")
     assert calls["n"] == 2
-    monkeypatch.setattr(predict_mod, "sr_tiled", real)
+    monkeypatch.setattr(inference, "sr_tiled", real)
 
     def broken_save(img, filename):
         Path(filename).write_bytes(b"partial")
@@ -174,11 +191,16 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
 
     umask = os.umask(0o022)
     try:
-        predict_mod.write_nifti_atomic(tmp_path / "out.nii.gz", np.ones((4, 4, 2), np.float32), np.eye(4))
+        inference.write_nifti_atomic(
+            tmp_path / "out.nii.gz", np.ones((4, 4, 2), np.float32), np.eye(4)
+        )
         atomic_write_text(tmp_path / "results.json", "[]")
     finally:
         os.umask(umask)
     for name in ("out.nii.gz", "results.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz", "results.json"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.nii.gz",
+        "results.json",
+    ]  # no temporary left
     assert nib.load(tmp_path / "out.nii.gz").shape == (4, 4, 2)

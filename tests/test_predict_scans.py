@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
+from mrsr import inference
 from mrsr.data.geometry import slicing_axis
 from mrsr.data.sources import demo_dir
 from mrsr.errors import ConfigError, DataError
+from mrsr.runner import quiet_third_party
 from mrsr.tasks import predict as predict_mod
-from mrsr.tasks import quiet_third_party
 from tests.conftest import compose_cfg, phantom
 from tests.test_predict import save_sr_checkpoint
 
@@ -41,9 +42,13 @@ def test_auto_axis_of_isotropic_and_ambiguous_volumes() -> None:
         slicing_axis((1.0, 4.0, 4.0))
     with pytest.raises(ConfigError, match=r"not square.*predict.axis=0\|1\|2"):
         slicing_axis((0.5, 1.0, 4.0))
-    assert slicing_axis((1.0, 0.9, 1.0)).axis == 1  # axis 2's slices are 1 x 0.9 mm, axis 1's square
+    assert (
+        slicing_axis((1.0, 0.9, 1.0)).axis == 1
+    )  # axis 2's slices are 1 x 0.9 mm, axis 1's square
     assert slicing_axis((1.0, 0.898437, 0.898437)).axis == 0  # the demo's seg3d T1 (sagittal)
-    with pytest.raises(ConfigError, match=r"no slice orientation has square voxels.*predict.axis=0\|1\|2"):
+    with pytest.raises(
+        ConfigError, match=r"no slice orientation has square voxels.*predict.axis=0\|1\|2"
+    ):
         slicing_axis((0.8, 0.9, 1.0))
     explicit = slicing_axis((0.5, 1.0, 4.0), 2)
     assert explicit.axis == 2 and not explicit.square  # given: taken, and the caller warns
@@ -79,7 +84,9 @@ def _predict(make_cfg, ckpt: Path, inp: Path, out: Path, *extra: str) -> dict:
 
 
 @pytest.mark.parametrize("thick,seed", [(0, 1), (1, 2), (2, 3)])
-def test_predict_refines_the_acquisition_plane(make_cfg, ckpt: Path, tmp_path: Path, thick: int, seed: int) -> None:
+def test_predict_refines_the_acquisition_plane(
+    make_cfg, ckpt: Path, tmp_path: Path, thick: int, seed: int
+) -> None:
     zooms = [1.0, 1.0, 1.0]
     zooms[thick] = 4.0
     shape = [10, 10, 10]
@@ -100,7 +107,9 @@ def test_predict_refines_the_acquisition_plane(make_cfg, ckpt: Path, tmp_path: P
 
 def test_predict_says_which_axis_and_why(make_cfg, ckpt: Path, tmp_path: Path, caplog) -> None:
     inp = tmp_path / "sag.nii.gz"
-    nib.save(nib.Nifti1Image(phantom((4, 12, 12), seed=5) + 1, np.diag([5.0, 1.0, 1.0, 1.0])), str(inp))
+    nib.save(
+        nib.Nifti1Image(phantom((4, 12, 12), seed=5) + 1, np.diag([5.0, 1.0, 1.0, 1.0])), str(inp)
+    )
     with caplog.at_level(logging.INFO, logger="mrsr"):
         _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz")
     text = caplog.text
@@ -108,20 +117,28 @@ def test_predict_says_which_axis_and_why(make_cfg, ckpt: Path, tmp_path: Path, c
     assert "output voxels 5 x 0.5 x 0.5 mm" in text
 
 
-def test_ambiguous_voxels_are_refused_with_the_setting_to_pass(make_cfg, ckpt: Path, tmp_path: Path) -> None:
+def test_ambiguous_voxels_are_refused_with_the_setting_to_pass(
+    make_cfg, ckpt: Path, tmp_path: Path
+) -> None:
     inp = tmp_path / "odd.nii.gz"
-    nib.save(nib.Nifti1Image(phantom((6, 6, 6), seed=1) + 1, np.diag([1.0, 4.0, 4.0, 1.0])), str(inp))
+    nib.save(
+        nib.Nifti1Image(phantom((6, 6, 6), seed=1) + 1, np.diag([1.0, 4.0, 4.0, 1.0])), str(inp)
+    )
     with pytest.raises(DataError, match=r"odd.nii.gz: .*two axes are thick.*predict.axis=0"):
         _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz")
     assert not (tmp_path / "o.nii.gz").exists()
-    _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz", "predict.axis=0")  # what the message says works
+    _predict(
+        make_cfg, ckpt, inp, tmp_path / "o.nii.gz", "predict.axis=0"
+    )  # what the message says works
     assert nib.load(str(tmp_path / "o.nii.gz")).shape == (6, 12, 12)
 
 
 # -- the header -----------------------------------------------------------------------------
 
 
-def _with_header(path: Path, data: np.ndarray, sform: int, qform: int, dtype=np.int16) -> nib.Nifti1Image:
+def _with_header(
+    path: Path, data: np.ndarray, sform: int, qform: int, dtype=np.int16
+) -> nib.Nifti1Image:
     affine = oblique((1.0, 1.0, 3.0), 7)
     img = nib.Nifti1Image(data.astype(dtype), affine)
     img.set_sform(affine, code=sform)
@@ -135,7 +152,9 @@ def _with_header(path: Path, data: np.ndarray, sform: int, qform: int, dtype=np.
 
 
 @pytest.mark.parametrize("sform,qform", [(4, 1), (2, 0), (1, 2), (0, 0)])
-def test_output_keeps_the_header(make_cfg, ckpt: Path, tmp_path: Path, sform: int, qform: int) -> None:
+def test_output_keeps_the_header(
+    make_cfg, ckpt: Path, tmp_path: Path, sform: int, qform: int
+) -> None:
     inp = tmp_path / "in.nii.gz"
     before = _with_header(inp, phantom((10, 10, 3), seed=2) * 400, sform, qform)
     _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz")
@@ -148,20 +167,21 @@ def test_output_keeps_the_header(make_cfg, ckpt: Path, tmp_path: Path, sform: in
     assert np.allclose(h.get_zooms(), (0.5, 0.5, 3.0), atol=1e-5)
     assert h.get_data_dtype() == np.float32
     if sform or qform:  # where it means something, the affine is the refined input affine
-        want = predict_mod.upsampled_affine(before.affine, 2, (0, 1))
+        want = inference.upsampled_affine(before.affine, 2, (0, 1))
         assert np.allclose(nib.load(str(tmp_path / "o.nii.gz")).affine, want, atol=1e-4)
 
 
 def test_description_is_appended_within_80_bytes(tmp_path: Path) -> None:
     like = nib.Nifti1Header()
     like["descrip"] = b"x" * 78
-    img = predict_mod.output_image(np.zeros((2, 2, 2)), np.eye(4), like, note="mrsr x2 SR")
+    img = inference.output_image(np.zeros((2, 2, 2)), np.eye(4), like, note="mrsr x2 SR")
     assert bytes(img.header["descrip"]) == b"x" * 78 + b"; "
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16])
-def test_output_dtype_input_is_the_input_type_with_fitted_scaling(make_cfg, ckpt: Path, tmp_path: Path,
-                                                                  dtype) -> None:
+def test_output_dtype_input_is_the_input_type_with_fitted_scaling(
+    make_cfg, ckpt: Path, tmp_path: Path, dtype
+) -> None:
     inp = tmp_path / "in.nii.gz"
     _with_header(inp, phantom((10, 10, 3), seed=4) * 200 + 20, 2, 1, dtype)
     _predict(make_cfg, ckpt, inp, tmp_path / "f.nii.gz")
@@ -184,7 +204,9 @@ def test_a_hot_voxel_stays_local(make_cfg, tmp_path: Path) -> None:
     """A voxel 100x the volume's maximum neither erases nearby anatomy (no pixel of it sent to
     the volume's minimum) nor changes the result beyond a couple of input voxels; its own
     value comes through."""
-    vol = nib.load(str(demo_dir() / "seg3d_T1.nii.gz")).get_fdata(dtype=np.float32)[30:130, 60:160, 79:80]
+    vol = nib.load(str(demo_dir() / "seg3d_T1.nii.gz")).get_fdata(dtype=np.float32)[
+        30:130, 60:160, 79:80
+    ]
     centre = (50, 50, 0)
     hot = vol.copy()
     hot[centre] = vol.max() * 100
@@ -192,13 +214,17 @@ def test_a_hot_voxel_stays_local(make_cfg, tmp_path: Path) -> None:
     def run(data: np.ndarray, name: str) -> np.ndarray:
         inp = tmp_path / f"{name}.nii.gz"
         nib.save(nib.Nifti1Image(data, np.eye(4)), str(inp))
-        cfg = make_cfg("stage=predict", f"input={inp}", f"output={tmp_path / (name + '_x2.nii.gz')}")
+        cfg = make_cfg(
+            "stage=predict", f"input={inp}", f"output={tmp_path / (name + '_x2.nii.gz')}"
+        )
         predict_mod.predict(cfg)  # the bundled x2 model
         return nib.load(str(tmp_path / f"{name}_x2.nii.gz")).get_fdata()[..., 0]
 
     base, out = run(vol, "base"), run(hot, "hot")
     yy, xx = np.mgrid[: base.shape[0], : base.shape[1]]
-    r = np.hypot((yy + 0.5) / 2 - 0.5 - centre[0], (xx + 0.5) / 2 - 0.5 - centre[1])  # in input voxels
+    r = np.hypot(
+        (yy + 0.5) / 2 - 0.5 - centre[0], (xx + 0.5) / 2 - 0.5 - centre[1]
+    )  # in input voxels
     anatomy = base > np.percentile(base, 30)
     assert not ((out <= hot.min()) & anatomy).any()
     diff = np.abs(out - base) / vol.max()
@@ -216,7 +242,9 @@ def _dicom(path: Path) -> Path:
 
 def test_dicom_is_refused_with_the_conversion_to_run(make_cfg, ckpt: Path, tmp_path: Path) -> None:
     one = _dicom(tmp_path / "IM0001.dcm")
-    with pytest.raises(DataError, match=r"IM0001.dcm: is a DICOM file: convert it to NIfTI first, e.g. `dcm2niix"):
+    with pytest.raises(
+        DataError, match=r"IM0001.dcm: is a DICOM file: convert it to NIfTI first, e.g. `dcm2niix"
+    ):
         _predict(make_cfg, ckpt, one, tmp_path / "o.nii.gz")
     series = tmp_path / "series"
     series.mkdir()
@@ -230,32 +258,52 @@ def test_4d_needs_a_volume_index(make_cfg, ckpt: Path, tmp_path: Path) -> None:
     data = np.stack([phantom((8, 8, 3), seed=s) + 1 for s in range(3)], -1)
     inp = tmp_path / "fmri.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(inp))
-    with pytest.raises(DataError, match=r"fmri.nii.gz: is 4D \(shape \(8, 8, 3, 3\): 3 volumes\): pass predict.volume"):
+    with pytest.raises(
+        DataError,
+        match=r"fmri.nii.gz: is 4D \(shape \(8, 8, 3, 3\): 3 volumes\): pass predict.volume",
+    ):
         _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz")
     with pytest.raises(DataError, match=r"predict.volume=3: the file has 3 volumes \(0..2\)"):
         _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz", "predict.volume=3")
     _predict(make_cfg, ckpt, inp, tmp_path / "one.nii.gz", "predict.volume=1")
-    _predict(make_cfg, ckpt, tmp_path / "one.nii.gz", tmp_path / "x.nii.gz", "predict.volume=0")  # a 3D file
+    _predict(
+        make_cfg, ckpt, tmp_path / "one.nii.gz", tmp_path / "x.nii.gz", "predict.volume=0"
+    )  # a 3D file
     nib.save(nib.Nifti1Image(data[..., 1], np.eye(4)), str(tmp_path / "v1.nii.gz"))
     _predict(make_cfg, ckpt, tmp_path / "v1.nii.gz", tmp_path / "two.nii.gz")
     one, two = (nib.load(str(tmp_path / n)).get_fdata() for n in ("one.nii.gz", "two.nii.gz"))
     assert one.shape == (16, 16, 3) and np.array_equal(one, two)
 
 
-def test_nan_voxels_are_refused_with_how_to_replace_them(make_cfg, ckpt: Path, tmp_path: Path) -> None:
+def test_nan_voxels_are_refused_with_how_to_replace_them(
+    make_cfg, ckpt: Path, tmp_path: Path
+) -> None:
     data = phantom((8, 8, 3), seed=1) + 1
     data[2, 2, 1] = np.nan
     inp = tmp_path / "nan.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(inp))
-    with pytest.raises(DataError, match=r"nan.nii.gz: volume contains 1 NaN/inf voxels: replace them first.*nan_to_num"):
+    with pytest.raises(
+        DataError,
+        match=r"nan.nii.gz: volume contains 1 NaN/inf voxels: replace them first.*nan_to_num",
+    ):
         _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz")
 
 
 def test_a_refused_run_has_its_error_in_run_log(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "mrsr.run", "stage=predict", f"input={tmp_path / 'missing.nii.gz'}",
-         f"output={tmp_path / 'o.nii.gz'}", f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "mrsr.run",
+            "stage=predict",
+            f"input={tmp_path / 'missing.nii.gz'}",
+            f"output={tmp_path / 'o.nii.gz'}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     line = f"mrsr: input={tmp_path / 'missing.nii.gz'}: file not found"
     assert proc.stderr.strip().splitlines()[-1] == line
@@ -266,16 +314,21 @@ def test_a_refused_run_has_its_error_in_run_log(tmp_path: Path) -> None:
 
 
 def test_progress_is_logged_when_not_a_terminal(caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="mrsr"), predict_mod.SliceProgress(
-            "super-resolving slices", 10, every=0.0) as bar:
+    with (
+        caplog.at_level(logging.INFO, logger="mrsr"),
+        inference.SliceProgress("super-resolving slices", 10, every=0.0) as bar,
+    ):
         for _ in range(5):
             bar.advance(2)
     lines = [r.getMessage() for r in caplog.records if "super-resolving" in r.getMessage()]
     assert lines[0].startswith("super-resolving slices: 2/10 (20%)") and lines[-1].startswith(
-        "super-resolving slices: 10/10 (100%)")
+        "super-resolving slices: 10/10 (100%)"
+    )
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="mrsr"), predict_mod.SliceProgress(
-            "quiet", 4, enabled=False, every=0.0) as bar:
+    with (
+        caplog.at_level(logging.INFO, logger="mrsr"),
+        inference.SliceProgress("quiet", 4, enabled=False, every=0.0) as bar,
+    ):
         bar.advance(4)
     assert not caplog.records
 
@@ -293,6 +346,10 @@ def test_third_party_tips_and_known_deprecations_are_filtered(caplog) -> None:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("default")
         quiet_third_party()
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=1)
+        warnings.warn(
+            "`isinstance(treespec, LeafSpec)` is deprecated, use ...",
+            DeprecationWarning,
+            stacklevel=1,
+        )
         warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something else is deprecated"]

@@ -19,6 +19,7 @@ from mrsr.data.degrade import degrade, intensity_range, normalise_volume
 from mrsr.data.readers import read_nifti
 from mrsr.data.sources import demo_dir
 from mrsr.errors import ConfigError
+from mrsr.inference import bundled_model
 from mrsr.metrics import edge_f1, highband_power_log_ratio
 from mrsr.nets.srresnet import SRResNet
 from mrsr.stages.sr import ema_warmup_fn, lr_factor, pixel_loss
@@ -51,7 +52,9 @@ def _bright_volume() -> np.ndarray:
     vol = read_nifti(demo_dir() / "seg3d_T1.nii.gz").data[16:144, 40:200, 76:80].astype(np.float32)
     g = np.stack(np.meshgrid(*[np.arange(n) for n in vol.shape[:2]], indexing="ij"), -1)
     blob = ((g - [64, 80]) ** 2).sum(-1) < 5.4**2  # 0.45 % of the voxels
-    vol[blob] = vol.max() * 6.0 + 400.0 * np.sin(np.arange(blob.sum()))[:, None]  # textured, not flat
+    vol[blob] = (
+        vol.max() * 6.0 + 400.0 * np.sin(np.arange(blob.sum()))[:, None]
+    )  # textured, not flat
     return vol
 
 
@@ -66,7 +69,9 @@ def test_predict_keeps_the_brightest_voxels(tmp_path: Path) -> None:
     cfg = _predict_cfg(inp, out)
     predict_mod.predict(cfg)
     sr = np.asarray(nib.load(str(out)).dataobj, dtype=np.float32)
-    up = F.interpolate(torch.from_numpy(np.moveaxis(vol, 2, 0))[:, None], scale_factor=2, mode="bicubic")
+    up = F.interpolate(
+        torch.from_numpy(np.moveaxis(vol, 2, 0))[:, None], scale_factor=2, mode="bicubic"
+    )
     bic = np.moveaxis(up[:, 0].numpy(), 0, 2)
     top = sr >= np.percentile(sr, 99.7)
     # the bright structure keeps its level and texture (old behaviour: flat at p99.5)
@@ -87,11 +92,15 @@ def test_predict_keeps_the_brightest_voxels(tmp_path: Path) -> None:
 def test_residual_generator_starts_at_bicubic(scale: int, upsampler: str) -> None:
     g = SRResNet(scale, 2, 8, batch_norm=False, residual_bicubic=True, upsampler=upsampler).eval()
     x = torch.rand(2, 1, 9, 12) * 3
-    assert torch.equal(g(x), F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False))
+    assert torch.equal(
+        g(x), F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    )
     assert g(x).shape == (2, 1, 9 * scale, 12 * scale)
     # ICNR: every sub-pixel of a shuffle starts identical (no checkerboard at step 0)
     plain = SRResNet(scale, 2, 8, batch_norm=False, upsampler=upsampler)
-    conv, factor = (plain.upsample[0], 2) if upsampler == "pixelshuffle" else (plain.last_conv, scale)
+    conv, factor = (
+        (plain.upsample[0], 2) if upsampler == "pixelshuffle" else (plain.last_conv, scale)
+    )
     w = conv.weight.view(-1, factor**2, *conv.weight.shape[1:])
     assert torch.equal(w, w[:, :1].expand_as(w))
 
@@ -116,7 +125,9 @@ def test_ema_warmup_follows_the_formula() -> None:
 def test_cosine_schedule_with_warmup() -> None:
     f = lr_factor("cosine", warmup=10, total=110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
+    assert (
+        f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
+    )
     assert lr_factor("constant", 0, 100)(99) == 1.0
 
 
@@ -126,7 +137,9 @@ def test_charbonnier_is_smooth_l1() -> None:
     assert pixel_loss(a, a, "charbonnier") == 0
 
 
-@pytest.mark.parametrize("kind", ["bicubic"])  # k-space truncation is off the grid (a known open issue)
+@pytest.mark.parametrize(
+    "kind", ["bicubic"]
+)  # k-space truncation is off the grid (a known open issue)
 def test_geometric_and_intensity_augmentations_keep_pairs_consistent(kind: str) -> None:
     """Augmenting an (LR, HR) pair gives the pair of the augmented HR, for every draw."""
     hr = torch.rand(1, 1, 32, 32) * 2
@@ -160,7 +173,9 @@ def _psnr(x: np.ndarray, y: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("scale", [2, 4])
-def test_bundled_model_beats_bicubic_on_an_unseen_subject(scale: int, tmp_path: Path, caplog) -> None:
+def test_bundled_model_beats_bicubic_on_an_unseen_subject(
+    scale: int, tmp_path: Path, caplog
+) -> None:
     """No ``ckpt``: the bundled model of ``scale``, on a slab of the held-out demo subject."""
     vol = read_nifti(demo_dir() / "seg3d_T1.nii.gz").data[16:144, 40:200, 70:76]
     hr = torch.from_numpy(np.moveaxis(vol, 2, 0))[:, None].double()
@@ -179,9 +194,16 @@ def test_bundled_model_beats_bicubic_on_an_unseen_subject(scale: int, tmp_path: 
     assert gain > (0.5 if scale == 2 else 0.4), f"x{scale}: {gain:+.2f} dB over bicubic"
     # it restores detail above the LR Nyquist and edges that bicubic blurs (normalised scale)
     lo, hi = intensity_range(vol)
-    t_sr, t_bic, t_hr = (torch.from_numpy(np.moveaxis((v - lo) / (hi - lo), 2, 0))[:, None].float() for v in (sr, bic, vol))
-    power_sr, power_bic = (highband_power_log_ratio(t, t_hr, scale).mean().item() for t in (t_sr, t_bic))
-    assert power_bic < power_sr < 0.1, f"x{scale}: high-band power log ratio {power_sr:.3f} vs bicubic {power_bic:.3f}"
+    t_sr, t_bic, t_hr = (
+        torch.from_numpy(np.moveaxis((v - lo) / (hi - lo), 2, 0))[:, None].float()
+        for v in (sr, bic, vol)
+    )
+    power_sr, power_bic = (
+        highband_power_log_ratio(t, t_hr, scale).mean().item() for t in (t_sr, t_bic)
+    )
+    assert power_bic < power_sr < 0.1, (
+        f"x{scale}: high-band power log ratio {power_sr:.3f} vs bicubic {power_bic:.3f}"
+    )
     assert edge_f1(t_sr, t_hr).mean() > edge_f1(t_bic, t_hr).mean()
 
 
@@ -197,4 +219,4 @@ def test_bundled_model_on_a_2d_slice(tmp_path: Path) -> None:
 
 def test_missing_bundled_scale_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="scale=3 is not supported"):
-        predict_mod.bundled_model(3)
+        bundled_model(3)

@@ -51,9 +51,13 @@ def phantom(n: int = 4, size: int = 96, seed: int = 0) -> torch.Tensor:
         for _ in range(5):
             cy, cx = (torch.rand(2, generator=g) - 0.5) * 0.8
             ay, ax = 0.1 + 0.25 * torch.rand(2, generator=g)
-            img = img + (torch.rand(1, generator=g) * 0.8 - 0.3) * (((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1)
+            img = img + (torch.rand(1, generator=g) * 0.8 - 0.3) * (
+                ((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1
+            )
         texture = gaussian_blur(torch.randn(1, 1, size, size, generator=g), 0.8)[0, 0]
-        out.append(gaussian_blur((img * head).clamp_min(0)[None, None], 0.6)[0, 0] + 0.08 * texture * head)
+        out.append(
+            gaussian_blur((img * head).clamp_min(0)[None, None], 0.6)[0, 0] + 0.08 * texture * head
+        )
     return torch.stack(out)[:, None].clamp_min(0)
 
 
@@ -73,8 +77,22 @@ def test_former_module_imports_still_work() -> None:
     import mrsr.metrics as m
     from mrsr.metrics import distortion
 
-    for name in ("SRMetrics", "SliceTable", "SUMMARY", "HIGHER_IS_BETTER", "FOREGROUND", "psnr", "ssim",
-                 "nmse", "hfen", "hfen_terms", "log_filter", "log_kernel", "psnr_fg", "ssim_fg"):
+    for name in (
+        "SRMetrics",
+        "SliceTable",
+        "SUMMARY",
+        "HIGHER_IS_BETTER",
+        "FOREGROUND",
+        "psnr",
+        "ssim",
+        "nmse",
+        "hfen",
+        "hfen_terms",
+        "log_filter",
+        "log_kernel",
+        "psnr_fg",
+        "ssim_fg",
+    ):
         assert getattr(m, name) is getattr(distortion, name)
     assert set(REALISM_HIGHER_IS_BETTER) == set(REALISM)
 
@@ -91,7 +109,9 @@ def test_radial_spectrum_rings() -> None:
 
 
 def test_highband_power_blur_noise_identity(hr: torch.Tensor) -> None:
-    assert torch.equal(highband_power_log_ratio(hr, hr, 2), torch.zeros(hr.shape[0], dtype=torch.float64))
+    assert torch.equal(
+        highband_power_log_ratio(hr, hr, 2), torch.zeros(hr.shape[0], dtype=torch.float64)
+    )
     assert (highband_power_log_ratio(gaussian_blur(hr, 1.5), hr, 2) < -0.5).all()
     assert (highband_power_log_ratio(upsample(degrade(hr, 4), 4), hr, 4) < 0).all()
     assert (highband_power_log_ratio(_noisy(hr, 0.05), hr, 2) > 0.1).all()
@@ -105,7 +125,9 @@ def test_wasserstein_hand_computed() -> None:
     a = torch.tensor([0.0, 1.0, 2.0])
     assert wasserstein1(a, a + 0.5).item() == pytest.approx(0.5)  # a shift gives the shift
     # Q_a = 0 on (0, 1/2], 1 after; Q_b = 0 on (0, 2/3]: they differ by 1 on (1/2, 2/3]
-    assert wasserstein1(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0, 1.0])).item() == pytest.approx(1 / 6)
+    assert wasserstein1(
+        torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0, 1.0])
+    ).item() == pytest.approx(1 / 6)
 
 
 def test_wasserstein_matches_cdf_integral() -> None:
@@ -115,18 +137,27 @@ def test_wasserstein_matches_cdf_integral() -> None:
     xs = np.sort(np.concatenate([a, b]))
     cdf = lambda s, x: np.searchsorted(np.sort(s), x, side="right") / s.size  # noqa: E731
     expected = np.sum(np.abs(cdf(a, xs[:-1]) - cdf(b, xs[:-1])) * np.diff(xs))
-    assert wasserstein1(torch.from_numpy(a), torch.from_numpy(b)).item() == pytest.approx(expected, rel=1e-12)
+    assert wasserstein1(torch.from_numpy(a), torch.from_numpy(b)).item() == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_gradient_distance(hr: torch.Tensor) -> None:
-    assert torch.equal(gradient_histogram_distance(hr, hr), torch.zeros(hr.shape[0], dtype=torch.float64))
+    assert torch.equal(
+        gradient_histogram_distance(hr, hr), torch.zeros(hr.shape[0], dtype=torch.float64)
+    )
     assert (gradient_histogram_distance(gaussian_blur(hr, 1.5), hr) > 0.005).all()
-    # ramps of slope 0.01 and 0.03 per pixel: the Sobel / 8 magnitudes differ by 0.02 away from the border
+    # ramps of slope 0.01 and 0.03 per pixel: the Sobel / 8 magnitudes differ by 0.02 away from
+    # the border
     ramp = torch.arange(32.0).expand(1, 1, 32, 32)
     inner = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
     inner[..., 1:-1, 1:-1] = True
-    assert gradient_histogram_distance(0.03 * ramp, 0.01 * ramp, inner).item() == pytest.approx(0.02, abs=1e-6)
-    assert gradient_histogram_distance(hr[:1], torch.zeros_like(hr[:1])).isnan().all()  # no foreground
+    assert gradient_histogram_distance(0.03 * ramp, 0.01 * ramp, inner).item() == pytest.approx(
+        0.02, abs=1e-6
+    )
+    assert (
+        gradient_histogram_distance(hr[:1], torch.zeros_like(hr[:1])).isnan().all()
+    )  # no foreground
 
 
 # ------------------------------------------------------------------ HFEN at two scales
@@ -149,7 +180,9 @@ def test_hfen_default_is_the_former_function_bit_for_bit(hr: torch.Tensor) -> No
 @pytest.mark.parametrize("kind", ["bicubic", "kspace"])
 def test_redegradation_error(hr: torch.Tensor, kind: str) -> None:
     lr = degrade(hr, 2, kind)
-    assert torch.equal(redegradation_error(hr, lr, 2, kind), torch.zeros(hr.shape[0], dtype=torch.float64))
+    assert torch.equal(
+        redegradation_error(hr, lr, 2, kind), torch.zeros(hr.shape[0], dtype=torch.float64)
+    )
     assert (redegradation_error(_noisy(hr, 0.05), lr, 2, kind) > 0.01).all()
     assert redegradation_error(hr, torch.zeros_like(lr), 2, kind).isnan().all()
     with pytest.raises(ValueError, match="does not match"):
@@ -167,7 +200,12 @@ def test_canny_finds_the_edges_of_a_square() -> None:
     ring[19:45, 19:45] = True
     ring[21:43, 21:43] = False
     assert edges.any() and not (edges & ~ring).any()  # nothing in the flat areas
-    for side in (edges[19:45, 19:22], edges[19:45, 42:45], edges[19:22, 19:45], edges[42:45, 19:45]):
+    for side in (
+        edges[19:45, 19:22],
+        edges[19:45, 42:45],
+        edges[19:22, 19:45],
+        edges[42:45, 19:45],
+    ):
         assert side.sum() >= 20  # every side found along its length
     low, high = canny_thresholds(x)
     assert torch.equal(canny_edges(x, low=low, high=high), canny_edges(x)[None][0])
@@ -211,8 +249,13 @@ def test_tissue_dice(hr: torch.Tensor) -> None:
 def _patches(x: torch.Tensor, count: int, size: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     i = torch.randint(x.shape[0], (count,), generator=g)
-    y, z = (torch.randint(x.shape[-1] // 4, 3 * x.shape[-1] // 4 - size, (count,), generator=g) for _ in "yz")
-    return torch.stack([x[a, :, b : b + size, c : c + size] for a, b, c in zip(i, y, z, strict=True)])
+    y, z = (
+        torch.randint(x.shape[-1] // 4, 3 * x.shape[-1] // 4 - size, (count,), generator=g)
+        for _ in "yz"
+    )
+    return torch.stack(
+        [x[a, :, b : b + size, c : c + size] for a, b, c in zip(i, y, z, strict=True)]
+    )
 
 
 def test_critic_accuracy() -> None:
@@ -251,7 +294,11 @@ def test_realism_metrics_counts_slices_once_and_skips_undefined(hr: torch.Tensor
         torch.testing.assert_close(table[name], direct[name], rtol=0, atol=0, equal_nan=True)
         # means over the slices with HR foreground (the empty one's clamped HFEN would dominate)
         assert out[name] == pytest.approx(direct[name][:2].nanmean().item(), rel=1e-12, nan_ok=True)
-    assert table["grad_w1"][2].isnan() and table["tissue_dice"][2].isnan() and table["edge_f1"][2].isnan()
+    assert (
+        table["grad_w1"][2].isnan()
+        and table["tissue_dice"][2].isnan()
+        and table["edge_f1"][2].isnan()
+    )
     assert not table["hfen_07"][2].isnan()  # defined on the empty slice, but left out of the mean
     assert "hfen_15" not in out  # the protocol's HFEN (sigma 1.5) is SRMetrics' hfen
 

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _renderer():
-    spec = importlib.util.spec_from_file_location("render_records", ROOT / "experiments" / "render_records.py")
+    spec = importlib.util.spec_from_file_location(
+        "render_records", ROOT / "experiments" / "render_records.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,8 +35,11 @@ def test_readme_table_and_results_pages_equal_their_records() -> None:
     """The README's one table is its record's table; every docs page is up to date."""
     render = _renderer()
     wanted = render.outputs(ROOT)
-    stale = [p.relative_to(ROOT).as_posix() for p, text in wanted.items()
-             if not p.is_file() or p.read_text() != text]
+    stale = [
+        p.relative_to(ROOT).as_posix()
+        for p, text in wanted.items()
+        if not p.is_file() or p.read_text() != text
+    ]
     assert not stale, f"run python experiments/render_records.py: {stale}"
     readme = (ROOT / "README.md").read_text()
     slugs = render.MARKED.findall(readme)
@@ -45,8 +50,15 @@ def test_readme_table_and_results_pages_equal_their_records() -> None:
 
 def test_write_record_keeps_provenance_and_refuses_missing_files(tmp_path: Path) -> None:
     folder = tmp_path / "2026-01-01-example"
-    path = write_record(folder, title="t", protocol="p", metrics={"psnr": 30.0}, device="cpu",
-                        table={"columns": ["a", "b"], "rows": [[1, 2]]}, argv=["x.py", "--flag"])
+    path = write_record(
+        folder,
+        title="t",
+        protocol="p",
+        metrics={"psnr": 30.0},
+        device="cpu",
+        table={"columns": ["a", "b"], "rows": [[1, 2]]},
+        argv=["x.py", "--flag"],
+    )
     rec = load_record(folder)
     assert path.name == "record.json" and rec["metrics"] == {"psnr": 30.0}
     assert rec["command"] == "python x.py --flag" and rec["package_version"]
@@ -54,7 +66,9 @@ def test_write_record_keeps_provenance_and_refuses_missing_files(tmp_path: Path)
     with pytest.raises(RecordError, match="names files that are not there: figure.png"):
         write_record(folder, title="t", protocol="p", metrics={}, files=["figure.png"])
     with pytest.raises(RecordError, match="one cell per column"):
-        write_record(folder, title="t", protocol="p", metrics={}, table={"columns": ["a"], "rows": [[1, 2]]})
+        write_record(
+            folder, title="t", protocol="p", metrics={}, table={"columns": ["a"], "rows": [[1, 2]]}
+        )
     bad = tmp_path / "results"
     bad.mkdir()
     (bad / "record.json").write_text((folder / "record.json").read_text())

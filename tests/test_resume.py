@@ -19,16 +19,30 @@ import torch
 STAGES = {
     "vit": ["vit.max_steps=10", "vit.val_check_interval=2", "vit.batch_size=8"],
     "disent": ["disent.max_steps=10", "disent.val_check_interval=2", "disent.batch_size=4"],
-    "sr": ["sr.max_steps=10", "sr.val_check_interval=2", "sr.batch_size=4", "sr.train_crop=32", "loss=l1", "loss.adv=1e-3",
-           "model.n_blocks=2", "model.n_feats=16"],
+    "sr": [
+        "sr.max_steps=10",
+        "sr.val_check_interval=2",
+        "sr.batch_size=4",
+        "sr.train_crop=32",
+        "loss=l1",
+        "loss.adv=1e-3",
+        "model.n_blocks=2",
+        "model.n_feats=16",
+    ],
 }
 COMMON = ["~callbacks.progress_bar", "trainer=cpu", "trainer.deterministic=true", "seed=7"]
 
 
 def cli(run_dir: Path, stage: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "mrsr.run", f"stage={stage}", *STAGES[stage], *COMMON,
-        f"hydra.run.dir={run_dir}", *extra,
+        sys.executable,
+        "-m",
+        "mrsr.run",
+        f"stage={stage}",
+        *STAGES[stage],
+        *COMMON,
+        f"hydra.run.dir={run_dir}",
+        *extra,
     ]
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mrsr.building import build_module
 from mrsr.data.types import Sample, SliceMeta
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.feature import FeatureLoss, cosine_distance
@@ -19,15 +20,33 @@ from mrsr.losses.gan import d_loss, g_loss
 from mrsr.nets.discriminator import SRGANDiscriminator
 from mrsr.nets.srresnet import SRResNet
 from mrsr.stages import sr as sr_stage
-from mrsr.tasks.train import build_module
 
-PRESETS = ("paper", "paired", "l1", "tex_vit", "str_vit", "vit", "tex_str", "paper_dc", "spatial", "gan", "gan_feat")
-SMALL = ("model=srresnet_small", "model.n_blocks=1", "model.n_feats=8", "sr.discriminator.base_channels=4",
-         "sr.discriminator.n_layers=2", "sr.ema_decay=0.9")
+PRESETS = (
+    "paper",
+    "paired",
+    "l1",
+    "tex_vit",
+    "str_vit",
+    "vit",
+    "tex_str",
+    "paper_dc",
+    "spatial",
+    "gan",
+    "gan_feat",
+)
+SMALL = (
+    "model=srresnet_small",
+    "model.n_blocks=1",
+    "model.n_feats=8",
+    "sr.discriminator.base_channels=4",
+    "sr.discriminator.n_layers=2",
+    "sr.ema_decay=0.9",
+)
 
 
 class TinyViT(nn.Module):
-    """Resizes to 16x16 and returns (pooled (N, 8), map (N, 8, 16, 16)), like the stage-vit extractor."""
+    """Resizes to 16x16 and returns (pooled (N, 8), map (N, 8, 16, 16)), like the stage-vit
+    extractor."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,7 +76,9 @@ class DM:
     scale = 2
 
 
-def synthetic_loader(n: int = 8, size: int = 16, scale: int = 2, batch: int = 4, seed: int = 0) -> DataLoader:
+def synthetic_loader(
+    n: int = 8, size: int = 16, scale: int = 2, batch: int = 4, seed: int = 0
+) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     items = []
     for i in range(n):
@@ -69,8 +90,15 @@ def synthetic_loader(n: int = 8, size: int = 16, scale: int = 2, batch: int = 4,
 
 def fit(module: L.LightningModule, tmp_path: Path, steps: int = 1) -> L.Trainer:
     trainer = L.Trainer(
-        max_steps=steps, max_epochs=1, limit_train_batches=steps, limit_val_batches=0, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=steps,
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         default_root_dir=str(tmp_path),
     )
     trainer.fit(module, train_dataloaders=synthetic_loader())
@@ -82,6 +110,7 @@ def snapshot(m: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # -- networks and losses -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scale", [2, 4])
 @pytest.mark.parametrize("hw", [(8, 8), (7, 11), (13, 5)])
@@ -112,7 +141,9 @@ def test_gan_losses_values() -> None:
     sp = F.softplus
     assert torch.isclose(d_loss(real, fake, "nsgan"), sp(-real).mean() + sp(fake).mean())
     assert torch.isclose(g_loss(fake, "nsgan"), -torch.log(torch.sigmoid(fake)).mean())
-    assert torch.isclose(d_loss(real, fake, "lsgan"), torch.tensor(((1**2 + 2**2) + (0.25 + 9)) / 2))
+    assert torch.isclose(
+        d_loss(real, fake, "lsgan"), torch.tensor(((1**2 + 2**2) + (0.25 + 9)) / 2)
+    )
     assert torch.isclose(d_loss(real, fake, "hinge"), torch.tensor((0 + 2) / 2 + (1.5 + 0) / 2))
     assert torch.isclose(g_loss(fake, "hinge"), torch.tensor(1.25))
 
@@ -136,22 +167,34 @@ def test_cosine_distance_and_feature_loss_frozen() -> None:
 
 # -- the Lightning module ------------------------------------------------------------------
 
+
 def test_one_gan_step_updates_g_and_d_not_extractors(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("stage=sr", "loss=paired", *SMALL)
     vit, dis = TinyViT(), TinyDisent()
     module = build_module(cfg, vit_extractor=vit, disent_extractor=dis)
     assert module.use_d and set(module.objective._features) == {"vit", "disent"}
-    g0, d0, v0, s0 = snapshot(module.generator), snapshot(module.discriminator), snapshot(vit), snapshot(dis)
+    g0, d0, v0, s0 = (
+        snapshot(module.generator),
+        snapshot(module.discriminator),
+        snapshot(vit),
+        snapshot(dis),
+    )
     fit(module, tmp_path)
-    changed = lambda before, m: any(not torch.equal(before[k], v) for k, v in m.state_dict().items())  # noqa: E731
+    changed = lambda before, m: any(  # noqa: E731
+        not torch.equal(before[k], v) for k, v in m.state_dict().items()
+    )
     assert changed(g0, module.generator) and changed(d0, module.discriminator)
     assert not changed(v0, vit) and not changed(s0, dis)
     assert all(p.grad is None for p in list(vit.parameters()) + list(dis.parameters()))
     grads = [p.grad for p in module.generator.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum() for g in grads) > 0
-    assert not any(p.requires_grad for p in module.discriminator.parameters())  # frozen after the G step
+    assert not any(
+        p.requires_grad for p in module.discriminator.parameters()
+    )  # frozen after the G step
     # the extractors are neither optimised nor saved
-    opt_params = {id(p) for opt in module.trainer.optimizers for g in opt.param_groups for p in g["params"]}
+    opt_params = {
+        id(p) for opt in module.trainer.optimizers for g in opt.param_groups for p in g["params"]
+    }
     assert not opt_params & {id(p) for p in list(vit.parameters()) + list(dis.parameters())}
     assert not any("_features" in k or "extractor" in k for k in module.state_dict())
     # the EMA copy moved towards G and is what evaluation uses
@@ -168,7 +211,10 @@ def test_each_loss_preset_builds_and_steps(preset: str, make_cfg, tmp_path: Path
     assert ("vit" in module.objective._features) == (w["vit"] > 0)
     assert ("disent" in module.objective._features) == (w["str"] > 0 or w["tex"] > 0)
     if preset == "paper":
-        assert w == {"pixel": 0.0, "adv": 1.0, "vit": 1.0, "str": 1.0, "tex": 0.9} and module.objective.target == "lr"
+        assert (
+            w == {"pixel": 0.0, "adv": 1.0, "vit": 1.0, "str": 1.0, "tex": 0.9}
+            and module.objective.target == "lr"
+        )
     if preset == "l1":
         assert module.discriminator is None and not module.objective._features
     g0 = snapshot(module.generator)
@@ -181,7 +227,9 @@ def test_each_loss_preset_builds_and_steps(preset: str, make_cfg, tmp_path: Path
 
 
 @pytest.mark.parametrize("preset,needs", [("paper", "sr.vit_ckpt"), ("tex_str", "sr.disent_ckpt")])
-def test_presets_without_extractor_checkpoints_fail_clearly(preset: str, needs: str, make_cfg) -> None:
+def test_presets_without_extractor_checkpoints_fail_clearly(
+    preset: str, needs: str, make_cfg
+) -> None:
     cfg = make_cfg("stage=sr", f"loss={preset}", *SMALL)
     with pytest.raises(ConfigError, match=needs) as err:
         build_module(cfg)
@@ -202,24 +250,42 @@ def test_nan_loss_skips_step(make_cfg, tmp_path: Path) -> None:
     fit(module, tmp_path)
     assert module.skipped_steps == 1
     params = {k for k, _ in module.generator.named_parameters()}
-    assert all(torch.equal(g0[k], v) for k, v in module.generator.state_dict().items() if k in params)
+    assert all(
+        torch.equal(g0[k], v) for k, v in module.generator.state_dict().items() if k in params
+    )
 
 
 # -- real data: training beats bicubic; checkpoints ------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A short stage-sr run on the embedded demo slices (loss=l1), through the real task."""
-    from mrsr.tasks.train import train_stage
+    from mrsr.training import train_stage
     from tests.conftest import compose_cfg
 
     tmp = tmp_path_factory.mktemp("sr_demo")
-    cfg = compose_cfg(tmp, [
-        "stage=sr", "loss=l1", "scale=2", "model=srresnet_small", "model.n_blocks=2", "model.n_feats=32",
-        "model.residual_bicubic=true", "sr.lr=1e-3", "sr.batch_size=16", "sr.train_crop=32", "sr.max_steps=250",
-        "sr.val_check_interval=250", "sr.ema_decay=0.9", "logger=csv", "callbacks.progress_bar=null",
-        "data.val_slab=[0.6,0.63]",
-    ])
+    cfg = compose_cfg(
+        tmp,
+        [
+            "stage=sr",
+            "loss=l1",
+            "scale=2",
+            "model=srresnet_small",
+            "model.n_blocks=2",
+            "model.n_feats=32",
+            "model.residual_bicubic=true",
+            "sr.lr=1e-3",
+            "sr.batch_size=16",
+            "sr.train_crop=32",
+            "sr.max_steps=250",
+            "sr.val_check_interval=250",
+            "sr.ema_decay=0.9",
+            "logger=csv",
+            "callbacks.progress_bar=null",
+            "data.val_slab=[0.6,0.63]",
+        ],
+    )
     result = train_stage(cfg)
     return cfg, result
 
@@ -229,7 +295,9 @@ def test_short_training_beats_bicubic(trained) -> None:
     out = Path(cfg.paths.output_dir)
     import csv
 
-    rows = list(csv.DictReader((out / "csv" / "metrics.csv").open())) if (out / "csv").exists() else []
+    rows = (
+        list(csv.DictReader((out / "csv" / "metrics.csv").open())) if (out / "csv").exists() else []
+    )
     if not rows:
         rows = [r for p in out.rglob("metrics.csv") for r in csv.DictReader(p.open())]
     val = [r for r in rows if r.get("val/psnr")]
@@ -241,7 +309,10 @@ def test_short_training_beats_bicubic(trained) -> None:
     assert result["test"]["test/ssim"] > result["test"]["test/ssim_bicubic"]
     assert result["test"]["test/score"] == result["test"]["test/psnr"]
     table = (out / "results.csv").read_text().splitlines()
-    assert table[0].startswith("method,") and {r.split(",")[0] for r in table[1:]} == {"sr", "bicubic"}
+    assert table[0].startswith("method,") and {r.split(",")[0] for r in table[1:]} == {
+        "sr",
+        "bicubic",
+    }
     assert list((out / "images").glob("val_examples_step*.png"))
 
 
@@ -266,7 +337,13 @@ def test_load_generator_roundtrip_and_refusals(trained, tmp_path: Path) -> None:
     torch.save(other, tmp_path / "vit.ckpt")
     with pytest.raises(CheckpointError, match="stage-vit"):
         sr_stage.load_generator(str(tmp_path / "vit.ckpt"), scale=2)
-    evil = dict(ckpt, mrsr={**ckpt["mrsr"], "config": {**ckpt["mrsr"]["config"], "model": {"_target_": "os.system"}}})
+    evil = dict(
+        ckpt,
+        mrsr={
+            **ckpt["mrsr"],
+            "config": {**ckpt["mrsr"]["config"], "model": {"_target_": "os.system"}},
+        },
+    )
     torch.save(evil, tmp_path / "evil.ckpt")
     with pytest.raises(CheckpointError, match="not an mrsr.nets network"):
         sr_stage.load_generator(str(tmp_path / "evil.ckpt"), scale=2)

@@ -13,36 +13,36 @@ import pytest
 import torch
 from nibabel.affines import apply_affine
 
-from mrsr.data.profile_estimate import estimate_profile, highband_ratio
 from mrsr.data.readers import read_nifti
-from mrsr.data.self_pairs import SelfPairsDataModule, degrade_rows
-from mrsr.data.slice_profile import (
-    along,
-    resampled_grid,
-    slice_profile,
-    spline_matrix,
-    thick_sampling,
-)
 from mrsr.errors import ConfigError, DataError, MrsrError
+from mrsr.isotropic import restore
+from mrsr.isotropic.estimate import estimate_profile, highband_ratio
+from mrsr.isotropic.geometry import grid_affine, resampled_grid, thick_geometry
+from mrsr.isotropic.operators import along, cubic_along, spline_matrix, thick_sampling
+from mrsr.isotropic.pairs import SelfPairsDataModule, degrade_rows
+from mrsr.isotropic.profile import slice_profile
+from mrsr.isotropic.restore import HIGHBAND_LIMIT
 from mrsr.nets.srresnet import SRResNet
 from mrsr.tasks import throughplane as tp_module
 from mrsr.tasks.predict import predict
-from mrsr.tasks.throughplane import (
-    HIGHBAND_LIMIT,
-    cubic_along,
-    grid_affine,
-    thick_geometry,
-    throughplane,
-)
+from mrsr.tasks.throughplane import throughplane
 from tests.test_predict import rotated_affine, write_volume
 
 DEMO = Path(__file__).resolve().parents[1] / "mrsr" / "assets" / "demo"
 # A CPU-test-sized network and schedule (the stage's defaults are sized for whole scans).
-TINY = ["stage.module.generator.n_blocks=3", "stage.module.generator.n_feats=16", "throughplane.patch_size=32",
-        "throughplane.batch_size=8", "stage.module.warmup_steps=10", "~logger", "~callbacks.progress_bar"]
+TINY = [
+    "stage.module.generator.n_blocks=3",
+    "stage.module.generator.n_feats=16",
+    "throughplane.patch_size=32",
+    "throughplane.batch_size=8",
+    "stage.module.warmup_steps=10",
+    "~logger",
+    "~callbacks.progress_bar",
+]
 
 
 # -- operators -----------------------------------------------------------------------------
+
 
 def test_grid_is_cell_centred() -> None:
     g = resampled_grid(10, 4.0, 1.0)  # 10 slices of 4 mm -> 40 voxels of 1 mm
@@ -74,7 +74,9 @@ def test_thick_sampling_profiles() -> None:
     gauss, _ = thick_sampling(40, 1.0, 4.0, slice_profile("gaussian", 4.0))
     assert np.allclose(gauss.sum(1), 1)
     ramp = np.arange(40.0)
-    assert np.allclose((gauss @ ramp)[2:-2], (np.arange(10) * 4 + 1.5)[2:-2])  # symmetric: centre value
+    assert np.allclose(
+        (gauss @ ramp)[2:-2], (np.arange(10) * 4 + 1.5)[2:-2]
+    )  # symmetric: centre value
     i = np.arange(40)
     centred = gauss[5] * (i - 21.5) ** 2  # variance of the row = sigma^2 + 1/12 (voxel integral)
     assert np.isclose(centred.sum(), (4.0 / 2.3548) ** 2 + 1 / 12, rtol=1e-2)
@@ -109,10 +111,13 @@ def test_training_pairs_match_the_thick_axis(h: int, spacing: float) -> None:
     inputs, targets = degrade_rows(vol, 1.0, spacing, profile)
     n_thick = int(h // spacing)
     assert targets.shape[1] == inputs.shape[1] == n_thick * spacing
-    # the same targets acquired as a scan whose thick axis is axis 1, then interpolated as at inference
+    # the same targets acquired as a scan whose thick axis is axis 1, then interpolated as at
+    # inference
     sampling, thick = thick_sampling(targets.shape[1], 1.0, spacing, profile)
     scan = along(targets, sampling, 1)
-    assert thick.n == n_thick and np.allclose(thick.positions, (np.arange(n_thick) + 0.5) * spacing - 0.5)
+    assert thick.n == n_thick and np.allclose(
+        thick.positions, (np.arange(n_thick) + 0.5) * spacing - 0.5
+    )
     at_inference = cubic_along(np.moveaxis(scan, 1, 0), 0, resampled_grid(n_thick, spacing, 1.0))
     assert np.allclose(np.moveaxis(at_inference, 0, 1), inputs, atol=1e-3)
     start = (h - targets.shape[1]) // 2
@@ -120,7 +125,14 @@ def test_training_pairs_match_the_thick_axis(h: int, spacing: float) -> None:
 
 
 def test_same_size_network_starts_at_its_input() -> None:
-    net = SRResNet(1, n_blocks=2, n_feats=8, batch_norm=False, residual_bicubic=True, upsampler="pixelshuffledirect")
+    net = SRResNet(
+        1,
+        n_blocks=2,
+        n_feats=8,
+        batch_norm=False,
+        residual_bicubic=True,
+        upsampler="pixelshuffledirect",
+    )
     x = torch.rand(2, 1, 23, 17)
     assert torch.equal(net(x), x)
     with pytest.raises(MrsrError, match="scale=3"):
@@ -129,53 +141,75 @@ def test_same_size_network_starts_at_its_input() -> None:
 
 def test_self_pairs_hold_out_slices() -> None:
     vol = np.random.default_rng(0).random((20, 32, 24)).astype(np.float32)
-    dm = SelfPairsDataModule(vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16)
+    dm = SelfPairsDataModule(
+        vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16
+    )
     assert dm.held_out == [5, 15]
-    assert len(dm.train_pairs.targets) == 2 * 18 and set(dm.train_pairs.source).isdisjoint(dm.held_out)
+    assert len(dm.train_pairs.targets) == 2 * 18 and set(dm.train_pairs.source).isdisjoint(
+        dm.held_out
+    )
     shapes = {tuple(t.shape) for t in dm.val_pairs.targets}
-    assert shapes == {(30, 24), (24, 32)}  # both in-plane axes degraded (on the height axis, cropped to
+    assert shapes == {
+        (30, 24),
+        (24, 32),
+    }  # both in-plane axes degraded (on the height axis, cropped to
     # the 10 or 8 slices of 3 mm they span)
     batch = next(iter(dm.train_dataloader()))
     assert batch.lr.shape == batch.hr.shape == (4, 1, 16, 16)
     again = next(iter(dm.train_dataloader()))
     assert torch.equal(batch.lr, again.lr)  # patches depend on (seed, index) only
     vol[:8] = 0  # empty slices (a template's background) are not held out: their PSNR is infinite
-    dm = SelfPairsDataModule(vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16)
+    dm = SelfPairsDataModule(
+        vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16
+    )
     assert dm.held_out == [15]
     vol[:] = 0
     vol[11] = 1
-    dm = SelfPairsDataModule(vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16)
+    dm = SelfPairsDataModule(
+        vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16
+    )
     assert dm.held_out == [11]
 
 
 # -- geometry and refusals -------------------------------------------------------------------
 
+
 def test_thick_geometry() -> None:
     g = thick_geometry((0.9, 0.9, 3.6), (200, 200, 30))
     assert (g.axis, g.inplane, g.ratio) == (2, (0, 1), pytest.approx(4.0))
     assert thick_geometry((5.0, 1.0, 1.0), (20, 64, 64)).axis == 0
-    assert thick_geometry((1.0, 1.0, 3.5), (64, 64, 20)).output_grid(None).n == 70  # non-integer ratio
+    assert (
+        thick_geometry((1.0, 1.0, 3.5), (64, 64, 20)).output_grid(None).n == 70
+    )  # non-integer ratio
     with pytest.raises(ConfigError, match="isotropic"):
         thick_geometry((1.0, 1.0, 1.2), (64, 64, 50))
     with pytest.raises(ConfigError, match="not square"):
         thick_geometry((0.5, 1.0, 4.0), (64, 64, 20))
     with pytest.raises(ConfigError, match="axis=3"):
         thick_geometry((1.0, 1.0, 4.0), (64, 64, 20), axis=3)
-    assert thick_geometry((1.0, 1.0, 8.0), (64, 64, 20)).ratio == 8.0  # 8x is the largest factor taken
-    with pytest.raises(ConfigError, match=r"9.0x the in-plane voxel size, above the 8x .* >= 1.12 mm"):
+    assert (
+        thick_geometry((1.0, 1.0, 8.0), (64, 64, 20)).ratio == 8.0
+    )  # 8x is the largest factor taken
+    with pytest.raises(
+        ConfigError, match=r"9.0x the in-plane voxel size, above the 8x .* >= 1.12 mm"
+    ):
         thick_geometry((1.0, 1.0, 9.0), (64, 64, 20))
     with pytest.raises(ConfigError, match="has 7 slice.* too few in-plane slices .* >= 8"):
         thick_geometry((1.0, 1.0, 4.0), (64, 64, 7))
     with pytest.raises(ConfigError, match="12 x 64 voxels of 1 mm: too small to learn from"):
         thick_geometry((1.0, 1.0, 2.0), (12, 64, 20))
-    with pytest.raises(ConfigError, match="20 x 64 voxels of 1 mm: too small"):  # < 4 slices of 6 mm across
+    with pytest.raises(
+        ConfigError, match="20 x 64 voxels of 1 mm: too small"
+    ):  # < 4 slices of 6 mm across
         thick_geometry((1.0, 1.0, 6.0), (20, 64, 20))
 
 
 # -- the slice profile estimate and the self-check --------------------------------------------
 
+
 def random_field(shape: tuple[int, int, int], seed: int = 0, slope: float = 2.0) -> np.ndarray:
-    """An isotropic random field (power ~ 1 / |f|^slope) around 0.5: its lines look alike along every axis."""
+    """An isotropic random field (power ~ 1 / |f|^slope) around 0.5: its lines look alike along
+    every axis."""
     rng = np.random.default_rng(seed)
     f = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
     k = np.sqrt(sum(x**2 for x in f))
@@ -194,7 +228,9 @@ def thick_slices(fine: np.ndarray, kind: str, r: int = 4) -> np.ndarray:
     w = np.exp(-0.5 * (d / sigma) ** 2)
     padded = np.pad(fine, [(3 * r, 3 * r), (0, 0), (0, 0)], mode="reflect")
     centres = (np.arange(fine.shape[0] // r) + 0.5) * r - 0.5 + 3 * r
-    return np.stack([np.tensordot(w / w.sum(), padded[(c + d).astype(int)], axes=1) for c in centres])
+    return np.stack(
+        [np.tensordot(w / w.sum(), padded[(c + d).astype(int)], axes=1) for c in centres]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +239,9 @@ def field() -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "boxcar"])
-def test_profile_estimate_finds_the_width_and_with_a_thickness_the_family(field: np.ndarray, kind: str) -> None:
+def test_profile_estimate_finds_the_width_and_with_a_thickness_the_family(
+    field: np.ndarray, kind: str
+) -> None:
     """On an isotropic field the spectral fit recovers the width of 4 mm slices made by averaging
     or by a Gaussian; given the thickness it tells the two families apart by far. (Its width free,
     a Gaussian and a wider boxcar fit about equally: the spectrum cannot tell them apart.)"""
@@ -211,10 +249,16 @@ def test_profile_estimate_finds_the_width_and_with_a_thickness_the_family(field:
     fit = estimate_profile(thick, 1.0, 4.0, kinds=(kind,))
     assert fit.profile.kind == kind and abs(fit.profile.width - 4.0) <= 0.25, fit.describe()
     given = estimate_profile(thick, 1.0, 4.0, thickness=4.0)
-    assert given.profile.kind == kind and given.other_residual > 3 * given.residual, given.describe()
+    assert given.profile.kind == kind and given.other_residual > 3 * given.residual, (
+        given.describe()
+    )
     assert given.record()["estimate"] == given.profile.describe() and not given.ambiguous
     free = estimate_profile(thick, 1.0, 4.0)
-    assert free.residual <= fit.residual and free.other is not None and free.other.kind != free.profile.kind
+    assert (
+        free.residual <= fit.residual
+        and free.other is not None
+        and free.other.kind != free.profile.kind
+    )
 
 
 def test_estimate_refuses_a_volume_without_lines() -> None:
@@ -233,7 +277,9 @@ def test_highband_ratio_sees_interpolation_and_oversharpening(field: np.ndarray)
     assert 0.7 < highband_ratio(fine, thick, 1.0, 4.0, profile) < 1.4
     cubic = cubic_along(thick, 0, resampled_grid(32, 4.0, 1.0))
     assert highband_ratio(cubic, thick, 1.0, 4.0, profile) < 0.3
-    blurred = (np.roll(fine, 1, 0) + 2 * fine + np.roll(fine, -1, 0)) / 4  # [1 2 1] / 4 across axis 0 only
+    blurred = (
+        np.roll(fine, 1, 0) + 2 * fine + np.roll(fine, -1, 0)
+    ) / 4  # [1 2 1] / 4 across axis 0 only
     sharpened = fine + 2.0 * (fine - blurred)  # unsharp masking across axis 0: invented detail
     assert highband_ratio(sharpened, thick, 1.0, 4.0, profile, select=fine) > HIGHBAND_LIMIT
 
@@ -250,10 +296,14 @@ def thick_scan(tmp_path: Path):
     return path, ref_vol, affine
 
 
-def test_throughplane_beats_cubic_and_lands_on_the_reference_grid(make_cfg, thick_scan, tmp_path: Path) -> None:
+def test_throughplane_beats_cubic_and_lands_on_the_reference_grid(
+    make_cfg, thick_scan, tmp_path: Path
+) -> None:
     path, ref, ref_affine = thick_scan
     out = tmp_path / "iso.nii.gz"
-    cfg = make_cfg("stage=throughplane", f"input={path}", f"output={out}", "trainer.max_steps=400", *TINY)
+    cfg = make_cfg(
+        "stage=throughplane", f"input={path}", f"output={out}", "trainer.max_steps=400", *TINY
+    )
     result = throughplane(cfg)
     img = nib.load(str(out))
     sr = np.asarray(img.dataobj, dtype=np.float32)
@@ -279,15 +329,27 @@ def test_throughplane_beats_cubic_and_lands_on_the_reference_grid(make_cfg, thic
     assert sr.min() >= thick.min() and sr.max() > thick.max()  # nothing clipped at the top
     assert result["held_out_psnr"] > result["held_out_psnr_cubic"]
     record = json.loads((Path(cfg.paths.output_dir) / "throughplane.json").read_text())
-    assert record["profile_source"] == "estimated" and record["profile"] == record["profile_fit"]["estimate"]
-    assert {"kind", "width_mm", "residual", "other_family", "other_residual", "ambiguous"} <= set(record["profile_fit"])
+    assert (
+        record["profile_source"] == "estimated"
+        and record["profile"] == record["profile_fit"]["estimate"]
+    )
+    assert {"kind", "width_mm", "residual", "other_family", "other_residual", "ambiguous"} <= set(
+        record["profile_fit"]
+    )
     assert "not a measure of the through-plane gain" in record["held_out_note"]
     check = record["self_check"]
-    assert check["highband_ratio_cubic"] < check["highband_ratio"] < HIGHBAND_LIMIT and not check["oversharpened"]
+    assert (
+        check["highband_ratio_cubic"] < check["highband_ratio"] < HIGHBAND_LIMIT
+        and not check["oversharpened"]
+    )
     assert record["may_be_worse_than_cubic"] is False and record["warnings"] == []
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
     with pytest.raises(ConfigError, match="through-plane network"):  # not an in-plane SR model
-        predict(make_cfg("stage=predict", f"ckpt={ckpt}", f"input={path}", f"output={tmp_path / 'p.nii.gz'}"))
+        predict(
+            make_cfg(
+                "stage=predict", f"ckpt={ckpt}", f"input={path}", f"output={tmp_path / 'p.nii.gz'}"
+            )
+        )
 
 
 def test_non_integer_ratio_spacing_and_thick_axis_0(make_cfg, tmp_path: Path) -> None:
@@ -300,8 +362,17 @@ def test_non_integer_ratio_spacing_and_thick_axis_0(make_cfg, tmp_path: Path) ->
     affine = rotated_affine() @ np.diag([3.5, 0.5, 1 / 3, 1.0])  # voxels 3.5 x 1 x 1 mm
     path = write_volume(tmp_path / "ramp.nii.gz", vol, affine)
     out = tmp_path / "iso.nii.gz"
-    throughplane(make_cfg("stage=throughplane", f"input={path}", f"output={out}", "trainer.max_steps=2",
-                          "stage.module.lr=0", "throughplane.spacing=1.25", *TINY))
+    throughplane(
+        make_cfg(
+            "stage=throughplane",
+            f"input={path}",
+            f"output={out}",
+            "trainer.max_steps=2",
+            "stage.module.lr=0",
+            "throughplane.spacing=1.25",
+            *TINY,
+        )
+    )
     img = nib.load(str(out))
     assert img.shape == (56, 40, 36) and np.allclose(img.header.get_zooms(), (1.25, 1, 1))
     got = np.asarray(img.dataobj)
@@ -313,24 +384,53 @@ def test_non_integer_ratio_spacing_and_thick_axis_0(make_cfg, tmp_path: Path) ->
             assert np.allclose(got[j], 100.0 + 10.0 * t, atol=1e-2), (j, t)
     # the output's field of view is the input's: first and last voxel edges coincide
     assert np.allclose(apply_affine(affine, (-0.5, 0, 0)), apply_affine(img.affine, (-0.5, 0, 0)))
-    assert np.allclose(apply_affine(affine, (n_thick - 0.5, 0, 0)), apply_affine(img.affine, (55.5, 0, 0)))
+    assert np.allclose(
+        apply_affine(affine, (n_thick - 0.5, 0, 0)), apply_affine(img.affine, (55.5, 0, 0))
+    )
 
 
-def test_losses_are_selectable_like_stage_sr(make_cfg, thick_scan, tmp_path: Path, monkeypatch, caplog) -> None:
+def test_losses_are_selectable_like_stage_sr(
+    make_cfg, thick_scan, tmp_path: Path, monkeypatch, caplog
+) -> None:
     """An adversarial preset trains a discriminator beside the same-size generator. (With the
     self-check's limit set to 0, the run also shows the warning and the record's flag.)"""
     path, *_ = thick_scan
-    cfg = make_cfg("stage=throughplane", f"input={path}", f"output={tmp_path / 'gan.nii.gz'}",
-                   "trainer.max_steps=2", "loss.adv=0.01", "loss.pixel_type=charbonnier", "throughplane.slice_profile=boxcar",
-                   *TINY)
+    cfg = make_cfg(
+        "stage=throughplane",
+        f"input={path}",
+        f"output={tmp_path / 'gan.nii.gz'}",
+        "trainer.max_steps=2",
+        "loss.adv=0.01",
+        "loss.pixel_type=charbonnier",
+        "throughplane.slice_profile=boxcar",
+        *TINY,
+    )
     monkeypatch.setattr(tp_module, "HIGHBAND_LIMIT", 0.0)
-    monkeypatch.setattr(tp_module, "self_check", lambda *args: {
-        "highband_ratio": 3.0, "highband_ratio_cubic": 0.1, "highband_limit": 0.0, "oversharpened": True})
+    monkeypatch.setattr(
+        restore,
+        "self_check",
+        lambda *args: {
+            "highband_ratio": 3.0,
+            "highband_ratio_cubic": 0.1,
+            "highband_limit": 0.0,
+            "oversharpened": True,
+        },
+    )
     caplog.set_level(logging.INFO, logger="mrsr")
     result = throughplane(cfg)
-    assert result["may_be_worse_than_cubic"] and result["profile_source"] == "given" and result["profile_fit"] is None
-    assert any(r.levelno == logging.WARNING and "worse than the cubic spline" in r.getMessage() for r in caplog.records)
-    assert "profile: a simulation that assumes that profile, not a measure of the through-plane gain" in caplog.text
+    assert (
+        result["may_be_worse_than_cubic"]
+        and result["profile_source"] == "given"
+        and result["profile_fit"] is None
+    )
+    assert any(
+        r.levelno == logging.WARNING and "worse than the cubic spline" in r.getMessage()
+        for r in caplog.records
+    )
+    assert (
+        "profile: a simulation that assumes that profile, not a measure of the through-plane gain"
+        in caplog.text
+    )
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", weights_only=True)
     assert any(k.startswith("discriminator.") for k in ckpt["state_dict"])
     assert ckpt["mrsr"]["scale"] == 1 and ckpt["mrsr"]["config"]["loss"]["adv"] == 0.01
@@ -341,13 +441,23 @@ def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
     path, ref, _ = thick_scan
 
     def run(*extra: str, inp: Path = path, out: Path = tmp_path / "o.nii.gz"):
-        return throughplane(make_cfg("stage=throughplane", f"input={inp}", f"output={out}",
-                                     "trainer.max_steps=1", *TINY, *extra))
+        return throughplane(
+            make_cfg(
+                "stage=throughplane",
+                f"input={inp}",
+                f"output={out}",
+                "trainer.max_steps=1",
+                *TINY,
+                *extra,
+            )
+        )
 
     iso = write_volume(tmp_path / "iso.nii.gz", ref, np.eye(4))
     with pytest.raises(ConfigError, match="nothing to do"):
         run(inp=iso)
-    four_d = write_volume(tmp_path / "4d.nii.gz", np.random.rand(8, 8, 4, 2), np.diag([1, 1, 4, 1.0]))
+    four_d = write_volume(
+        tmp_path / "4d.nii.gz", np.random.rand(8, 8, 4, 2), np.diag([1, 1, 4, 1.0])
+    )
     with pytest.raises(DataError, match="4d.nii.gz: (expected a 3D image|is 4D)"):
         run(inp=four_d)
     nan = ref[:, :, ::4].copy()
@@ -377,10 +487,14 @@ def test_two_thick_axes_are_refused_naming_the_axis_to_pass() -> None:
     assert thick_geometry((4.0, 1.0, 1.0), (20, 64, 64)).axis == 0  # thick axis first, middle, last
     assert thick_geometry((1.0, 4.0, 1.0), (64, 20, 64)).axis == 1
     assert thick_geometry((1.0, 1.0, 4.0), (64, 64, 20)).axis == 2
-    assert thick_geometry((1.0, 1.02, 3.0), (64, 64, 20)).axis == 2  # square within the shared tolerance
+    assert (
+        thick_geometry((1.0, 1.02, 3.0), (64, 64, 20)).axis == 2
+    )  # square within the shared tolerance
 
 
-def test_output_keeps_the_header_and_picks_one_volume_of_a_4d_file(make_cfg, tmp_path: Path) -> None:
+def test_output_keeps_the_header_and_picks_one_volume_of_a_4d_file(
+    make_cfg, tmp_path: Path
+) -> None:
     """Header codes, units, intent and description survive; the slice-timing fields, which
     describe the thick slices that are gone, are cleared; output_dtype=input keeps int16."""
     rng = np.random.default_rng(0)
@@ -396,19 +510,36 @@ def test_output_keeps_the_header_and_picks_one_volume_of_a_4d_file(make_cfg, tmp
     img.header["slice_code"], img.header["slice_end"], img.header["slice_duration"] = 1, 9, 0.1
     inp = tmp_path / "dyn.nii.gz"
     nib.save(img, str(inp))
-    base = ["stage=throughplane", f"input={inp}", "trainer.max_steps=2", "stage.module.lr=0",
-            "throughplane.slice_profile=gaussian", *TINY]
+    base = [
+        "stage=throughplane",
+        f"input={inp}",
+        "trainer.max_steps=2",
+        "stage.module.lr=0",
+        "throughplane.slice_profile=gaussian",
+        *TINY,
+    ]
     with pytest.raises(DataError, match=r"dyn.nii.gz: is 4D .*pass throughplane.volume=<0..1>"):
         throughplane(make_cfg(*base, f"output={tmp_path / 'x.nii.gz'}"))
     with pytest.raises(ConfigError, match="output_dtype=int8 must be one of float32, input"):
-        throughplane(make_cfg(*base, f"output={tmp_path / 'x.nii.gz'}", "throughplane.output_dtype=int8"))
+        throughplane(
+            make_cfg(*base, f"output={tmp_path / 'x.nii.gz'}", "throughplane.output_dtype=int8")
+        )
     out = tmp_path / "iso.nii.gz"
-    throughplane(make_cfg(*base, f"output={out}", "throughplane.volume=1", "throughplane.output_dtype=input"))
+    throughplane(
+        make_cfg(*base, f"output={out}", "throughplane.volume=1", "throughplane.output_dtype=input")
+    )
     res = nib.load(str(out))
     h = res.header
     assert res.shape == (30, 24, 20) and np.allclose(h.get_zooms(), (1.0, 1.0, 1.0))
-    assert (int(h["sform_code"]), int(h["qform_code"])) == (4, 1) and h.get_xyzt_units() == ("mm", "sec")
+    assert (int(h["sform_code"]), int(h["qform_code"])) == (4, 1) and h.get_xyzt_units() == (
+        "mm",
+        "sec",
+    )
     assert bytes(h["descrip"]).startswith(b"scanner Y; mrsr through-plane SR")
-    assert int(h["slice_code"]) == 0 and int(h["slice_end"]) == 0 and float(h["slice_duration"]) == 0
+    assert (
+        int(h["slice_code"]) == 0 and int(h["slice_end"]) == 0 and float(h["slice_duration"]) == 0
+    )
     assert h.get_data_dtype() == np.int16
-    assert abs(float(res.get_fdata().mean()) - float(frames[1].mean())) < 10  # volume 1, not volume 0
+    assert (
+        abs(float(res.get_fdata().mean()) - float(frames[1].mean())) < 10
+    )  # volume 1, not volume 0

@@ -9,9 +9,9 @@ import torch
 from monai.networks.nets import UNETR
 
 from mrsr.errors import CheckpointError, MrsrError
+from mrsr.extractors import ViTExtractor, load_vit_extractor
 from mrsr.nets.vit import SliceViT, load_pretrained_vit
-from mrsr.stages.vit import ViTExtractor, load_extractor
-from mrsr.tasks.train import train_stage
+from mrsr.training import train_stage
 
 TINY = dict(img_size=32, patch_size=16, hidden_size=96, mlp_dim=192, num_layers=12, num_heads=4)
 
@@ -32,19 +32,37 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_head_starts_at_zero() -> None:
-    net = SliceViT(img_size=32, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2, num_classes=3)
+    net = SliceViT(
+        img_size=32,
+        patch_size=16,
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=1,
+        num_heads=2,
+        num_classes=3,
+    )
     x = torch.rand(4, 1, 40, 36)
     assert torch.equal(net(x), torch.zeros(4, 3))
     f = net.features(x)
     assert f.shape == (4, 32) and f.abs().sum() > 0  # the encoder itself is not zero
-    cls = SliceViT(img_size=32, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2, feature="cls")
+    cls = SliceViT(
+        img_size=32,
+        patch_size=16,
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=1,
+        num_heads=2,
+        feature="cls",
+    )
     assert not hasattr(cls.vit, "classification_head")
     assert torch.allclose(cls.features(x), cls.vit(cls.resize(x))[0][:, 0])
 
 
 def test_bf16_autocast_cpu() -> None:
     torch.manual_seed(0)
-    net = SliceViT(img_size=64, patch_size=16, hidden_size=64, mlp_dim=128, num_layers=2, num_heads=4).eval()
+    net = SliceViT(
+        img_size=64, patch_size=16, hidden_size=64, mlp_dim=128, num_layers=2, num_heads=4
+    ).eval()
     ext = ViTExtractor(net)
     x = torch.rand(3, 1, 50, 70)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -57,9 +75,12 @@ def test_bf16_autocast_cpu() -> None:
 
 def test_extractor_keeps_the_trained_pixel_scale() -> None:
     """Trained on 96-px crops resized to 64 (scale 2/3): a 96-px patch is fed at 64 px (4x4 tokens),
-    a 192-px one at 128 px (8x8 tokens, position embedding resized); at img_size both paths agree."""
+    a 192-px one at 128 px (8x8 tokens, position embedding resized); at img_size both paths
+    agree."""
     torch.manual_seed(0)
-    net = SliceViT(img_size=64, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2).eval()
+    net = SliceViT(
+        img_size=64, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2
+    ).eval()
     ext = ViTExtractor(net, pixel_scale=64 / 96)
     x = torch.rand(2, 1, 96, 96)
     pooled, tokens = ext(x)
@@ -87,8 +108,12 @@ def test_masked_image_pretext_learns(tmp_path: Path) -> None:
     from mrsr.data.degrade import normalise_volume
     from mrsr.data.sources import demo_dir
 
-    vol = normalise_volume(np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32))
-    x = torch.from_numpy(np.ascontiguousarray(vol[60:124:4, 60:124:4, 70:86].transpose(2, 0, 1)))[:, None]
+    vol = normalise_volume(
+        np.asarray(nib.load(demo_dir() / "seg3d_T1.nii.gz").dataobj, dtype=np.float32)
+    )
+    x = torch.from_numpy(np.ascontiguousarray(vol[60:124:4, 60:124:4, 70:86].transpose(2, 0, 1)))[
+        :, None
+    ]
     losses = []
     for _ in range(60):
         torch.manual_seed(1)  # the same mask every step: the loss must fall
@@ -122,7 +147,9 @@ def test_load_unetr_3d_into_2d(tmp_path: Path) -> None:
     w3 = sd["vit.patch_embedding.patch_embeddings.weight"]
     assert torch.allclose(enc["patch_embedding.patch_embeddings.weight"], w3.mean(-1))
     pos3 = sd["vit.patch_embedding.position_embeddings"].reshape(2, 2, 2, 96)
-    assert torch.allclose(enc["patch_embedding.position_embeddings"][0], pos3.mean(2).reshape(4, 96))
+    assert torch.allclose(
+        enc["patch_embedding.position_embeddings"][0], pos3.mean(2).reshape(4, 96)
+    )
     assert torch.equal(enc["blocks.11.attn.qkv.weight"], sd["vit.blocks.11.attn.qkv.weight"])
     assert torch.equal(net.head.weight, torch.zeros_like(net.head.weight))
 
@@ -158,16 +185,22 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x00not a checkpoint" * 50)
     wrong, _ = _unetr_file(tmp_path, hidden=48)
     sr_like = tmp_path / "sr.ckpt"
-    torch.save({"state_dict": {"net.head.0.weight": torch.zeros(2)}, "mrsr": {"stage": "sr", "config": {}}}, sr_like)
+    torch.save(
+        {
+            "state_dict": {"net.head.0.weight": torch.zeros(2)},
+            "mrsr": {"stage": "sr", "config": {}},
+        },
+        sr_like,
+    )
     cases = [
         (lambda: load_pretrained_vit(net, garbage), "garbage.pt"),
         (lambda: load_pretrained_vit(net, tmp_path / "missing.pt"), "not found"),
         (lambda: load_pretrained_vit(net, wrong), "hidden size 48 in the file, the model has 96"),
         (lambda: load_pretrained_vit(net, sr_like), "no ViT patch embedding"),
-        (lambda: load_extractor(garbage), "corrupt"),
-        (lambda: load_extractor(tmp_path / "missing.ckpt"), "not found"),
-        (lambda: load_extractor(sr_like), "expected a stage-vit checkpoint"),
-        (lambda: load_extractor(wrong), "not an mrsr checkpoint"),
+        (lambda: load_vit_extractor(garbage), "corrupt"),
+        (lambda: load_vit_extractor(tmp_path / "missing.ckpt"), "not found"),
+        (lambda: load_vit_extractor(sr_like), "expected a stage-vit checkpoint"),
+        (lambda: load_vit_extractor(wrong), "not an mrsr checkpoint"),
     ]
     for fn, expect in cases:
         with pytest.raises(MrsrError) as err:
@@ -179,22 +212,28 @@ def test_train_demo_classes_and_extractor(make_cfg, tmp_path: Path) -> None:
     """A tiny ViT learns the demo contrasts (T1/T2/FLAIR) well above chance on held-out slices;
     its checkpoint gives a frozen extractor that still passes gradients to its input."""
     cfg = make_cfg(
-        "stage=vit", "~callbacks.progress_bar", "trainer=cpu", "vit.max_steps=400",
-        "vit.val_check_interval=100", "vit.lr=1e-3",
+        "stage=vit",
+        "~callbacks.progress_bar",
+        "trainer=cpu",
+        "vit.max_steps=400",
+        "vit.val_check_interval=100",
+        "vit.lr=1e-3",
     )
     result = train_stage(cfg)
     best = Path(result["best"])
     assert best.name == "best.ckpt" and best.exists()
 
     # held-out accuracy, recomputed here from the best checkpoint on the val slab
-    from mrsr.tasks.common import build_datamodule
+    from mrsr.building import build_datamodule
 
     dm = build_datamodule(cfg)
     dm.setup("fit")
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     assert ckpt["mrsr"]["config"]["classes"] == dm.classes and len(dm.classes) == 3
-    assert load_extractor(best).pixel_scale == pytest.approx(cfg.vit.img_size / cfg.vit.train_crop)
-    ext = load_extractor(best)
+    assert load_vit_extractor(best).pixel_scale == pytest.approx(
+        cfg.vit.img_size / cfg.vit.train_crop
+    )
+    ext = load_vit_extractor(best)
     net = ext.net
     correct = total = 0
     with torch.no_grad():
@@ -203,7 +242,15 @@ def test_train_demo_classes_and_extractor(make_cfg, tmp_path: Path) -> None:
             total += len(meta.label)
     acc = correct / total
     assert total >= 30 and acc > 0.6, acc
-    assert abs(acc - ckpt["callbacks"][next(k for k in ckpt["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]) < 1e-4
+    assert (
+        abs(
+            acc
+            - ckpt["callbacks"][next(k for k in ckpt["callbacks"] if "ModelCheckpoint" in k)][
+                "best_model_score"
+            ]
+        )
+        < 1e-4
+    )
 
     # the extractor: frozen, stays in eval, unchanged by an optimizer step, gradient reaches input
     assert not any(p.requires_grad for p in ext.parameters())

@@ -73,14 +73,19 @@ class MRDataModule(L.LightningDataModule):
         super().__init__()
         self.scale = check_scale(scale)
         if degradation not in DEGRADATIONS:
-            raise ConfigError(f"data.degradation={degradation!r} is unknown: choose one of {', '.join(DEGRADATIONS)}")
+            raise ConfigError(
+                f"data.degradation={degradation!r} is unknown: "
+                f"choose one of {', '.join(DEGRADATIONS)}"
+            )
         if axis not in (0, 1, 2):
             raise ConfigError(f"data.axis={axis} is invalid: slices are taken along axis 0, 1 or 2")
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r} is invalid: use 'error' or 'skip'")
         self.train_axes = [axis] if train_axes is None else [int(a) for a in train_axes]
         if not self.train_axes or any(a not in (0, 1, 2) for a in self.train_axes):
-            raise ConfigError(f"data.train_axes={list(train_axes or [])} is invalid: use axes among 0, 1, 2")
+            raise ConfigError(
+                f"data.train_axes={list(train_axes or [])} is invalid: use axes among 0, 1, 2"
+            )
         if patch_size is not None and patch_size % self.scale:
             raise ConfigError(f"patch size {patch_size} does not divide by scale {self.scale}")
         self.batch_size = batch_size
@@ -89,13 +94,23 @@ class MRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augment = Augment.from_config(flips, augment)
         if not 0.0 <= float(patch_foreground) <= 1.0:
-            raise ConfigError(f"data.patch_foreground={patch_foreground} is invalid: expected a fraction in [0, 1]")
+            raise ConfigError(
+                f"data.patch_foreground={patch_foreground} is invalid: "
+                "expected a fraction in [0, 1]"
+            )
         self.patch_foreground = float(patch_foreground)
         self.seed = seed
         self.on_bad_file = on_bad_file
         self.min_foreground = min_foreground
         self.store = VolumeStore(
-            self.scale, degradation, axis, crop, percentile, fastmri_source, fastmri_crop, max_cached_volumes,
+            self.scale,
+            degradation,
+            axis,
+            crop,
+            percentile,
+            fastmri_source,
+            fastmri_crop,
+            max_cached_volumes,
             cache_dir,
         )
         self.datasets: dict[str, SliceDataset] = {}
@@ -113,7 +128,10 @@ class MRDataModule(L.LightningDataModule):
             if min(hr.shape[-2:]) < 2 * self.scale:
                 if axis != self.store.axis or slab is not None:
                     continue  # a thin part of a training volume: nothing to learn from
-                raise DataError(ref.path, f"in-plane size {tuple(hr.shape[-2:])} is too small for scale {self.scale}")
+                raise DataError(
+                    ref.path,
+                    f"in-plane size {tuple(hr.shape[-2:])} is too small for scale {self.scale}",
+                )
             index.extend((pos, s) for s in foreground_slices(hr, self.min_foreground))
         return index
 
@@ -132,7 +150,12 @@ class MRDataModule(L.LightningDataModule):
         return keep
 
     # splits each Lightning stage needs; ``None`` builds all of them
-    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+    STAGE_SPLITS = {
+        "fit": ("train", "val"),
+        "validate": ("val",),
+        "test": ("test",),
+        "predict": ("test",),
+    }
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets ``stage`` needs (reading and caching only their volumes)."""
@@ -154,11 +177,21 @@ class MRDataModule(L.LightningDataModule):
             views = [View(ref, a, slab) for ref, slab in entries for a in axes]
             index = self._index(views)
             self.datasets[split] = SliceDataset(
-                self.store, views, index, labels, self.patch_size if train else None,
-                self.augment if train else None, self.patch_foreground, PATCH_TRIES,
+                self.store,
+                views,
+                index,
+                labels,
+                self.patch_size if train else None,
+                self.augment if train else None,
+                self.patch_foreground,
+                PATCH_TRIES,
             )
             log.info(
-                "%s %s: %d volumes, %d slices%s", self.dataset_name, split, len({r for r, _ in entries}), len(index),
+                "%s %s: %d volumes, %d slices%s",
+                self.dataset_name,
+                split,
+                len({r for r, _ in entries}),
+                len(index),
                 f" (along axes {axes})" if len(axes) > 1 else "",
             )
 
@@ -166,8 +199,15 @@ class MRDataModule(L.LightningDataModule):
         self._build([split])
         ds = self.datasets[split]
         if len(ds) == 0:
-            hint = " (data.split=all keeps every file for the test split)" if getattr(self, "split", None) == "all" else ""
-            raise DataError(getattr(self, "root", None), f"the {self.dataset_name} {split} split has no slices{hint}")
+            hint = (
+                " (data.split=all keeps every file for the test split)"
+                if getattr(self, "split", None) == "all"
+                else ""
+            )
+            raise DataError(
+                getattr(self, "root", None),
+                f"the {self.dataset_name} {split} split has no slices{hint}",
+            )
         shapes = {tuple(self.store.get(*v)[0].shape[-2:]) for v in ds.views}
         batch = self.batch_size if train else (self.eval_batch_size if len(shapes) == 1 else 1)
         return DataLoader(
@@ -190,7 +230,11 @@ class MRDataModule(L.LightningDataModule):
     def _batches_trained(self) -> int:
         """Training batches processed in the current epoch (the loader's checkpointed state)."""
         trainer = getattr(self, "trainer", None)
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+        return (
+            trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if trainer is not None
+            else 0
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False)
@@ -202,7 +246,9 @@ class MRDataModule(L.LightningDataModule):
         return self._loader("test", False)
 
 
-def _split(root: str, refs: list[VolumeRef], wanted: Sequence[int] | str, seed: int) -> dict[str, list[VolumeRef]]:
+def _split(
+    root: str, refs: list[VolumeRef], wanted: Sequence[int] | str, seed: int
+) -> dict[str, list[VolumeRef]]:
     """:func:`split_by_subject`, with errors naming the data folder."""
     try:
         return split_by_subject(refs, wanted, seed)
@@ -232,7 +278,10 @@ class IXIDataModule(MRDataModule):
 
     def split_entries(self) -> dict[str, list[Entry]]:
         refs = list_ixi(self.root, self.contrasts, self.on_bad_file)
-        return {k: [(r, None) for r in v] for k, v in _split(self.root, refs, self.split, self.seed).items()}
+        return {
+            k: [(r, None) for r in v]
+            for k, v in _split(self.root, refs, self.split, self.seed).items()
+        }
 
 
 class FastMRIDataModule(MRDataModule):
@@ -260,7 +309,9 @@ class FastMRIDataModule(MRDataModule):
         self.contrasts = list(contrasts)
         self.split = check_split(split)
         if challenge not in (None, *FASTMRI_CHALLENGES):
-            raise ConfigError(f"data.challenge={challenge!r} is unknown: choose singlecoil, multicoil or null")
+            raise ConfigError(
+                f"data.challenge={challenge!r} is unknown: choose singlecoil, multicoil or null"
+            )
         self.challenge = challenge
 
     def split_entries(self) -> dict[str, list[Entry]]:
@@ -299,7 +350,10 @@ class DemoDataModule(MRDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if test_subject not in DEMO_SUBJECTS:
-            raise ConfigError(f"data.test_subject={test_subject!r} is unknown: choose {' or '.join(DEMO_SUBJECTS)}")
+            raise ConfigError(
+                f"data.test_subject={test_subject!r} is unknown: "
+                f"choose {' or '.join(DEMO_SUBJECTS)}"
+            )
         self.test_subject = test_subject
         self.contrasts = list(contrasts)
         self.val_slab = (float(val_slab[0]), float(val_slab[1]))

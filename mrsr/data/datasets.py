@@ -46,14 +46,19 @@ class Augment:
         cfg = dict(cfg or {})
         unknown = set(cfg) - {"transpose", "intensity", "gamma"}
         if unknown:
-            raise ConfigError(f"data.augment has unknown key(s) {sorted(unknown)}: use transpose, intensity, gamma")
+            raise ConfigError(
+                f"data.augment has unknown key(s) {sorted(unknown)}: "
+                "use transpose, intensity, gamma"
+            )
 
         def span(key: str) -> tuple[float, float] | None:
             v = cfg.get(key)
             if v is None:
                 return None
             if not isinstance(v, Sequence) or len(v) != 2 or not 0 < float(v[0]) <= float(v[1]):
-                raise ConfigError(f"data.augment.{key}={v!r} is invalid: expected [lo, hi] with 0 < lo <= hi")
+                raise ConfigError(
+                    f"data.augment.{key}={v!r} is invalid: expected [lo, hi] with 0 < lo <= hi"
+                )
             return (float(v[0]), float(v[1]))
 
         return cls(bool(flips), bool(cfg.get("transpose", False)), span("intensity"), span("gamma"))
@@ -90,7 +95,8 @@ class SliceDataset(Dataset):
     (``refs[v]`` is view ``v``'s volume). For training, ``patch`` gives the HR patch size:
     a random crop aligned to the scale (zero-padded where the slice is smaller; up to
     ``patch_tries`` positions are drawn until the patch's foreground fraction reaches
-    ``patch_foreground``), then ``augment``. For evaluation (``patch=None``) whole slices are returned.
+    ``patch_foreground``), then ``augment``. For evaluation (``patch=None``) whole slices are
+    returned.
     """
 
     def __init__(
@@ -120,7 +126,9 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _random_patch(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _random_patch(
+        self, lr: torch.Tensor, hr: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # numpy views and single-threaded copies: torch's multi-threaded copy kernels stall
         # badly when the CPU is oversubscribed (training threads + loader), numpy does not.
         s, p = self.store.scale, self.patch // self.store.scale

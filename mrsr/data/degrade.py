@@ -31,7 +31,9 @@ def crop_to_multiple(x: torch.Tensor, scale: int) -> torch.Tensor:
 def bicubic_down(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """Antialiased bicubic down-sampling in image space (the paper's protocol)."""
     h, w = hr.shape[-2:]
-    lr = F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
+    lr = F.interpolate(
+        hr, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False
+    )
     return lr.clamp_(min=0.0)
 
 
@@ -41,7 +43,9 @@ def _truncate_axis(x: torch.Tensor, dim: int, scale: int) -> torch.Tensor:
     n = x.shape[dim]
     m = n // scale
     spec = torch.fft.fft(x, dim=dim, norm="forward")
-    freq = torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64, device=x.device).round().long()  # LR bins
+    freq = (
+        torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64, device=x.device).round().long()
+    )  # LR bins
     shift = (scale - 1) / 2  # HR pixels between the HR and the LR grid origins
     phase = torch.exp(2j * torch.pi * freq.double() * shift / n)
     view = [1] * x.ndim
@@ -84,7 +88,9 @@ def degrade(hr: torch.Tensor, scale: int, kind: str = "bicubic") -> torch.Tensor
         return bicubic_down(hr, scale)
     if kind == "kspace":
         return kspace_truncate(hr, scale)
-    raise ConfigError(f"data.degradation={kind!r} is unknown: choose one of {', '.join(DEGRADATIONS)}")
+    raise ConfigError(
+        f"data.degradation={kind!r} is unknown: choose one of {', '.join(DEGRADATIONS)}"
+    )
 
 
 def intensity_range(vol: np.ndarray, percentile: float = 99.5) -> tuple[float, float]:
@@ -107,7 +113,9 @@ def normalise_volume(vol: np.ndarray, percentile: float = 99.5) -> np.ndarray:
     return normalise_with_range(vol, percentile)[0]
 
 
-def normalise_with_range(vol: np.ndarray, percentile: float = 99.5) -> tuple[np.ndarray, float, float]:
+def normalise_with_range(
+    vol: np.ndarray, percentile: float = 99.5
+) -> tuple[np.ndarray, float, float]:
     """:func:`normalise_volume` and the ``(lo, hi)`` it used (to map results back), with one
     percentile pass over the volume."""
     lo, hi = intensity_range(vol, percentile)

@@ -56,13 +56,16 @@ def two_thick_axes(zooms: tuple[float, ...]) -> bool:
     return z[1] >= THICK_RATIO * z[0]
 
 
-def slicing_axis(zooms: tuple[float, ...], requested: int | str = "auto", key: str = "predict.axis") -> SlicingAxis:
+def slicing_axis(
+    zooms: tuple[float, ...], requested: int | str = "auto", key: str = "predict.axis"
+) -> SlicingAxis:
     """The axis to take 2D slices along (``requested``: ``auto`` or 0, 1, 2).
 
     ``auto``: the clearly thickest axis; else, for a (nearly) isotropic volume,
-    :data:`DEFAULT_AXIS` if its slices have square voxels, else the first axis whose slices do. Refused (one line naming ``key``): two thick axes, and in-plane voxels
-    that are not square. An explicit axis is always taken; ``square`` says whether its in-plane
-    voxels are square, so the caller can warn.
+    :data:`DEFAULT_AXIS` if its slices have square voxels, else the first axis whose slices do.
+    Refused (one line naming ``key``): two thick axes, and in-plane voxels that are not square.
+    An explicit axis is always taken; ``square`` says whether its in-plane voxels are square,
+    so the caller can warn.
     """
     z = tuple(float(v) for v in zooms[:3])
     if str(requested) != "auto":
@@ -79,21 +82,39 @@ def slicing_axis(zooms: tuple[float, ...], requested: int | str = "auto", key: s
         a, b = (z[i] for i in range(3) if i != thick)
         if not is_square(a, b):
             raise ConfigError(
-                f"voxels are {mm(z)} mm: axis {thick} is the thick one but the in-plane voxels ({a:g} x {b:g} mm) are "
-                f"not square; resample them to square voxels first, or pass {key}=0|1|2 to slice anyway")
-        return SlicingAxis(thick, f"auto: axis {thick} is the thick one ({z[thick]:g} mm, "
-                                  f"{z[thick] / max(a, b):.1f}x the in-plane {max(a, b):g} mm)", True)
+                f"voxels are {mm(z)} mm: axis {thick} is the thick one but the in-plane voxels "
+                f"({a:g} x {b:g} mm) are not square; resample them to square voxels first, "
+                f"or pass {key}=0|1|2 to slice anyway"
+            )
+        return SlicingAxis(
+            thick,
+            f"auto: axis {thick} is the thick one ({z[thick]:g} mm, "
+            f"{z[thick] / max(a, b):.1f}x the in-plane {max(a, b):g} mm)",
+            True,
+        )
     if two_thick_axes(z):
         thin = min(range(3), key=lambda i: z[i])
         raise ConfigError(
-            f"voxels are {mm(z)} mm: two axes are thick, so the acquisition plane is ambiguous; pass {key}={thin} to "
-            f"refine the two thick axes (slices along the thin axis {thin}), or the axis you want kept")
+            f"voxels are {mm(z)} mm: two axes are thick, so the acquisition plane is ambiguous; "
+            f"pass {key}={thin} to refine the two thick axes (slices along the thin axis {thin}), "
+            "or the axis you want kept"
+        )
     squares = [ax for ax in range(3) if is_square(*(z[i] for i in range(3) if i != ax))]
     if DEFAULT_AXIS in squares:
-        return SlicingAxis(DEFAULT_AXIS, f"auto: voxels are (nearly) isotropic ({mm(z)} mm), default axis "
-                                         f"{DEFAULT_AXIS}", True)
+        return SlicingAxis(
+            DEFAULT_AXIS,
+            f"auto: voxels are (nearly) isotropic ({mm(z)} mm), default axis {DEFAULT_AXIS}",
+            True,
+        )
     if squares:
-        return SlicingAxis(squares[0], f"auto: no axis is clearly thick ({mm(z)} mm); axis {squares[0]} is the one "
-                                       f"whose slices have square voxels", True)
-    raise ConfigError(f"voxels are {mm(z)} mm: no axis is clearly thick and no slice orientation has square voxels; "
-                      f"resample to square in-plane voxels first, or pass {key}=0|1|2 to slice anyway")
+        return SlicingAxis(
+            squares[0],
+            f"auto: no axis is clearly thick ({mm(z)} mm); axis {squares[0]} is the one "
+            f"whose slices have square voxels",
+            True,
+        )
+    raise ConfigError(
+        f"voxels are {mm(z)} mm: no axis is clearly thick "
+        "and no slice orientation has square voxels; "
+        f"resample to square in-plane voxels first, or pass {key}=0|1|2 to slice anyway"
+    )

@@ -31,10 +31,16 @@ class NiftiVolume:
     header: object = None  # the file's nibabel header (a copy)
 
 
-DICOM_HINT = ("convert it to NIfTI first, e.g. `dcm2niix -z y -o <out folder> <DICOM folder>`, "
-              "then pass the .nii.gz")
-NAN_HINT = ("replace them first, e.g. in Python: img = nibabel.load(path); nibabel.save(nibabel.Nifti1Image("
-            "numpy.nan_to_num(img.get_fdata(), nan=0, posinf=0, neginf=0), img.affine, img.header), fixed_path)")
+DICOM_HINT = (
+    "convert it to NIfTI first, e.g. `dcm2niix -z y -o <out folder> <DICOM folder>`, "
+    "then pass the .nii.gz"
+)
+NAN_HINT = (
+    "replace them first, e.g. in Python: img = nibabel.load(path); "
+    "nibabel.save(nibabel.Nifti1Image("
+    "numpy.nan_to_num(img.get_fdata(), nan=0, posinf=0, neginf=0), "
+    "img.affine, img.header), fixed_path)"
+)
 
 
 def is_dicom(path: Path) -> bool:
@@ -77,29 +83,45 @@ def check_values(path: Path, data: np.ndarray, what: str = "volume") -> None:
         raise DataError(path, f"{what} has constant intensity {float(data.max()):g}")
 
 
-def _squeeze_to(path: Path, data: np.ndarray, ndims: tuple[int, ...], volume: int | None = None,
-                volume_key: str | None = None) -> np.ndarray:
+def _squeeze_to(
+    path: Path,
+    data: np.ndarray,
+    ndims: tuple[int, ...],
+    volume: int | None = None,
+    volume_key: str | None = None,
+) -> np.ndarray:
     while data.ndim > max(ndims) and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 4 and 3 in ndims:
         n = data.shape[3]
         if volume is None:
-            how = (f"pass {volume_key}=<0..{n - 1}> to use one of them" if volume_key else
-                   "extract one first (e.g. `fslroi in.nii.gz out.nii.gz <index> 1`)")
+            how = (
+                f"pass {volume_key}=<0..{n - 1}> to use one of them"
+                if volume_key
+                else "extract one first (e.g. `fslroi in.nii.gz out.nii.gz <index> 1`)"
+            )
             raise DataError(path, f"is 4D (shape {tuple(data.shape)}: {n} volumes): {how}")
         if not 0 <= volume < n:
             raise DataError(path, f"{volume_key}={volume}: the file has {n} volumes (0..{n - 1})")
         data = data[..., volume]
     elif volume not in (None, 0):
-        raise DataError(path, f"{volume_key}={volume}: the file has one volume (shape {tuple(data.shape)})")
+        raise DataError(
+            path, f"{volume_key}={volume}: the file has one volume (shape {tuple(data.shape)})"
+        )
     if data.ndim not in ndims:
         want = " or ".join(f"{n}D" for n in ndims)
-        raise DataError(path, f"expected a {want} image, got {data.ndim}D shape {tuple(data.shape)}")
+        raise DataError(
+            path, f"expected a {want} image, got {data.ndim}D shape {tuple(data.shape)}"
+        )
     return data
 
 
-def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,), volume: int | None = None,
-               volume_key: str | None = None) -> NiftiVolume:
+def read_nifti(
+    path: str | Path,
+    ndims: tuple[int, ...] = (3,),
+    volume: int | None = None,
+    volume_key: str | None = None,
+) -> NiftiVolume:
     """Read a NIfTI file as float32, validating shape, values, affine and voxel sizes.
 
     A 4D file is refused unless ``volume`` picks one of its volumes (``volume_key`` names the
@@ -135,8 +157,12 @@ def read_nifti(path: str | Path, ndims: tuple[int, ...] = (3,), volume: int | No
     zooms = tuple(float(z) for z in _raw_pixdim(path, img)[: data.ndim])
     if any((not np.isfinite(z)) or z <= 0 or z > MAX_VOXEL_MM for z in zooms):
         raise DataError(path, f"implausible voxel size {zooms} mm")
-    return NiftiVolume(data=data.astype(np.float32), affine=affine, zooms=zooms,  # type: ignore[arg-type]
-                       header=img.header.copy())
+    return NiftiVolume(
+        data=data.astype(np.float32),
+        affine=affine,
+        zooms=zooms,  # type: ignore[arg-type]
+        header=img.header.copy(),
+    )
 
 
 def _raw_pixdim(path: Path, img) -> np.ndarray:
@@ -216,7 +242,9 @@ def _pick_source(path: Path, f, source: str) -> str:
             if key in keys:
                 return key
         raise DataError(
-            path, f"has none of the keys {', '.join((*FASTMRI_RECON_KEYS, 'kspace'))} (found: {sorted(keys)})"
+            path,
+            f"has none of the keys {', '.join((*FASTMRI_RECON_KEYS, 'kspace'))} "
+            f"(found: {sorted(keys)})",
         )
     if source not in keys:
         raise DataError(path, f"missing HDF5 key '{source}' (found: {sorted(keys)})")
@@ -232,7 +260,9 @@ def fastmri_info(path: str | Path, source: str = "auto") -> FastMRIInfo:
         shape = tuple(ds.shape)
         if key == "kspace":
             if ds.ndim not in (3, 4):
-                raise DataError(path, f"'kspace' has shape {shape}, expected (slices, [coils,] H, W)")
+                raise DataError(
+                    path, f"'kspace' has shape {shape}, expected (slices, [coils,] H, W)"
+                )
             if ds.dtype.kind != "c":
                 raise DataError(path, f"'kspace' has dtype {ds.dtype}, expected complex")
         elif ds.ndim != 3:

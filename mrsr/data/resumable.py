@@ -81,7 +81,9 @@ class ResumableSampler(DistributedSampler):
 class ResumableLoader(DataLoader):
     """DataLoader whose state is (epoch, samples trained this epoch), read from the trainer."""
 
-    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.progress = progress
 
@@ -96,7 +98,9 @@ class ResumableLoader(DataLoader):
         sampler.start = int(state["start"])
 
 
-def resumable(loader: DataLoader, seed: int, progress: Callable[[], int] | None = None) -> ResumableLoader:
+def resumable(
+    loader: DataLoader, seed: int, progress: Callable[[], int] | None = None
+) -> ResumableLoader:
     """The same batches settings as ``loader`` (a map-style training loader), made resumable."""
     world, rank = 1, 0
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -17,7 +17,9 @@ from mrsr.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-IXI_PATTERN = re.compile(r"^IXI(?P<id>\d{3})-(?P<site>[A-Za-z]+)-(?P<nr>\d{4})-(?P<contrast>[A-Za-z0-9-]+)\.nii(\.gz)?$")
+IXI_PATTERN = re.compile(
+    r"^IXI(?P<id>\d{3})-(?P<site>[A-Za-z]+)-(?P<nr>\d{4})-(?P<contrast>[A-Za-z0-9-]+)\.nii(\.gz)?$"
+)
 IXI_CONTRASTS = ("PD", "T1", "T2")
 
 
@@ -50,14 +52,17 @@ def split_counts(n: int, wanted: Sequence[int]) -> tuple[int, int, int]:
     if n >= total:
         return n_train, n_test, n_val
     if n < 3:
-        raise DataError(None, f"only {n} subject(s) found: at least 3 are needed for train/test/val splits")
+        raise DataError(
+            None, f"only {n} subject(s) found: at least 3 are needed for train/test/val splits"
+        )
     n_test = max(1, round(n * n_test / total))
     n_val = max(1, round(n * n_val / total))
     return n - n_test - n_val, n_test, n_val
 
 
 def check_split(split: Sequence[int] | str) -> list[int] | str:
-    """``data.split``: ``[train, test, val]`` counts, or ``"all"`` (every file in the test split)."""
+    """``data.split``: ``[train, test, val]`` counts, or ``"all"`` (every file in the test
+    split)."""
     if isinstance(split, str):
         if split == "all":
             return split
@@ -88,10 +93,14 @@ def split_by_subject(
         "test": set(shuffled[n_train : n_train + n_test]),
         "val": set(shuffled[n_train + n_test : n_train + n_test + n_val]),
     }
-    return {s: sorted((r for r in refs if r.subject in groups[s]), key=lambda r: r.name) for s in SPLITS}
+    return {
+        s: sorted((r for r in refs if r.subject in groups[s]), key=lambda r: r.name) for s in SPLITS
+    }
 
 
-def list_ixi(root: str | Path, contrasts: Sequence[str], on_bad_file: str = "error") -> list[VolumeRef]:
+def list_ixi(
+    root: str | Path, contrasts: Sequence[str], on_bad_file: str = "error"
+) -> list[VolumeRef]:
     """IXI volumes of the chosen contrasts, e.g. ``IXI002-Guys-0828-T1.nii.gz``."""
     root = _folder(root)
     bad = [c for c in contrasts if c not in IXI_CONTRASTS]
@@ -104,7 +113,11 @@ def list_ixi(root: str | Path, contrasts: Sequence[str], on_bad_file: str = "err
         m = IXI_PATTERN.match(path.name)
         if m is None:
             if path.name.endswith((".nii", ".nii.gz")):
-                bad_file(path, "file name does not match IXI<id>-<site>-<nr>-<PD|T1|T2>.nii.gz", on_bad_file)
+                bad_file(
+                    path,
+                    "file name does not match IXI<id>-<site>-<nr>-<PD|T1|T2>.nii.gz",
+                    on_bad_file,
+                )
             continue
         contrast = m["contrast"]
         if contrast not in contrasts:
@@ -112,11 +125,18 @@ def list_ixi(root: str | Path, contrasts: Sequence[str], on_bad_file: str = "err
         subject = f"IXI{m['id']}"
         key = (subject, contrast)
         if key in refs:
-            raise DataError(path, f"duplicate {contrast} volume for subject {subject} (also {refs[key].path.name})")
+            raise DataError(
+                path,
+                f"duplicate {contrast} volume for subject {subject} (also {refs[key].path.name})",
+            )
         name = path.name.split(".nii")[0]
         refs[key] = VolumeRef(path, name, subject, contrast, f"IXI-{contrast}", "nifti")
     if not refs:
-        raise DataError(root, f"no IXI volumes of contrast {list(contrasts)} found (expected IXI<id>-<site>-<nr>-<contrast>.nii.gz)")
+        raise DataError(
+            root,
+            f"no IXI volumes of contrast {list(contrasts)} found "
+            "(expected IXI<id>-<site>-<nr>-<contrast>.nii.gz)",
+        )
     return sorted(refs.values(), key=lambda r: r.name)
 
 
@@ -133,10 +153,18 @@ def list_fastmri(
             bad_file(path, err.problem, on_bad_file)
             continue
         if info.contrast is None:
-            bad_file(path, "missing or unknown 'acquisition' attribute (expected CORPD_FBK or CORPDFS_FBK)", on_bad_file)
+            bad_file(
+                path,
+                "missing or unknown 'acquisition' attribute (expected CORPD_FBK or CORPDFS_FBK)",
+                on_bad_file,
+            )
             continue
         if info.contrast in contrasts:
-            refs.append(VolumeRef(path, path.stem, path.stem, info.contrast, f"fastMRI-{info.contrast}", "fastmri"))
+            refs.append(
+                VolumeRef(
+                    path, path.stem, path.stem, info.contrast, f"fastMRI-{info.contrast}", "fastmri"
+                )
+            )
     if not refs:
         raise DataError(root, f"no fastMRI .h5 files of contrast {list(contrasts)} found")
     return refs
@@ -155,7 +183,9 @@ def fastmri_split_folders(root: str | Path, challenge: str | None = None) -> dic
     ``None`` for a flat folder of ``.h5`` files. Test and challenge folders are left out
     (no fully sampled ground truth)."""
     root = _folder(root)
-    official = [(m, d) for d in sorted(root.iterdir()) if (m := FASTMRI_FOLDER.match(d.name)) and d.is_dir()]
+    official = [
+        (m, d) for d in sorted(root.iterdir()) if (m := FASTMRI_FOLDER.match(d.name)) and d.is_dir()
+    ]
     if not official:
         return None
     usable: dict[str, dict[str, Path]] = {}
@@ -164,16 +194,24 @@ def fastmri_split_folders(root: str | Path, challenge: str | None = None) -> dic
             usable.setdefault(m["challenge"], {})[m["split"]] = d
     if challenge is None:
         if len(usable) > 1:
-            raise DataError(root, "holds both singlecoil and multicoil folders: choose one with data.challenge=")
+            raise DataError(
+                root, "holds both singlecoil and multicoil folders: choose one with data.challenge="
+            )
         challenge = next(iter(usable), None)
     if challenge not in usable:
         names = ", ".join(d.name for _, d in official)
-        raise DataError(root, f"no {challenge or 'fastMRI'} train or val folder with ground truth (found {names})")
+        raise DataError(
+            root,
+            f"no {challenge or 'fastMRI'} train or val folder with ground truth (found {names})",
+        )
     return usable[challenge]
 
 
 def fastmri_official_split(
-    folders: dict[str, Path], refs: dict[str, list[VolumeRef]], wanted: Sequence[int] | str, seed: int
+    folders: dict[str, Path],
+    refs: dict[str, list[VolumeRef]],
+    wanted: Sequence[int] | str,
+    seed: int,
 ) -> dict[str, list[VolumeRef]]:
     """Splits of the official layout (as the paper): the test split is drawn from ``*_val``,
     train and validation from ``*_train`` (validation: files held out by subject)."""
@@ -183,7 +221,10 @@ def fastmri_official_split(
     n_train, n_test, n_val = (int(c) for c in wanted)
     pool = shuffled_subjects(train_refs, seed)
     if train_refs and len(pool) < 2:
-        raise DataError(folders["train"], f"only {len(pool)} subject(s): at least 2 are needed for train/val splits")
+        raise DataError(
+            folders["train"],
+            f"only {len(pool)} subject(s): at least 2 are needed for train/val splits",
+        )
     n_val = min(n_val, max(len(pool) - 1, 0)) if pool else 0
     groups = {
         "val": set(pool[:n_val]),
@@ -191,7 +232,10 @@ def fastmri_official_split(
         "test": set(shuffled_subjects(val_refs, seed)[:n_test]),
     }
     source = {"train": train_refs, "val": train_refs, "test": val_refs}
-    return {s: sorted((r for r in source[s] if r.subject in groups[s]), key=lambda r: r.name) for s in SPLITS}
+    return {
+        s: sorted((r for r in source[s] if r.subject in groups[s]), key=lambda r: r.name)
+        for s in SPLITS
+    }
 
 
 DEMO_FILES = {

@@ -53,10 +53,11 @@ class VolumeStore:
     """Turns a :class:`VolumeRef` into cached ``(hr, lr)`` tensors shaped (S, 1, H, W).
 
     Preprocessing, in order: read (NIfTI reoriented to RAS+; fastMRI from its stored
-    reconstruction or from k-space), per-volume linear normalisation (robust maximum to 1, nothing clipped), centre crop
-    (``crop`` is per RAS axis for NIfTI, ``[H, W]`` in-plane for fastMRI), slicing along
-    ``axis``, in-plane crop to a multiple of the scale, then the LR degradation of every
-    slice. ``max_volumes`` bounds memory (least recently used volumes are dropped).
+    reconstruction or from k-space), per-volume linear normalisation (robust maximum to 1,
+    nothing clipped), centre crop (``crop`` is per RAS axis for NIfTI, ``[H, W]`` in-plane for
+    fastMRI), slicing along ``axis``, in-plane crop to a multiple of the scale, then the LR
+    degradation of every slice. ``max_volumes`` bounds memory (least recently used volumes are
+    dropped).
 
     With ``cache_dir`` the preprocessed pair is also kept on disk as ``<key>.npz``, the key
     hashing the file's path, size and modification time with every preprocessing setting:
@@ -87,7 +88,9 @@ class VolumeStore:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
-    def read_slices(self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None) -> np.ndarray:
+    def read_slices(
+        self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None
+    ) -> np.ndarray:
         """Normalised, cropped volume as (slices, H, W) float32, sliced along ``axis``.
 
         ``slab`` keeps part of the volume along the store's own slicing axis before the
@@ -95,17 +98,23 @@ class VolumeStore:
         """
         axis = self.axis if axis is None else axis
         if ref.reader == "fastmri":
-            vol = normalise_volume(read_fastmri(ref.path, self.fastmri_source, self.fastmri_crop), self.percentile)
+            vol = normalise_volume(
+                read_fastmri(ref.path, self.fastmri_source, self.fastmri_crop), self.percentile
+            )
             vol = np.moveaxis(vol, 0, self.axis)  # stored slices-first; self.axis is 0 by default
         else:
-            vol = center_crop_nd(normalise_volume(read_nifti_canonical(ref.path), self.percentile), self.crop)
+            vol = center_crop_nd(
+                normalise_volume(read_nifti_canonical(ref.path), self.percentile), self.crop
+            )
         if slab is not None:
             index = [slice(None)] * vol.ndim
             index[self.axis] = slab_range(vol.shape[self.axis], slab)
             vol = vol[tuple(index)]
         return np.moveaxis(vol, axis, 0)
 
-    def _build(self, ref: VolumeRef, axis: int, slab: Slab | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _build(
+        self, ref: VolumeRef, axis: int, slab: Slab | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         hr = torch.from_numpy(np.ascontiguousarray(self.read_slices(ref, axis, slab)))[:, None]
         hr = crop_to_multiple(hr, self.scale).contiguous()
         n, _, h, w = hr.shape
@@ -121,14 +130,24 @@ class VolumeStore:
             "path": str(ref.path.resolve()),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
-            "settings": [self.scale, self.degradation, self.axis, self.crop and list(self.crop),
-                         self.percentile, self.fastmri_source, list(self.fastmri_crop), ref.reader],
+            "settings": [
+                self.scale,
+                self.degradation,
+                self.axis,
+                self.crop and list(self.crop),
+                self.percentile,
+                self.fastmri_source,
+                list(self.fastmri_crop),
+                ref.reader,
+            ],
             "view": [self.axis if axis is None else axis, slab and list(slab)],
             "version": CACHE_VERSION,
         }
         return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
-    def _load_or_build(self, ref: VolumeRef, axis: int, slab: Slab | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load_or_build(
+        self, ref: VolumeRef, axis: int, slab: Slab | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache_dir is None:
             return self._build(ref, axis, slab)
         path = self.cache_dir / f"{self.disk_key(ref, axis, slab)}.npz"
@@ -147,7 +166,8 @@ class VolumeStore:
     def get(
         self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(hr, lr)`` slices of ``ref`` along ``axis`` (default: the store's), optionally of a slab."""
+        """``(hr, lr)`` slices of ``ref`` along ``axis`` (default: the store's), optionally of a
+        slab."""
         axis = self.axis if axis is None else int(axis)
         key = f"{ref.path}|{axis}|{slab}"
         if key in self._cache:
@@ -164,8 +184,9 @@ class VolumeStore:
 FOREGROUND = 0.05  # normalised intensity above which a voxel counts as foreground
 
 
-def foreground_slices(hr: torch.Tensor, min_fraction: float, threshold: float = FOREGROUND) -> list[int]:
+def foreground_slices(
+    hr: torch.Tensor, min_fraction: float, threshold: float = FOREGROUND
+) -> list[int]:
     """Slices whose fraction of voxels above ``threshold`` is at least ``min_fraction``."""
     frac = (hr > threshold).flatten(1).float().mean(1)
     return [int(i) for i in torch.nonzero(frac >= min_fraction).flatten()]
-

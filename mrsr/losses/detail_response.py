@@ -67,7 +67,8 @@ def lowpass(hr: Tensor, scale: int, kind: str = "bicubic") -> Tensor:
 
 
 def output_names(extractor: nn.Module, n: int) -> list[str]:
-    """Names of an extractor's ``n`` outputs: its ``output_names`` attribute, else out0, out1, ..."""
+    """Names of an extractor's ``n`` outputs: its ``output_names`` attribute, else out0, out1,
+    ..."""
     names = list(getattr(extractor, "output_names", ()))
     return names if len(names) == n else [f"out{i}" for i in range(n)]
 
@@ -75,7 +76,8 @@ def output_names(extractor: nn.Module, n: int) -> list[str]:
 def feature_distances(loss: FeatureLoss, a: Tensor, b: Tensor) -> dict[str, float]:
     """The SR loss's distances between the features of ``a`` and ``b`` (batch means), per output:
     a vector ``name`` by ``1 - cos``; a map ``name`` by ``1 - cos`` of the flattened map (what
-    ``loss.features=pooled`` uses for z_s) and ``name_spatial`` per location (``features=spatial``)."""
+    ``loss.features=pooled`` uses for z_s) and ``name_spatial`` per location
+    (``features=spatial``)."""
     fa, fb = loss.features(a), loss.features(b)
     out: dict[str, float] = {}
     for name, u, v in zip(output_names(loss.extractor, len(fa)), fa, fb, strict=True):
@@ -98,7 +100,10 @@ def detail_response(
     is float32 noise). The extractor is frozen and put in eval mode, as the SR loss does.
     """
     if hr.ndim != 4 or hr.shape[0] < 2:
-        raise ValueError(f"detail_response needs a batch of at least 2 images (N, C, H, W), got {tuple(hr.shape)}")
+        raise ValueError(
+            f"detail_response needs a batch of at least 2 images (N, C, H, W), "
+            f"got {tuple(hr.shape)}"
+        )
     loss = FeatureLoss(extractor)
     hr = crop_to_multiple(hr.float(), scale)
     ref = feature_distances(loss, hr, hr.roll(1, dims=0))
@@ -117,13 +122,22 @@ def tile_patches(slices: Tensor, size: int, n: int, min_foreground: float = 0.5)
     tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, slices.shape[1], size, size)
     tiles = tiles[(tiles > FOREGROUND).flatten(1).float().mean(1) >= min_foreground]
     if tiles.shape[0] < n:
-        raise ValueError(f"only {tiles.shape[0]} patches of {size} px with {min_foreground:.0%} foreground, {n} wanted")
+        raise ValueError(
+            f"only {tiles.shape[0]} patches of {size} px with {min_foreground:.0%} foreground, "
+            f"{n} wanted"
+        )
     return tiles[torch.linspace(0, tiles.shape[0] - 1, n).round().long()].contiguous()
 
 
-def demo_patches(n: int = 64, size: int = 96, subject: str = DEMO_TEST_SUBJECT, contrast: str = "T1") -> Tensor:
+def demo_patches(
+    n: int = 64, size: int = 96, subject: str = DEMO_TEST_SUBJECT, contrast: str = "T1"
+) -> Tensor:
     """HR patches of an embedded demo volume (default: the test subject), normalised and sliced
     as the data modules do (axial slices, RAS+); see :func:`tile_patches`."""
-    ref = next(r for r in list_demo(("T1", "T2", "FLAIR")) if r.subject == subject and r.contrast == contrast)
+    ref = next(
+        r
+        for r in list_demo(("T1", "T2", "FLAIR"))
+        if r.subject == subject and r.contrast == contrast
+    )
     hr, _ = VolumeStore(scale=4).get(ref)
     return tile_patches(hr, size, n)

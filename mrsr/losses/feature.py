@@ -11,10 +11,14 @@ def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     """Mean over the batch of ``1 - cos(flatten(a_i), flatten(b_i))``, in float32 also under
     bf16/fp16 autocast (feature distances of 1e-4 are below bf16's resolution)."""
     with torch.autocast(a.device.type, enabled=False):
-        return (1 - F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1, eps=1e-8)).mean()
+        return (
+            1 - F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1, eps=1e-8)
+        ).mean()
 
 
-def trained_scale_size(h: int, w: int, pixel_scale: float | None, multiple: int) -> tuple[int, int] | None:
+def trained_scale_size(
+    h: int, w: int, pixel_scale: float | None, multiple: int
+) -> tuple[int, int] | None:
     """The size at which an extractor trained at ``pixel_scale`` (its ``img_size / train_crop``)
     sees an ``h x w`` image: each side scaled and rounded to a multiple of ``multiple`` (at
     least one). ``None`` when the scale is unknown (the extractor resizes to its ``img_size``)."""

@@ -71,7 +71,9 @@ def to_size(x: Tensor, size: tuple[int, int]) -> Tensor:
     antialiased kernel); unchanged when it has that size."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(
+        x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+    )
 
 
 def needed_extractors(loss: Mapping[str, Any]) -> list[str]:
@@ -111,17 +113,27 @@ class SRObjective(nn.Module):
             raise ConfigError(f"loss weights {self.weights} must be >= 0 and not all zero")
         self.pixel_type = str(loss.get("pixel_type", "l1"))
         if self.pixel_type not in PIXEL_LOSSES:
-            raise ConfigError(f"loss.pixel_type={self.pixel_type!r} is unknown: choose {' or '.join(PIXEL_LOSSES)}")
+            raise ConfigError(
+                f"loss.pixel_type={self.pixel_type!r} is unknown: "
+                f"choose {' or '.join(PIXEL_LOSSES)}"
+            )
         self.target = str(loss.get("target", "hr"))
         if self.target not in TARGETS:
-            raise ConfigError(f"loss.target={self.target!r} is unknown: choose {', '.join(TARGETS)}")
+            raise ConfigError(
+                f"loss.target={self.target!r} is unknown: choose {', '.join(TARGETS)}"
+            )
         self.mode = str(loss.get("features", "pooled"))
         if self.mode not in FEATURE_MODES:
-            raise ConfigError(f"loss.features={self.mode!r} is unknown: choose {' or '.join(FEATURE_MODES)}")
+            raise ConfigError(
+                f"loss.features={self.mode!r} is unknown: choose {' or '.join(FEATURE_MODES)}"
+            )
         self.normalise = [str(k) for k in (loss.get("normalise") or [])]
         bad = [k for k in self.normalise if k not in NORMALISABLE]
         if bad:
-            raise ConfigError(f"loss.normalise: {', '.join(bad)} cannot be normalised (choose from {', '.join(NORMALISABLE)})")
+            raise ConfigError(
+                f"loss.normalise: {', '.join(bad)} cannot be normalised "
+                f"(choose from {', '.join(NORMALISABLE)})"
+            )
         self.scale, self.degradation = int(scale), degradation or "bicubic"
         self.register_buffer("term_scale", torch.ones(len(LOSS_KEYS)))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
@@ -181,7 +193,9 @@ class SRObjective(nn.Module):
         if "vit" in self._features:
             fx, fr = self._features["vit"].pairs(x, ref)
             if spatial and len(fx) < 2:
-                raise ConfigError("loss.features=spatial needs a ViT extractor that returns token maps")
+                raise ConfigError(
+                    "loss.features=spatial needs a ViT extractor that returns token maps"
+                )
             i = 1 if spatial else 0
             terms["vit"] = (spatial_cosine_distance if spatial else cosine_distance)(fx[i], fr[i])
         if "disent" in self._features:
@@ -192,7 +206,9 @@ class SRObjective(nn.Module):
                 terms["tex"] = cosine_distance(zt_x, zt_r)
         return terms
 
-    def terms(self, lr: Tensor, hr: Tensor, sr: Tensor, adv: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    def terms(
+        self, lr: Tensor, hr: Tensor, sr: Tensor, adv: Callable[[Tensor], Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """The unweighted terms with a non-zero weight; ``adv(sr)`` is the adversarial loss."""
         if self.target == "dc":
             out, ref, pixel_ref = degrade(sr, self.scale, self.degradation), lr, lr
@@ -234,7 +250,9 @@ class SRObjective(nn.Module):
         if not self.normalise or self._is_calibrated():
             return {}
         listed = [k for k in self.normalise if k in terms]
-        boost = float(sr.numel())  # every loss x the same constant: fp16 gradients stay representable
+        boost = float(
+            sr.numel()
+        )  # every loss x the same constant: fp16 gradients stay representable
 
         def norm(t: Tensor) -> float:
             (g,) = torch.autograd.grad(t * boost, sr, retain_graph=True, allow_unused=True)
@@ -246,6 +264,9 @@ class SRObjective(nn.Module):
             return {}
         scales = {k: min(MAX_SCALE, ref / max(v, 1e-12)) for k, v in norms.items()}
         self._set_scales(scales)
-        log.info("loss.normalise: gradient-norm scales %s (L1 gradient norm %.3g)",
-                 ", ".join(f"{k} x{v:.3g}" for k, v in scales.items()), ref)
+        log.info(
+            "loss.normalise: gradient-norm scales %s (L1 gradient norm %.3g)",
+            ", ".join(f"{k} x{v:.3g}" for k, v in scales.items()),
+            ref,
+        )
         return scales

@@ -1,6 +1,6 @@
 """Image-quality metrics and the one evaluation protocol used for every number.
 
-Protocol (also in the README):
+Protocol (also in docs/reference/metrics.md):
 - Images are on the per-volume normalised scale (see ``normalise_volume``): 0 is the
   volume's minimum, 1 its robust maximum (99.5th percentile of the foreground). Nothing is
   clipped at the top: voxels brighter than that keep values above 1 in the target and in the
@@ -59,12 +59,16 @@ SUMMARY = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg")  # the headline
 
 def psnr(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
     """PSNR per image (dB) for (N, C, H, W) batches."""
-    return peak_signal_noise_ratio(pred, target, data_range=data_range, reduction="none", dim=(1, 2, 3))
+    return peak_signal_noise_ratio(
+        pred, target, data_range=data_range, reduction="none", dim=(1, 2, 3)
+    )
 
 
 def ssim(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
     """SSIM per image for (N, C, H, W) batches (Gaussian 11x11, sigma 1.5)."""
-    return structural_similarity_index_measure(pred, target, data_range=data_range, reduction="none")
+    return structural_similarity_index_measure(
+        pred, target, data_range=data_range, reduction="none"
+    )
 
 
 def nmse(pred: Tensor, target: Tensor) -> Tensor:
@@ -89,7 +93,11 @@ def log_filter(x: Tensor, sigma: float = LOG_SIGMA, size: int = LOG_SIZE) -> Ten
     with torch.autocast(x.device.type, enabled=False):
         x = x.float()
         c, pad = x.shape[1], size // 2
-        k = log_kernel(sigma, size).to(device=x.device, dtype=torch.float32).expand(c, 1, size, size)
+        k = (
+            log_kernel(sigma, size)
+            .to(device=x.device, dtype=torch.float32)
+            .expand(c, 1, size, size)
+        )
         return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), k, groups=c)
 
 
@@ -110,7 +118,9 @@ def hfen_terms(
     (the same up to rounding, without the cancellation)."""
     n = pred.shape[0]
     size = log_size(sigma) if size is None else size
-    resp = log_filter(torch.cat([pred.float() - target.float(), target.float()]), sigma, size).double()
+    resp = log_filter(
+        torch.cat([pred.float() - target.float(), target.float()]), sigma, size
+    ).double()
     sq = resp.pow(2).flatten(1).sum(1)
     return sq[:n], sq[n:]
 
@@ -127,7 +137,9 @@ def foreground(target: Tensor) -> Tensor:
     return target > FOREGROUND
 
 
-def _ssim_map(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> tuple[Tensor, Tensor]:
+def _ssim_map(
+    pred: Tensor, target: Tensor, data_range: float = DATA_RANGE
+) -> tuple[Tensor, Tensor]:
     """SSIM per image and its map (the image's size): the same settings as :func:`ssim`."""
     return structural_similarity_index_measure(
         pred, target, data_range=data_range, reduction="none", return_full_image=True
@@ -206,7 +218,14 @@ class SliceTable(Metric):
         return self._table()
 
 
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "nmse": False, "hfen": False, "psnr_fg": True, "ssim_fg": True}
+HIGHER_IS_BETTER = {
+    "psnr": True,
+    "ssim": True,
+    "nmse": False,
+    "hfen": False,
+    "psnr_fg": True,
+    "ssim_fg": True,
+}
 
 
 class SRMetrics(SliceTable):
@@ -220,11 +239,14 @@ class SRMetrics(SliceTable):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(
-            ("sse", "n", "y2", "ssim", "psnr", "log_err2", "log_y2", "fg_sse", "fg_n", "fg_ssim"), **kwargs
+            ("sse", "n", "y2", "ssim", "psnr", "log_err2", "log_y2", "fg_sse", "fg_n", "fg_ssim"),
+            **kwargs,
         )
 
     def update(self, pred: Tensor, target: Tensor, volume_idx: Tensor, slice_idx: Tensor) -> None:
-        with torch.autocast(pred.device.type, enabled=False):  # the protocol is float32, also under AMP
+        with torch.autocast(
+            pred.device.type, enabled=False
+        ):  # the protocol is float32, also under AMP
             pred = pred.detach().float().clamp(min=0.0)
             target = target.detach().float()
             ssim_val, ssim_map = _ssim_map(pred, target)
@@ -264,10 +286,14 @@ class SRMetrics(SliceTable):
         # HFEN and the foreground-masked metrics; slices / volumes without foreground are left out
         fg = s["fg_n"] > 0
         out["hfen"] = (s["log_err2"] / s["log_y2"].clamp_min(1e-12)).sqrt().mean().item()
-        out["psnr_fg"] = _psnr_from(s["fg_sse"][fg], s["fg_n"][fg]).mean().item() if fg.any() else math.nan
+        out["psnr_fg"] = (
+            _psnr_from(s["fg_sse"][fg], s["fg_n"][fg]).mean().item() if fg.any() else math.nan
+        )
         out["ssim_fg"] = (s["fg_ssim"][fg] / s["fg_n"][fg]).mean().item() if fg.any() else math.nan
         for name in ("hfen", "psnr_fg", "ssim_fg"):
-            vals = torch.tensor([v[name] for v in per_vol.values() if not math.isnan(v[name])], dtype=torch.float64)
+            vals = torch.tensor(
+                [v[name] for v in per_vol.values() if not math.isnan(v[name])], dtype=torch.float64
+            )
             out[f"{name}_vol"] = vals.mean().item() if vals.numel() else math.nan
             out[f"{name}_vol_std"] = vals.std(unbiased=False).item() if vals.numel() else math.nan
         out["n_slices_fg"] = float(fg.sum().item())
@@ -286,8 +312,12 @@ class SRMetrics(SliceTable):
                 "ssim": s["ssim"][m].mean().item(),
                 "nmse": (s["sse"][m].sum() / s["y2"][m].sum().clamp_min(1e-12)).item(),
                 "n_slices": int(m.sum().item()),
-                "hfen": (s["log_err2"][m].sum() / s["log_y2"][m].sum().clamp_min(1e-12)).sqrt().item(),
-                "psnr_fg": _psnr_from(s["fg_sse"][m].sum(), s["fg_n"][m].sum()).item() if has_fg else math.nan,
+                "hfen": (s["log_err2"][m].sum() / s["log_y2"][m].sum().clamp_min(1e-12))
+                .sqrt()
+                .item(),
+                "psnr_fg": _psnr_from(s["fg_sse"][m].sum(), s["fg_n"][m].sum()).item()
+                if has_fg
+                else math.nan,
                 "ssim_fg": (s["fg_ssim"][fg] / s["fg_n"][fg]).mean().item() if has_fg else math.nan,
             }
         return result

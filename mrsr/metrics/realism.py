@@ -23,9 +23,9 @@ foreground is ``hr > FOREGROUND`` (0.05, as in :mod:`mrsr.metrics.distortion`).
   NaN without foreground.
 - ``hfen_07`` (lower is better): the protocol's HFEN
   ||LoG(sr) - LoG(hr)||_2 / ||LoG(hr)||_2 (:func:`mrsr.metrics.distortion.hfen`) with
-  sigma 0.7 on a 7 x 7 kernel (the protocol's ``hfen`` is sigma 1.5 on 15 x 15). The side is the protocol's kernel scaled with
-  sigma, 2 floor(7 sigma / 1.5 + 0.5) + 1 (:func:`~mrsr.metrics.distortion.log_size`), so
-  ``hfen(sr, hr, sigma=0.7)`` is ``hfen_07``.
+  sigma 0.7 on a 7 x 7 kernel (the protocol's ``hfen`` is sigma 1.5 on 15 x 15). The side is
+  the protocol's kernel scaled with sigma, 2 floor(7 sigma / 1.5 + 0.5) + 1
+  (:func:`~mrsr.metrics.distortion.log_size`), so ``hfen(sr, hr, sigma=0.7)`` is ``hfen_07``.
 - ``redeg`` (:func:`redegradation_error`; lower is better): ||D(sr) - lr||_2 / ||lr||_2 with
   D = :func:`mrsr.data.degrade.degrade` (the degradation that made the LR image, at
   ``scale``): 0 when the SR image is consistent with its input. NaN where lr is all 0.
@@ -88,7 +88,8 @@ KMEANS_ITERS = 100
 CRITIC_WIDTHS = (1, 16, 32, 32)  # stride-2 3x3 convolutions, then global mean and one logit
 CRITIC_STEPS, CRITIC_BATCH, CRITIC_LR = 200, 32, 3e-3  # Adam steps, patches per step (half HR)
 
-# the per-slice values and results-row columns (the protocol's HFEN at sigma 1.5 is ``hfen`` of SRMetrics)
+# the per-slice values and results-row columns (the protocol's HFEN at sigma 1.5 is ``hfen`` of
+# SRMetrics)
 REALISM = ("hf_power", "grad_w1", "hfen_07", "redeg", "edge_f1", "tissue_dice")
 # True: higher is better, False: lower is better, "zero": closer to 0 is better
 REALISM_HIGHER_IS_BETTER: dict[str, bool | str] = {
@@ -188,12 +189,16 @@ def radial_power_spectrum(x: Tensor) -> tuple[Tensor, Tensor]:
     Returns the ring radii (R,) in cycles per pixel and the mean power per ring (N, R)
     (float64; see the module docstring). Rings without FFT bins are NaN."""
     n, c, h, w = x.shape
-    hann = [torch.hann_window(s, periodic=False, dtype=torch.float64, device=x.device) for s in (h, w)]
+    hann = [
+        torch.hann_window(s, periodic=False, dtype=torch.float64, device=x.device) for s in (h, w)
+    ]
     spec = torch.fft.fft2(x.double() * torch.outer(*hann), norm="ortho")
     power = spec.real.pow(2).add(spec.imag.pow(2)).reshape(n, c * h * w)
     ring, radii = _rings(h, w, x.device)
     ring = ring.repeat(c)
-    sums = torch.zeros(n, radii.numel(), dtype=torch.float64, device=x.device).index_add_(1, ring, power)
+    sums = torch.zeros(n, radii.numel(), dtype=torch.float64, device=x.device).index_add_(
+        1, ring, power
+    )
     counts = torch.bincount(ring, minlength=radii.numel()).double()
     return radii, sums / counts  # 0 / 0 = NaN for an empty ring
 
@@ -213,10 +218,14 @@ def highband_power_log_ratio(sr: Tensor, hr: Tensor, scale: float) -> Tensor:
 # ------------------------------------------------------------------ gradient distribution
 
 
-def _per_masked_image(fn: Callable[[Tensor, Tensor, Tensor], Tensor], a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+def _per_masked_image(
+    fn: Callable[[Tensor, Tensor, Tensor], Tensor], a: Tensor, b: Tensor, mask: Tensor
+) -> Tensor:
     """``fn(a_i, b_i, mask_i)`` per image (float64), NaN where ``mask_i`` is empty."""
     nan = torch.tensor(torch.nan, dtype=torch.float64, device=a.device)
-    return torch.stack([fn(x, y, m).double() if m.any() else nan for x, y, m in zip(a, b, mask, strict=True)])
+    return torch.stack(
+        [fn(x, y, m).double() if m.any() else nan for x, y, m in zip(a, b, mask, strict=True)]
+    )
 
 
 def wasserstein1(a: Tensor, b: Tensor) -> Tensor:
@@ -231,7 +240,9 @@ def wasserstein1(a: Tensor, b: Tensor) -> Tensor:
     if n == m:
         return (a - b).abs().mean()
     # step ends t = i/n and j/m, in units of 1/(n m) (integers, so the merge is exact)
-    ends = torch.unique(torch.cat([torch.arange(1, n + 1) * m, torch.arange(1, m + 1) * n]).to(a.device))
+    ends = torch.unique(
+        torch.cat([torch.arange(1, n + 1) * m, torch.arange(1, m + 1) * n]).to(a.device)
+    )
     starts = torch.cat([ends.new_zeros(1), ends[:-1]])
     qa, qb = a[(ends + m - 1) // m - 1], b[(ends + n - 1) // n - 1]  # Q on (start, end]
     return ((ends - starts).double() * (qa - qb).abs()).sum() / (n * m)
@@ -312,13 +323,19 @@ def _hysteresis(strong: Tensor, weak: Tensor) -> Tensor:
 def _edges(mag: Tensor, gx: Tensor, gy: Tensor, low: Tensor, high: Tensor) -> Tensor:
     """Canny edge map from the smoothed gradients and per-image thresholds (N,)."""
     peak = _non_maximum(mag, gx, gy)
-    low, high = (torch.as_tensor(t, dtype=mag.dtype, device=mag.device).reshape(-1, 1, 1, 1) for t in (low, high))
+    low, high = (
+        torch.as_tensor(t, dtype=mag.dtype, device=mag.device).reshape(-1, 1, 1, 1)
+        for t in (low, high)
+    )
     return _hysteresis(peak & (mag >= high), peak & (mag >= low))
 
 
 @_no_autocast
 def canny_edges(
-    x: Tensor, sigma: float = CANNY_SIGMA, low: Tensor | float | None = None, high: Tensor | float | None = None
+    x: Tensor,
+    sigma: float = CANNY_SIGMA,
+    low: Tensor | float | None = None,
+    high: Tensor | float | None = None,
 ) -> Tensor:
     """Canny edge map (bool, like ``x``). ``low``/``high`` are absolute thresholds on the
     smoothed gradient magnitude (a number or one per image); by default each image's own
@@ -358,7 +375,9 @@ def _kmeans_1d(values: Tensor, classes: int) -> Tensor:
         cuts = torch.searchsorted(v, (centres[1:] + centres[:-1]) / 2, right=True)  # ties: darker
         ends = torch.cat([cuts.new_zeros(1), cuts, cuts.new_full((1,), n)])
         counts = ends[1:] - ends[:-1]
-        new = torch.where(counts > 0, (csum[ends[1:]] - csum[ends[:-1]]) / counts.clamp_min(1), centres)
+        new = torch.where(
+            counts > 0, (csum[ends[1:]] - csum[ends[:-1]]) / counts.clamp_min(1), centres
+        )
         new = new.sort()[0]
         if torch.equal(new, centres):
             break
@@ -406,7 +425,10 @@ def _critic_init(gen: torch.Generator) -> list[Tensor]:
     """He-normal conv weights, zero biases and a 1-logit linear head, drawn from ``gen``."""
     params = []
     for c_in, c_out in zip(CRITIC_WIDTHS[:-1], CRITIC_WIDTHS[1:], strict=True):
-        params += [torch.randn(c_out, c_in, 3, 3, generator=gen) * math.sqrt(2 / (9 * c_in)), torch.zeros(c_out)]
+        params += [
+            torch.randn(c_out, c_in, 3, 3, generator=gen) * math.sqrt(2 / (9 * c_in)),
+            torch.zeros(c_out),
+        ]
     width = CRITIC_WIDTHS[-1]
     return params + [torch.randn(1, width, generator=gen) / math.sqrt(width), torch.zeros(1)]
 
@@ -446,21 +468,32 @@ def critic_correct(
     order = torch.randperm(n, generator=gen)
     train, test = order[: n // 2], order[n // 2 :]
     device = hr_patches.device
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.autocast(device.type, enabled=False),
+    ):
         sr, hr = (p[:n].detach().float().clone() for p in (sr_patches, hr_patches))
         params = [p.to(device).requires_grad_() for p in _critic_init(gen)]
         opt = torch.optim.Adam(params, lr=lr)
         target = torch.cat([torch.ones(batch // 2), torch.zeros(batch // 2)]).to(device)
         for _ in range(steps):
             pick = train[torch.randint(len(train), (2, batch // 2), generator=gen)].to(device)
-            loss = F.binary_cross_entropy_with_logits(_critic_logits(params, torch.cat([hr[pick[0]], sr[pick[1]]])), target)
+            loss = F.binary_cross_entropy_with_logits(
+                _critic_logits(params, torch.cat([hr[pick[0]], sr[pick[1]]])), target
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         with torch.no_grad():
             test = test.to(device)
-            right = ((_critic_logits(params, hr[test]) > 0).double() + (_critic_logits(params, sr[test]) <= 0).double()) / 2
-    return torch.full((n,), torch.nan, dtype=torch.float64, device=device).index_copy(0, test, right)
+            right = (
+                (_critic_logits(params, hr[test]) > 0).double()
+                + (_critic_logits(params, sr[test]) <= 0).double()
+            ) / 2
+    return torch.full((n,), torch.nan, dtype=torch.float64, device=device).index_copy(
+        0, test, right
+    )
 
 
 def critic_accuracy(sr_patches: Tensor, hr_patches: Tensor, **kwargs: Any) -> float:
@@ -473,7 +506,9 @@ def critic_accuracy(sr_patches: Tensor, hr_patches: Tensor, **kwargs: Any) -> fl
 
 
 @_no_autocast
-def realism_values(sr: Tensor, hr: Tensor, lr: Tensor, scale: int, degradation: str = "bicubic") -> dict[str, Tensor]:
+def realism_values(
+    sr: Tensor, hr: Tensor, lr: Tensor, scale: int, degradation: str = "bicubic"
+) -> dict[str, Tensor]:
     """The per-image values of :data:`REALISM` (float64, NaN where undefined)."""
     sr, hr, lr = sr.float(), hr.float(), lr.float()
     return {
@@ -505,7 +540,9 @@ class RealismMetrics(SliceTable):
         self.scale = scale
         self.degradation = degradation
 
-    def update(self, sr: Tensor, hr: Tensor, lr: Tensor, volume_idx: Tensor, slice_idx: Tensor) -> None:  # type: ignore[override]
+    def update(
+        self, sr: Tensor, hr: Tensor, lr: Tensor, volume_idx: Tensor, slice_idx: Tensor
+    ) -> None:  # type: ignore[override]
         with torch.autocast(sr.device.type, enabled=False):
             sr = sr.detach().float().clamp(min=0.0)
             hr, lr = hr.detach().float(), lr.detach().float()

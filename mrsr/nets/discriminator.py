@@ -12,7 +12,10 @@ class SRGANDiscriminator(nn.Module):
 
     def __init__(self, in_channels: int = 1, base_channels: int = 64, n_layers: int = 4) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 3, padding=1), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, base_channels, 3, padding=1),
+            nn.LeakyReLU(0.2, True),
+        ]
         ch = base_channels
         for i in range(n_layers):
             out = base_channels * 2 ** min(i, 3)
@@ -22,7 +25,11 @@ class SRGANDiscriminator(nn.Module):
             ch = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, 2 * ch), nn.LeakyReLU(0.2, True), nn.Linear(2 * ch, 1)
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(ch, 2 * ch),
+            nn.LeakyReLU(0.2, True),
+            nn.Linear(2 * ch, 1),
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -17,8 +17,11 @@ class ResBlock(nn.Module):
 
     def __init__(self, n_feats: int, res_scale: float = 1.0) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(n_feats, n_feats, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(n_feats, n_feats, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(n_feats, n_feats, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(n_feats, n_feats, 3, padding=1),
+        )
         self.res_scale = float(res_scale)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -31,13 +34,17 @@ class GlobalSkipSR(nn.Module):
 
     trainable = True
 
-    def __init__(self, scale: int, n_feats: int, blocks: list[nn.Module], in_channels: int = 1) -> None:
+    def __init__(
+        self, scale: int, n_feats: int, blocks: list[nn.Module], in_channels: int = 1
+    ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
         self.head = nn.Conv2d(in_channels, n_feats, 3, padding=1)
         self.body = nn.Sequential(*blocks, nn.Conv2d(n_feats, n_feats, 3, padding=1))
-        self.tail = nn.Sequential(PixelShuffleUpsampler(n_feats, self.scale),
-                                  nn.Conv2d(n_feats, in_channels, 3, padding=1))
+        self.tail = nn.Sequential(
+            PixelShuffleUpsampler(n_feats, self.scale),
+            nn.Conv2d(n_feats, in_channels, 3, padding=1),
+        )
 
     def forward(self, lr: Tensor) -> Tensor:
         feat = self.head(lr)
@@ -47,6 +54,14 @@ class GlobalSkipSR(nn.Module):
 class EDSR(GlobalSkipSR):
     """``n_blocks`` residual blocks of ``n_feats`` maps in :class:`GlobalSkipSR`."""
 
-    def __init__(self, scale: int, n_blocks: int = 32, n_feats: int = 256, res_scale: float = 0.1,
-                 in_channels: int = 1) -> None:
-        super().__init__(scale, n_feats, [ResBlock(n_feats, res_scale) for _ in range(n_blocks)], in_channels)
+    def __init__(
+        self,
+        scale: int,
+        n_blocks: int = 32,
+        n_feats: int = 256,
+        res_scale: float = 0.1,
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__(
+            scale, n_feats, [ResBlock(n_feats, res_scale) for _ in range(n_blocks)], in_channels
+        )

@@ -18,8 +18,13 @@ class ChannelAttention(nn.Module):
     def __init__(self, n_feats: int, reduction: int) -> None:
         super().__init__()
         hidden = max(1, n_feats // reduction)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(n_feats, hidden, 1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(hidden, n_feats, 1), nn.Sigmoid())
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(n_feats, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, n_feats, 1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x)
@@ -30,8 +35,12 @@ class RCAB(nn.Module):
 
     def __init__(self, n_feats: int, reduction: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(n_feats, n_feats, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(n_feats, n_feats, 3, padding=1), ChannelAttention(n_feats, reduction))
+        self.body = nn.Sequential(
+            nn.Conv2d(n_feats, n_feats, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(n_feats, n_feats, 3, padding=1),
+            ChannelAttention(n_feats, reduction),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -42,8 +51,10 @@ class ResidualGroup(nn.Module):
 
     def __init__(self, n_feats: int, n_blocks: int, reduction: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(*[RCAB(n_feats, reduction) for _ in range(n_blocks)],
-                                  nn.Conv2d(n_feats, n_feats, 3, padding=1))
+        self.body = nn.Sequential(
+            *[RCAB(n_feats, reduction) for _ in range(n_blocks)],
+            nn.Conv2d(n_feats, n_feats, 3, padding=1),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -52,7 +63,14 @@ class ResidualGroup(nn.Module):
 class RCAN(GlobalSkipSR):
     """``n_groups`` residual groups (the long skip is :class:`GlobalSkipSR`'s)."""
 
-    def __init__(self, scale: int, n_groups: int = 10, n_blocks: int = 20, n_feats: int = 64, reduction: int = 16,
-                 in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        scale: int,
+        n_groups: int = 10,
+        n_blocks: int = 20,
+        n_feats: int = 64,
+        reduction: int = 16,
+        in_channels: int = 1,
+    ) -> None:
         groups = [ResidualGroup(n_feats, n_blocks, reduction) for _ in range(n_groups)]
         super().__init__(scale, n_feats, groups, in_channels)

@@ -20,7 +20,9 @@ class ResidualDenseBlock(nn.Module):
     def __init__(self, n_feats: int, growth: int, n_layers: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(n_feats + i * growth, growth, 3, padding=1), nn.ReLU(inplace=True))
+            nn.Sequential(
+                nn.Conv2d(n_feats + i * growth, growth, 3, padding=1), nn.ReLU(inplace=True)
+            )
             for i in range(n_layers)
         )
         self.fuse = nn.Conv2d(n_feats + n_layers * growth, n_feats, 1)
@@ -38,16 +40,29 @@ class RDN(nn.Module):
 
     trainable = True
 
-    def __init__(self, scale: int, n_blocks: int = 16, n_layers: int = 8, growth: int = 64, n_feats: int = 64,
-                 in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        scale: int,
+        n_blocks: int = 16,
+        n_layers: int = 8,
+        growth: int = 64,
+        n_feats: int = 64,
+        in_channels: int = 1,
+    ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
         self.shallow1 = nn.Conv2d(in_channels, n_feats, 3, padding=1)
         self.shallow2 = nn.Conv2d(n_feats, n_feats, 3, padding=1)
-        self.blocks = nn.ModuleList(ResidualDenseBlock(n_feats, growth, n_layers) for _ in range(n_blocks))
-        self.fusion = nn.Sequential(nn.Conv2d(n_blocks * n_feats, n_feats, 1), nn.Conv2d(n_feats, n_feats, 3, padding=1))
-        self.tail = nn.Sequential(PixelShuffleUpsampler(n_feats, self.scale),
-                                  nn.Conv2d(n_feats, in_channels, 3, padding=1))
+        self.blocks = nn.ModuleList(
+            ResidualDenseBlock(n_feats, growth, n_layers) for _ in range(n_blocks)
+        )
+        self.fusion = nn.Sequential(
+            nn.Conv2d(n_blocks * n_feats, n_feats, 1), nn.Conv2d(n_feats, n_feats, 3, padding=1)
+        )
+        self.tail = nn.Sequential(
+            PixelShuffleUpsampler(n_feats, self.scale),
+            nn.Conv2d(n_feats, in_channels, 3, padding=1),
+        )
 
     def forward(self, lr: Tensor) -> Tensor:
         f1 = self.shallow1(lr)

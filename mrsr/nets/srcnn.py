@@ -20,14 +20,22 @@ class SRCNN(nn.Module):
 
     trainable = True
 
-    def __init__(self, scale: int, n1: int = 64, n2: int = 32, kernels: tuple[int, int, int] = (9, 5, 5),
-                 in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        scale: int,
+        n1: int = 64,
+        n2: int = 32,
+        kernels: tuple[int, int, int] = (9, 5, 5),
+        in_channels: int = 1,
+    ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
         k1, k2, k3 = (int(k) for k in kernels)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, n1, k1, padding=k1 // 2), nn.ReLU(inplace=True),
-            nn.Conv2d(n1, n2, k2, padding=k2 // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, n1, k1, padding=k1 // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(n1, n2, k2, padding=k2 // 2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(n2, in_channels, k3, padding=k3 // 2),
         )
 
@@ -41,15 +49,22 @@ class VDSR(nn.Module):
 
     trainable = True
 
-    def __init__(self, scale: int, depth: int = 20, n_feats: int = 64, in_channels: int = 1) -> None:
+    def __init__(
+        self, scale: int, depth: int = 20, n_feats: int = 64, in_channels: int = 1
+    ) -> None:
         super().__init__()
         if depth < 2:
             raise ValueError(f"VDSR depth={depth}: at least 2 layers")
         self.scale = check_scale(scale)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, n_feats, 3, padding=1), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, n_feats, 3, padding=1),
+            nn.ReLU(inplace=True),
+        ]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(n_feats, n_feats, 3, padding=1), nn.ReLU(inplace=True)]
-        for m in layers:  # He initialisation, as in the paper: a deep plain ReLU stack trains from it
+        for (
+            m
+        ) in layers:  # He initialisation, as in the paper: a deep plain ReLU stack trains from it
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)

@@ -38,7 +38,8 @@ class SRResNet(nn.Module):
     ``upsampler="pixelshuffledirect"`` replaces the up-sampling stages and the final conv by
     one 3x3 conv to ``scale**2`` maps at the input resolution and a pixel shuffle (ESPCN;
     SwinIR's lightweight up-sampler): 1.5x (x2) and 3.4x (x4) faster per training step on
-    the demo's CPU patches (``experiments/bench_upsampler.py``; the README compares them at equal time).
+    the demo's CPU patches (``experiments/bench_upsampler.py``; docs/results/quickstart.md
+    compares them at equal time).
 
     With ``residual_bicubic=True`` the network predicts a residual that is added to the
     bicubic up-sampling of the input (not in the SPEC; off by default); its last conv then
@@ -65,7 +66,9 @@ class SRResNet(nn.Module):
         check_upsampler(upsampler)
         self.scale = 1 if scale == 1 else check_scale(scale)
         self.residual_bicubic = residual_bicubic
-        self.head = nn.Sequential(nn.Conv2d(in_channels, n_feats, 9, padding=4), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(
+            nn.Conv2d(in_channels, n_feats, 9, padding=4), nn.ReLU(inplace=True)
+        )
         self.body = nn.Sequential(*[ResidualBlock(n_feats, batch_norm) for _ in range(n_blocks)])
         self.body_tail = nn.Sequential(
             nn.Conv2d(n_feats, n_feats, 3, padding=1, bias=not batch_norm),
@@ -74,7 +77,11 @@ class SRResNet(nn.Module):
         ups: list[nn.Module] = []
         if upsampler == "pixelshuffle":
             for _ in range(self.scale.bit_length() - 1):
-                ups += [nn.Conv2d(n_feats, 4 * n_feats, 3, padding=1), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
+                ups += [
+                    nn.Conv2d(n_feats, 4 * n_feats, 3, padding=1),
+                    nn.PixelShuffle(2),
+                    nn.ReLU(inplace=True),
+                ]
             last = nn.Conv2d(n_feats, in_channels, 9, padding=4)
             self.tail: nn.Module = last
             for m in ups:
@@ -98,5 +105,9 @@ class SRResNet(nn.Module):
         feat = feat + self.body_tail(self.body(feat))
         out = self.tail(self.upsample(feat))
         if self.residual_bicubic:
-            out = out + (x if self.scale == 1 else F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False))
+            out = out + (
+                x
+                if self.scale == 1
+                else F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+            )
         return out

@@ -71,7 +71,9 @@ class StructureTextureEncoder(nn.Module):
         if size is None:
             h = resize_to(x, self.img_size)
         elif tuple(x.shape[-2:]) != tuple(size):
-            h = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+            h = F.interpolate(
+                x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+            )
         else:
             h = x
         z_s = None

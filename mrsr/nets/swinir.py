@@ -36,10 +36,25 @@ class RSTB(nn.Module):
     """Residual Swin Transformer block: ``depth`` Swin blocks (shifted windows every other
     block), a conv3x3, plus the input."""
 
-    def __init__(self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float, drop_path: list[float]) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        window: int,
+        mlp_ratio: float,
+        drop_path: list[float],
+    ) -> None:
         super().__init__()
-        self.swin = BasicLayer(dim=dim, depth=depth, num_heads=heads, window_size=(window, window),
-                               drop_path=drop_path, mlp_ratio=mlp_ratio, qkv_bias=True)
+        self.swin = BasicLayer(
+            dim=dim,
+            depth=depth,
+            num_heads=heads,
+            window_size=(window, window),
+            drop_path=drop_path,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+        )
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,24 +81,36 @@ class SwinIR(nn.Module):
         super().__init__()
         check_upsampler(upsampler)
         if len(depths) != len(num_heads):
-            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
+            raise ValueError(
+                f"depths {list(depths)} and num_heads {list(num_heads)} differ in length"
+            )
         if embed_dim % max(num_heads) != 0:
-            raise ValueError(f"embed_dim={embed_dim} is not divisible by every head count {list(num_heads)}")
+            raise ValueError(
+                f"embed_dim={embed_dim} is not divisible by every head count {list(num_heads)}"
+            )
         self.scale = check_scale(scale)
         self.conv_first = nn.Conv2d(in_channels, embed_dim, 3, padding=1)
         self.norm_in = ChannelNorm(embed_dim)
-        rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]  # stochastic depth
+        rates = [
+            drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))
+        ]  # stochastic depth
         starts = [sum(depths[:i]) for i in range(len(depths))]
-        self.blocks = nn.Sequential(*[
-            RSTB(embed_dim, d, h, window_size, mlp_ratio, rates[s:s + d]) for d, h, s in zip(depths, num_heads, starts, strict=True)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                RSTB(embed_dim, d, h, window_size, mlp_ratio, rates[s : s + d])
+                for d, h, s in zip(depths, num_heads, starts, strict=True)
+            ]
+        )
         self.norm_out = ChannelNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
         if upsampler == "pixelshuffle":
             feats = 64
             self.tail: nn.Module = nn.Sequential(
-                nn.Conv2d(embed_dim, feats, 3, padding=1), nn.LeakyReLU(inplace=True),
-                PixelShuffleUpsampler(feats, self.scale), nn.Conv2d(feats, in_channels, 3, padding=1))
+                nn.Conv2d(embed_dim, feats, 3, padding=1),
+                nn.LeakyReLU(inplace=True),
+                PixelShuffleUpsampler(feats, self.scale),
+                nn.Conv2d(feats, in_channels, 3, padding=1),
+            )
         else:
             self.tail = PixelShuffleDirect(embed_dim, in_channels, self.scale)
         self.window_size = int(window_size)

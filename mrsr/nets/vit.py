@@ -60,9 +60,13 @@ class SliceViT(nn.Module):
         if feature not in FEATURES:
             raise ConfigError(f"vit.feature={feature!r}: expected one of {', '.join(FEATURES)}")
         if img_size % patch_size:
-            raise ConfigError(f"vit.img_size={img_size} is not a multiple of vit.patch_size={patch_size}")
+            raise ConfigError(
+                f"vit.img_size={img_size} is not a multiple of vit.patch_size={patch_size}"
+            )
         if hidden_size % num_heads:
-            raise ConfigError(f"vit.hidden_size={hidden_size} is not a multiple of vit.num_heads={num_heads}")
+            raise ConfigError(
+                f"vit.hidden_size={hidden_size} is not a multiple of vit.num_heads={num_heads}"
+            )
         self.img_size = int(img_size)
         self.feature = feature
         self.hidden_size = int(hidden_size)
@@ -92,7 +96,13 @@ class SliceViT(nn.Module):
         """Resize (N, C, H, W) to the model's square input size (bilinear, antialiased)."""
         if tuple(x.shape[-2:]) == (self.img_size, self.img_size):
             return x
-        return F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False, antialias=True)
+        return F.interpolate(
+            x,
+            size=(self.img_size, self.img_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
 
     def features(self, x: Tensor) -> Tensor:
         """Feature vector (N, hidden_size): mean patch token or CLS token of the last layer."""
@@ -120,7 +130,9 @@ class SliceViT(nn.Module):
         else:
             gh, gw = size[0] // p, size[1] // p
             if x.shape[-2:] != (gh * p, gw * p):
-                x = F.interpolate(x, size=(gh * p, gw * p), mode="bilinear", align_corners=False, antialias=True)
+                x = F.interpolate(
+                    x, size=(gh * p, gw * p), mode="bilinear", align_corners=False, antialias=True
+                )
             emb = self.vit.patch_embedding
             h = emb.patch_embeddings(x).flatten(2).transpose(1, 2)
             g = self.img_size // p
@@ -166,7 +178,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(path, "not a state dict of tensors (expected a MONAI UNETR or ViT state dict)")
+        raise CheckpointError(
+            path, "not a state dict of tensors (expected a MONAI UNETR or ViT state dict)"
+        )
     return obj
 
 
@@ -202,7 +216,10 @@ def _to_2d(src: dict[str, Tensor], dst: dict[str, Tensor], path: Path) -> dict[s
     if w is not None and w.ndim == 5:
         g = _grid(n, 3)
         if g is None:
-            raise CheckpointError(path, f"3D position embedding of {n} tokens is not a cubic grid; cannot map it to 2D")
+            raise CheckpointError(
+                path,
+                f"3D position embedding of {n} tokens is not a cubic grid; cannot map it to 2D",
+            )
         grid = pos.reshape(1, g, g, g, d).mean(dim=3)  # average over depth: (1, g, g, d)
     else:
         g = _grid(n, 2)
@@ -210,16 +227,32 @@ def _to_2d(src: dict[str, Tensor], dst: dict[str, Tensor], path: Path) -> dict[s
             raise CheckpointError(path, f"2D position embedding of {n} tokens is not a square grid")
         grid = pos.reshape(1, g, g, d)
     if g_out is None:
-        raise CheckpointError(path, f"model position embedding of {want.shape[1]} tokens is not a square grid")
+        raise CheckpointError(
+            path, f"model position embedding of {want.shape[1]} tokens is not a square grid"
+        )
     if g != g_out:
-        grid = F.interpolate(grid.permute(0, 3, 1, 2).float(), size=(g_out, g_out), mode="bicubic", align_corners=False)
+        grid = F.interpolate(
+            grid.permute(0, 3, 1, 2).float(),
+            size=(g_out, g_out),
+            mode="bicubic",
+            align_corners=False,
+        )
         grid = grid.permute(0, 2, 3, 1).to(pos.dtype)
-        log.info("%s: position embedding resized from a %dx%d to a %dx%d token grid", path, g, g, g_out, g_out)
+        log.info(
+            "%s: position embedding resized from a %dx%d to a %dx%d token grid",
+            path,
+            g,
+            g,
+            g_out,
+            g_out,
+        )
     out[_POS] = grid.reshape(1, g_out * g_out, d).contiguous()
     return out
 
 
-def load_pretrained_vit(model: SliceViT, path: str | Path, allow_partial: bool = False) -> LoadReport:
+def load_pretrained_vit(
+    model: SliceViT, path: str | Path, allow_partial: bool = False
+) -> LoadReport:
     """Load a MONAI UNETR/ViT state dict into ``model.vit`` (see the module docstring).
 
     Logs "loaded N tensors, skipped M: ..." and raises :class:`CheckpointError` when nothing
@@ -235,7 +268,9 @@ def load_pretrained_vit(model: SliceViT, path: str | Path, allow_partial: bool =
     width = src[_PATCH_W].shape[0]
     if width != dst[_PATCH_W].shape[0]:
         raise CheckpointError(
-            path, f"ViT hidden size {width} in the file, the model has {dst[_PATCH_W].shape[0]} (vit.hidden_size)"
+            path,
+            f"ViT hidden size {width} in the file, "
+            f"the model has {dst[_PATCH_W].shape[0]} (vit.hidden_size)",
         )
     src = _to_2d(src, dst, path)
     new, updated, unchanged = copy_model_state(dst, src, inplace=False)
@@ -248,9 +283,17 @@ def load_pretrained_vit(model: SliceViT, path: str | Path, allow_partial: bool =
         missing=[k for k in unchanged if "norm_cross_attn" not in k],
     )
     shown = ", ".join(report.skipped[:8]) + (", ..." if len(report.skipped) > 8 else "")
-    log.info("%s: loaded %d tensors, skipped %d: %s", path, len(report.loaded), len(report.skipped), shown or "none")
+    log.info(
+        "%s: loaded %d tensors, skipped %d: %s",
+        path,
+        len(report.loaded),
+        len(report.skipped),
+        shown or "none",
+    )
     if not report.loaded:
-        raise CheckpointError(path, "no tensor matches the ViT (wrong architecture or hidden size?)")
+        raise CheckpointError(
+            path, "no tensor matches the ViT (wrong architecture or hidden size?)"
+        )
     if report.missing and not allow_partial:
         miss = ", ".join(report.missing[:4]) + (", ..." if len(report.missing) > 4 else "")
         raise CheckpointError(

@@ -39,7 +39,9 @@ class StageModule(L.LightningModule):
 
     stage = "base"
 
-    def __init__(self, config: dict[str, Any], scale: int | None = None, nan_policy: str = "skip") -> None:
+    def __init__(
+        self, config: dict[str, Any], scale: int | None = None, nan_policy: str = "skip"
+    ) -> None:
         super().__init__()
         if nan_policy not in ("skip", "stop"):
             raise ValueError("nan_policy must be 'skip' or 'stop'")
@@ -81,11 +83,15 @@ class StageModule(L.LightningModule):
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
         if not bad:
             return True
-        msg = f"stage {self.stage}, step {self.global_step}: non-finite loss term(s) {', '.join(bad)}"
+        msg = (
+            f"stage {self.stage}, step {self.global_step}: non-finite loss term(s) {', '.join(bad)}"
+        )
         if self.nan_policy == "stop":
             raise NumericalError(msg + " (nan_policy=stop; the last good checkpoint is kept)")
         self.skipped_steps += 1
-        log.warning("%s: step skipped (nan_policy=skip, %d skipped so far)", msg, self.skipped_steps)
+        log.warning(
+            "%s: step skipped (nan_policy=skip, %d skipped so far)", msg, self.skipped_steps
+        )
         return False
 
     def grads_finite(self, module: torch.nn.Module, name: str) -> bool:
@@ -119,17 +125,31 @@ class StageModule(L.LightningModule):
         if scaler.get_scale() >= before:
             return True
         self.overflow_steps += 1
-        log.debug("stage %s, step %d: fp16 overflow in %s, loss scale %g -> %g", self.stage, self.global_step,
-                  name, before, scaler.get_scale())
+        log.debug(
+            "stage %s, step %d: fp16 overflow in %s, loss scale %g -> %g",
+            self.stage,
+            self.global_step,
+            name,
+            before,
+            scaler.get_scale(),
+        )
         if scaler.get_scale() < MIN_LOSS_SCALE:
-            self.losses_finite({f"grad({name}) at loss scale {scaler.get_scale():g}": torch.tensor(math.nan)})
+            self.losses_finite(
+                {f"grad({name}) at loss scale {scaler.get_scale():g}": torch.tensor(math.nan)}
+            )
         return False
 
-    def log_grid(self, key: str, columns: list[tuple[str, Tensor]], max_rows: int = 4) -> Path | None:
+    def log_grid(
+        self, key: str, columns: list[tuple[str, Tensor]], max_rows: int = 4
+    ) -> Path | None:
         """Save an image grid PNG in the run folder and send it to the loggers (rank zero)."""
         if not self.trainer.is_global_zero:
             return None
-        out = Path(self.trainer.default_root_dir) / "images" / f"{key.replace('/', '_')}_step{self.global_step:07d}.png"
+        out = (
+            Path(self.trainer.default_root_dir)
+            / "images"
+            / f"{key.replace('/', '_')}_step{self.global_step:07d}.png"
+        )
         image = save_grid(columns, out, max_rows=max_rows)
         for logger in self.loggers:
             send_image(logger, key, image, self.global_step)

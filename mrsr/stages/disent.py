@@ -6,9 +6,9 @@ it (degraded with the data's degradation, bicubic-upsampled) and learns the LR/H
 the structure code is shared by the two views and the texture code carries their difference
 in detail.
 
-:class:`DisentModule` is the LightningModule (``conf/stage/disent.yaml``); :func:`load_extractor` turns its checkpoint into
-the frozen encoder that stage ``sr`` uses for L_str = 1 - cos(z_s(a), z_s(b)) and
-L_tex = 1 - cos(z_t(a), z_t(b)).
+:class:`DisentModule` is the LightningModule (``conf/stage/disent.yaml``);
+:func:`mrsr.extractors.load_disent_extractor` turns its checkpoint into the frozen encoder that
+stage ``sr`` uses for L_str = 1 - cos(z_s(a), z_s(b)) and L_tex = 1 - cos(z_t(a), z_t(b)).
 
 Measure of disentanglement (validation and test): for pairs (x1, x2) of evaluation slices,
 s = G(z_s(x1), z_t(x2)). Each image (at ``img_size``) is turned into a Sobel gradient-magnitude
@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.data.degrade import crop_to_multiple, degrade, upsample
-from mrsr.errors import CheckpointError, ConfigError
-from mrsr.losses.feature import FrozenExtractor, trained_scale_size
+from mrsr.errors import ConfigError
 from mrsr.losses.gan import d_loss_fake, d_loss_real, g_loss
 from mrsr.metrics import SliceTable, psnr, ssim
 from mrsr.nets.swapae import (
@@ -108,8 +105,18 @@ class DisentModule(SliceEvalHooks, StageModule):
         scale: int | None = None,
         degradation: str = "bicubic",
     ) -> None:
-        net = {k: ([int(c) for c in v] if k == "enc_channels" else int(v)) for k, v in plain(net).items()}
-        w = {"rec": 1.0, "adv": 0.7, "swap": 0.7, "cooc": 1.0, "lrswap": 1.0, **(plain(weights) or {})}
+        net = {
+            k: ([int(c) for c in v] if k == "enc_channels" else int(v))
+            for k, v in plain(net).items()
+        }
+        w = {
+            "rec": 1.0,
+            "adv": 0.7,
+            "swap": 0.7,
+            "cooc": 1.0,
+            "lrswap": 1.0,
+            **(plain(weights) or {}),
+        }
         scale = scale if lr_views else None  # the data's scale matters for the LR views only
         if lr_views and scale is None:
             raise ConfigError("disent.lr_views=true needs the SR scale of the data")
@@ -231,7 +238,9 @@ class DisentModule(SliceEvalHooks, StageModule):
             terms["cooc"] = g_loss(self._cooc_logits(swap, x2))
         if x_lr is not None:  # LR/HR swap: structure of one view + texture of the other
             zl_s, zl_t = self.encoder(x_lr)
-            terms["lrswap"] = F.l1_loss(self.generator(zl_s, z_t), x) + F.l1_loss(self.generator(z_s, zl_t), x_lr)
+            terms["lrswap"] = F.l1_loss(self.generator(zl_s, z_t), x) + F.l1_loss(
+                self.generator(z_s, zl_t), x_lr
+            )
         total = sum(w[k] * v for k, v in terms.items())
         if self.losses_finite({**terms, "total": total}):
             opt_g.zero_grad(set_to_none=True)
@@ -326,50 +335,3 @@ class DisentModule(SliceEvalHooks, StageModule):
                 float(metrics.get("val/swap_struct_margin", float("nan"))),
             )
         return {k: float(v) for k, v in metrics.items()}
-
-
-class DisentExtractor(FrozenExtractor):
-    """Frozen E(images) -> (z_s, z_t) of a trained stage-``disent`` encoder.
-
-    Images are fed at the pixel scale the encoder was trained at (``pixel_scale`` = its
-    ``img_size / train_crop``; an H x W patch becomes ``round(H * pixel_scale)`` rounded to the
-    encoder's size multiple); older checkpoints without a stored ``train_crop`` resize every
-    image to ``img_size``. Parameters never require
-    grad and the module stays in eval mode even when a parent calls ``train()``; gradients
-    still flow to the input. Codes are returned in float32.
-    """
-
-    output_names: tuple[str, ...] = ("z_s", "z_t")  # what forward returns (named in measurements)
-
-    def __init__(self, encoder: StructureTextureEncoder, pixel_scale: float | None = None) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.pixel_scale = pixel_scale
-        self.freeze()
-
-    def input_size(self, h: int, w: int) -> tuple[int, int] | None:
-        """The size an ``h x w`` image is fed at (None: ``img_size``)."""
-        return trained_scale_size(h, w, self.pixel_scale, self.encoder.size_multiple)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        z_s, z_t = self.encoder(images, self.input_size(*images.shape[-2:]))
-        return z_s.float(), z_t.float()
-
-
-def load_extractor(path: str | Path, random_init: bool = False) -> DisentExtractor:
-    """Rebuild the encoder of a stage-``disent`` checkpoint and return it as a frozen extractor
-    (``random_init``: the same encoder and pixel scale with fresh weights from the global RNG)."""
-    ckpt = load_checkpoint(path, stage="disent")
-    meta = ckpt["mrsr"].get("config") or {}
-    if not isinstance(meta.get("net"), dict):
-        raise CheckpointError(path, "stage-disent checkpoint without its network config")
-    try:
-        encoder = StructureTextureEncoder(**meta["net"])
-        if not random_init:
-            encoder.load_state_dict(sub_state_dict(ckpt["state_dict"], "encoder"))
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise CheckpointError(
-            path, f"weights do not fit the stored encoder config ({str(err).splitlines()[0][:200]})"
-        ) from err
-    crop = meta.get("train_crop")
-    return DisentExtractor(encoder, pixel_scale=encoder.img_size / crop if crop else None)

@@ -46,6 +46,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.errors import CheckpointError, ConfigError
+from mrsr.labels import label_of, name_of, unlabelled
 from mrsr.losses.gan import check_gan_loss, d_accuracy, d_loss_fake, d_loss_real, g_loss
 from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
 from mrsr.metrics import SUMMARY, RealismMetrics, SRMetrics
@@ -125,41 +126,79 @@ class SRModule(StageModule):
         d_lr: float | None = None,
         d_betas: tuple[float, float] | None = None,
         d_warmup: int = 0,
+        seed: int | None = None,
     ) -> None:
         """``generator``, ``discriminator`` and the extractors are configs (``_target_``) that
         are built here, in this order: generator (then ``init_from``), the extractors the loss
         uses (from their checkpoints), the discriminator when ``loss.adv > 0``. Extractors may
         also be given as modules. ``d_lr`` / ``d_betas`` (None: ``lr`` / ``betas``) and
-        ``d_warmup`` are the discriminator's (module docstring)."""
+        ``d_warmup`` are the discriminator's (module docstring). ``seed`` is the run's seed, for
+        its results rows only."""
         generator_cfg, loss_cfg = plain(generator), plain(loss)
         if int(d_warmup) < 0:
             raise ConfigError(f"sr.d_warmup={d_warmup} must be >= 0 (discriminator-only steps)")
         d_lr = float(lr) if d_lr is None else float(d_lr)
         d_betas = betas if d_betas is None else d_betas
-        schedule = {"lr": float(lr), "betas": [float(b) for b in betas], "ema_decay": float(ema_decay),
-                    "gan_loss": str(gan_loss), "nan_policy": str(nan_policy), "lr_schedule": str(lr_schedule),
-                    "warmup_steps": int(warmup_steps), "channels_last": bool(channels_last), "init_from": init_from,
-                    "discriminator": plain(discriminator), "d_lr": d_lr,
-                    "d_betas": [float(b) for b in d_betas], "d_warmup": int(d_warmup)}
-        data = {"degradation": degradation, "percentile": float(percentile)}  # how predict/eval feed the network
-        config = {"model": generator_cfg, "sr": schedule, "loss": loss_cfg, "scale": int(scale), "data": data}
+        schedule = {
+            "lr": float(lr),
+            "betas": [float(b) for b in betas],
+            "ema_decay": float(ema_decay),
+            "gan_loss": str(gan_loss),
+            "nan_policy": str(nan_policy),
+            "lr_schedule": str(lr_schedule),
+            "warmup_steps": int(warmup_steps),
+            "channels_last": bool(channels_last),
+            "init_from": init_from,
+            "discriminator": plain(discriminator),
+            "d_lr": d_lr,
+            "d_betas": [float(b) for b in d_betas],
+            "d_warmup": int(d_warmup),
+        }
+        data = {
+            "degradation": degradation,
+            "percentile": float(percentile),
+        }  # how predict/eval feed the network
+        config = {
+            "model": generator_cfg,
+            "sr": schedule,
+            "loss": loss_cfg,
+            "scale": int(scale),
+            "data": data,
+        }
         super().__init__(config=config, scale=int(scale), nan_policy=nan_policy)
-        self.save_hyperparameters({**schedule, "generator": generator_cfg, "loss": loss_cfg, "scale": int(scale),
-                                   **data, "extractors": {k: _describe(v) for k, v in
-                                                          (("vit", vit_extractor), ("disent", disent_extractor))}})
+        self.save_hyperparameters(
+            {
+                **schedule,
+                "generator": generator_cfg,
+                "loss": loss_cfg,
+                "scale": int(scale),
+                **data,
+                "extractors": {
+                    k: _describe(v)
+                    for k, v in (("vit", vit_extractor), ("disent", disent_extractor))
+                },
+            }
+        )
         self.automatic_optimization = False
+        self.seed = seed
         self.generator = build_generator(generator_cfg)
+        self.started_from: dict[str, Any] = {
+            "updates": 0,
+            "loss": None,
+        }  # the generator it starts from
         if init_from:
-            init_generator(self.generator, str(init_from), int(scale))
+            self.started_from = init_generator(self.generator, str(init_from), int(scale))
         needed = needed_extractors(loss_cfg)
-        vit = _extractor(vit_extractor, "vit", needed)
-        disent = _extractor(disent_extractor, "disent", needed)
+        vit = _extractor(vit_extractor, "vit", needed, name_of(loss_cfg))
+        disent = _extractor(disent_extractor, "disent", needed, name_of(loss_cfg))
         self.objective = SRObjective(loss_cfg, int(scale), degradation, vit, disent)
         self.gan_loss = check_gan_loss(gan_loss)
         self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
         self.d_lr, self.d_betas = d_lr, (float(d_betas[0]), float(d_betas[1]))
         if lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"sr.lr_schedule={lr_schedule!r} is unknown: choose {' or '.join(LR_SCHEDULES)}")
+            raise ConfigError(
+                f"sr.lr_schedule={lr_schedule!r} is unknown: choose {' or '.join(LR_SCHEDULES)}"
+            )
         self.lr_schedule, self.warmup_steps = lr_schedule, int(warmup_steps)
         self.channels_last = bool(channels_last)
         self.degradation = degradation
@@ -171,19 +210,26 @@ class SRModule(StageModule):
             self.discriminator = instantiate(discriminator, _convert_="all")
         self.d_warmup = int(d_warmup) if self.use_d else 0
         if int(d_warmup) > 0 and not self.use_d:
-            log.info("sr.d_warmup=%d: no discriminator (loss.adv = 0), nothing to warm up", int(d_warmup))
+            log.info(
+                "sr.d_warmup=%d: no discriminator (loss.adv = 0), nothing to warm up", int(d_warmup)
+            )
         self.ema_decay = float(ema_decay)
         self.ema: AveragedModel | None = None
         if self.ema_decay > 0:
-            self.ema = AveragedModel(self.generator, multi_avg_fn=ema_warmup_fn(self.ema_decay), use_buffers=True)
+            self.ema = AveragedModel(
+                self.generator, multi_avg_fn=ema_warmup_fn(self.ema_decay), use_buffers=True
+            )
             self.ema.requires_grad_(False)
         self.val_sr, self.val_bicubic = SRMetrics(), SRMetrics()
         self.test_sr, self.test_bicubic = SRMetrics(), SRMetrics()
         # realism, structure and consistency of the test split (results rows only)
-        self.test_realism = nn.ModuleDict({k: RealismMetrics(int(scale), degradation or "bicubic")
-                                           for k in ("sr", "bicubic")})
+        self.test_realism = nn.ModuleDict(
+            {k: RealismMetrics(int(scale), degradation or "bicubic") for k in ("sr", "bicubic")}
+        )
         self._grid: list[tuple[str, Tensor]] | None = None
-        self._infer: list[tuple[float, int]] = []  # (seconds, slices) of each test batch's forward pass
+        self._infer: list[
+            tuple[float, int]
+        ] = []  # (seconds, slices) of each test batch's forward pass
 
     @property
     def weights(self) -> dict[str, float]:
@@ -202,7 +248,9 @@ class SRModule(StageModule):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def on_fit_start(self) -> None:
-        if self.channels_last:  # NHWC convolutions: ~1.3x faster on CPU, tensor-core friendly on GPU
+        if (
+            self.channels_last
+        ):  # NHWC convolutions: ~1.3x faster on CPU, tensor-core friendly on GPU
             self.to(memory_format=torch.channels_last)
 
     def generator_updates(self) -> int:
@@ -212,8 +260,14 @@ class SRModule(StageModule):
     def configure_optimizers(self):
         groups = [{"params": list(self.generator.parameters()), "name": "G"}]
         if self.use_d:
-            groups.append({"params": list(self.discriminator.parameters()), "name": "D", "lr": self.d_lr,
-                           "betas": self.d_betas})
+            groups.append(
+                {
+                    "params": list(self.discriminator.parameters()),
+                    "name": "D",
+                    "lr": self.d_lr,
+                    "betas": self.d_betas,
+                }
+            )
         opt = torch.optim.Adam(groups, lr=self.lr, betas=self.betas)
         if self.lr_schedule == "constant" and self.warmup_steps <= 0:
             return opt
@@ -233,15 +287,24 @@ class SRModule(StageModule):
         if not self.objective.calibrate(sr, hr, terms):
             return
         self.objective.average_scales_over_ranks()
-        self.log_dict({f"train/scale_{k}": self.objective.term_scale[LOSS_KEYS.index(k)]
-                       for k in self.objective.normalise if k in terms}, on_step=True)
+        self.log_dict(
+            {
+                f"train/scale_{k}": self.objective.term_scale[LOSS_KEYS.index(k)]
+                for k in self.objective.normalise
+                if k in terms
+            },
+            on_step=True,
+        )
 
     def discriminator_pass(self, hr: Tensor, sr: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """D's loss terms on real ``hr`` and fake ``sr`` (detached), back-propagated into D's
         parameters when finite (D is left frozen), and its accuracy on the batch."""
         self.discriminator.requires_grad_(True)
         real, fake = self.discriminator(hr), self.discriminator(sr.detach())
-        terms = {"d_real": d_loss_real(real, self.gan_loss), "d_fake": d_loss_fake(fake, self.gan_loss)}
+        terms = {
+            "d_real": d_loss_real(real, self.gan_loss),
+            "d_fake": d_loss_fake(fake, self.gan_loss),
+        }
         if self.losses_finite(terms):
             self.manual_backward(terms["d_real"] + terms["d_fake"])
         self.discriminator.requires_grad_(False)
@@ -276,7 +339,9 @@ class SRModule(StageModule):
                         sr = self.generator(lr)
                     _, acc = self.discriminator_pass(hr, sr)
                 # Lightning counts an optimiser step (global_step) only inside training_step
-                if any(p.grad is not None for p in self.discriminator.parameters()):  # a finite D loss
+                if any(
+                    p.grad is not None for p in self.discriminator.parameters()
+                ):  # a finite D loss
                     self.step_optimizer(opt, [self.discriminator], "D warm-up")
                 accuracy.append(float(acc))
         finally:
@@ -287,8 +352,16 @@ class SRModule(StageModule):
                     b.copy_(saved)
         n = min(10, len(accuracy))
         if n:
-            log.info("D warm-up: %d steps at lr %.3g, D accuracy %.3f on the first %d batches, %.3f on the last %d",
-                     len(accuracy), self.d_lr, statistics.fmean(accuracy[:n]), n, statistics.fmean(accuracy[-n:]), n)
+            log.info(
+                "D warm-up: %d steps at lr %.3g, D accuracy %.3f on the first %d batches, "
+                "%.3f on the last %d",
+                len(accuracy),
+                self.d_lr,
+                statistics.fmean(accuracy[:n]),
+                n,
+                statistics.fmean(accuracy[-n:]),
+                n,
+            )
         return accuracy
 
     def training_step(self, batch, batch_idx: int) -> None:
@@ -309,12 +382,16 @@ class SRModule(StageModule):
             total = self.objective.total(terms)
             if self.losses_finite({"total": total}):
                 self.manual_backward(total)
-                if self.step_optimizer(opt, modules, "G+D" if self.use_d else "G") and self.ema is not None:
+                if (
+                    self.step_optimizer(opt, modules, "G+D" if self.use_d else "G")
+                    and self.ema is not None
+                ):
                     self.ema.update_parameters(self.generator)
                 self.log("train/loss", total.detach(), on_step=True, prog_bar=True)
         sched = self.lr_schedulers()
         if sched is not None:
-            sched.step()  # once per batch, also a skipped one, so the schedule follows the batch count
+            # once per batch, also a skipped one, so the schedule follows the batch count
+            sched.step()
         self.log_dict({f"train/{k}": v.detach() for k, v in logged.items()}, on_step=True)
 
     # -- evaluation
@@ -322,7 +399,9 @@ class SRModule(StageModule):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _eval_step(self, batch, sr_metric: SRMetrics, bic_metric: SRMetrics, timed: bool = False) -> tuple[Tensor, Tensor]:
+    def _eval_step(
+        self, batch, sr_metric: SRMetrics, bic_metric: SRMetrics, timed: bool = False
+    ) -> tuple[Tensor, Tensor]:
         lr, hr, meta = batch
         if timed:
             self._sync()
@@ -340,9 +419,17 @@ class SRModule(StageModule):
         sr, bic = self._eval_step(batch, self.val_sr, self.val_bicubic)
         if batch_idx == 0:
             lr, hr, _ = batch
-            self._grid = [("LR", lr), ("bicubic", bic), ("SR", sr), ("HR", hr), ("|SR-HR|", (sr - hr).abs())]
+            self._grid = [
+                ("LR", lr),
+                ("bicubic", bic),
+                ("SR", sr),
+                ("HR", hr),
+                ("|SR-HR|", (sr - hr).abs()),
+            ]
 
-    def _log_metrics(self, split: str, sr_metric: SRMetrics, bic_metric: SRMetrics) -> tuple[dict, dict]:
+    def _log_metrics(
+        self, split: str, sr_metric: SRMetrics, bic_metric: SRMetrics
+    ) -> tuple[dict, dict]:
         ours, bic = sr_metric.compute(), bic_metric.compute()
         sr_metric.reset()
         bic_metric.reset()
@@ -383,23 +470,46 @@ class SRModule(StageModule):
     def run_info(self) -> dict[str, Any]:
         """What the results rows say about the run: dataset, scale, degradation, presets."""
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return {"dataset": getattr(dm, "dataset_name", None), "scale": self.scale, "degradation": self.degradation,
-                "loss": _choice("loss"), "model": _choice("model")}
+        loss, model = self.hparams["loss"], self.hparams["generator"]
+        return {
+            "dataset": getattr(dm, "dataset_name", None),
+            "scale": self.scale,
+            "degradation": self.degradation,
+            "loss": name_of(loss),
+            "model": name_of(model),
+            "loss_label": label_of(loss),
+            "model_label": label_of(model),
+            "seed": self.seed,
+            "updates": int(self.global_step),
+            "start_updates": self.started_from["updates"],
+            "start_loss": self.started_from["loss"],
+        }
 
     def results_title(self) -> str:
         info = self.run_info()
-        return f"{info['dataset']} x{self.scale} ({info['degradation']}, loss={info['loss']}), test split"
+        return (
+            f"{info['dataset']} x{self.scale} ({info['degradation']}, loss={info['loss']}), "
+            "test split"
+        )
 
     def on_test_epoch_end(self) -> None:
         ours, bic = self._log_metrics("test", self.test_sr, self.test_bicubic)
-        realism = {name: metric.row() for name, metric in self.test_realism.items()}  # on every rank: it gathers
+        realism = {
+            name: metric.row() for name, metric in self.test_realism.items()
+        }  # on every rank: it gathers
         if not ours or not self.trainer.is_global_zero:
             return
         info = self.run_info()
-        cost = {"params": n_params(self.eval_generator), "ms_per_slice": self.inference_ms_per_slice(),
-                "device": device_label(self.device), "precision": str(self.trainer.precision)}
-        self.test_rows = [{"method": "sr", **info, **ours, **realism["sr"], **cost},
-                          {"method": "bicubic", **info, **bic, **realism["bicubic"]}]
+        cost = {
+            "params": n_params(self.eval_generator),
+            "ms_per_slice": self.inference_ms_per_slice(),
+            "device": device_label(self.device),
+            "precision": str(self.trainer.precision),
+        }
+        self.test_rows = [
+            {"method": "sr", **info, **ours, **realism["sr"], **cost},
+            {"method": "bicubic", **info, **bic, **realism["bicubic"]},
+        ]
 
 
 def _repeat(loader: Iterable) -> Iterator:
@@ -415,14 +525,6 @@ def _repeat(loader: Iterable) -> Iterator:
 
 # -- construction from the config ------------------------------------------------------------
 
-def _choice(group: str) -> str | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.choices.get(group)
-    except (ValueError, AttributeError):
-        return None
-
 
 def check_generator_cfg(model_cfg: Any, where: str) -> None:
     """Only trainable ``mrsr.nets`` networks may be built (also from checkpoint metadata)."""
@@ -433,11 +535,12 @@ def check_generator_cfg(model_cfg: Any, where: str) -> None:
 
 def build_generator(model_cfg: Any, where: str = "model") -> nn.Module:
     check_generator_cfg(model_cfg, where)
-    net = instantiate(model_cfg, _convert_="all")
+    net = instantiate(unlabelled(model_cfg), _convert_="all")
     if not getattr(net, "trainable", False):
         name = str(model_cfg["_target_"]).rsplit(".", 1)[-1]
         raise ConfigError(
-            f"{where}={name} is not trainable: stage=sr needs a network (model=srresnet, edsr, swinir, ...) "
+            f"{where}={name} is not trainable: "
+            "stage=sr needs a network (model=srresnet, edsr, swinir, ...) "
             "(evaluate interpolation baselines with stage=eval model=bicubic)"
         )
     return net
@@ -448,7 +551,12 @@ def _describe(extractor: Any) -> Any:
     return type(extractor).__name__ if isinstance(extractor, nn.Module) else plain(extractor)
 
 
-def _extractor(given: Mapping[str, Any] | nn.Module | None, name: str, needed: list[str]) -> nn.Module | None:
+def _extractor(
+    given: Mapping[str, Any] | nn.Module | None,
+    name: str,
+    needed: list[str],
+    preset: str | None = None,
+) -> nn.Module | None:
     """The frozen extractor ``name`` when the loss uses it: a given module, or its config's
     loader called with the checkpoint path (``sr.<name>_ckpt``); None when it is not used."""
     if name not in needed:
@@ -456,25 +564,30 @@ def _extractor(given: Mapping[str, Any] | nn.Module | None, name: str, needed: l
     if isinstance(given, nn.Module):
         return given
     if not given or not given.get("path"):
-        preset = _choice("loss") or "this preset"
         raise ConfigError(
-            f"loss={preset} needs sr.{name}_ckpt=<stage-{name} checkpoint> "
+            f"loss={preset or 'this preset'} needs sr.{name}_ckpt=<stage-{name} checkpoint> "
             f"(train one with stage={name}, or use loss=l1 / stage=pipeline)"
         )
     return instantiate(given, _convert_="all")
 
 
-def init_generator(generator: nn.Module, path: str, scale: int) -> int:
+def init_generator(generator: nn.Module, path: str, scale: int) -> dict[str, Any]:
     """Copy the evaluation generator of the stage-``sr`` checkpoint ``path`` into ``generator``
-    (nothing else: no discriminator, optimiser, EMA state or step count). Returns the number
-    of tensors loaded; a network of another layout is refused in one line."""
+    (nothing else: no discriminator, optimiser, EMA state or step count). Returns what the start
+    was trained with (``updates``, ``loss`` name); a network of another layout is refused."""
     source = load_generator(path, scale=scale)
     ours, theirs = generator.state_dict(), source.state_dict()
     if set(ours) != set(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
-        raise CheckpointError(path, "sr.init_from: its generator has another layout than model= (same model settings needed)")
+        raise CheckpointError(
+            path,
+            "sr.init_from: its generator has another layout than model= "
+            "(same model settings needed)",
+        )
     generator.load_state_dict(theirs)
-    log.info("sr.init_from: loaded %d of %d generator tensors from %s", len(theirs), len(ours), path)
-    return len(theirs)
+    log.info(
+        "sr.init_from: loaded %d of %d generator tensors from %s", len(theirs), len(ours), path
+    )
+    return source.trained_with
 
 
 def load_generator(path: str, scale: int | None = None) -> nn.Module:
@@ -495,8 +608,14 @@ def load_generator(path: str, scale: int | None = None) -> nn.Module:
     try:
         net.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(path, f"generator weights do not match its config ({str(err).splitlines()[0]})") from err
+        raise CheckpointError(
+            path, f"generator weights do not match its config ({str(err).splitlines()[0]})"
+        ) from err
     net.training_data = dict(ckpt["mrsr"]["config"].get("data") or {})  # degradation, percentile
+    net.trained_with = {
+        "updates": int(ckpt.get("global_step") or 0),  # what it has learnt from
+        "loss": name_of(ckpt["mrsr"]["config"].get("loss")),
+    }
     return net.eval()
 
 
@@ -513,8 +632,15 @@ def export_generator(path: str | Path, out: str | Path, **notes: Any) -> Path:
     weights = sub_state_dict(sd, "ema.module") or sub_state_dict(sd, "generator")
     meta = {**ckpt["mrsr"], "exported_from": Path(path).name, **notes}
     buf = io.BytesIO()
-    torch.save({"state_dict": {f"generator.{k}": v.detach().contiguous().clone() for k, v in weights.items()},
-                "mrsr": meta}, buf)
+    torch.save(
+        {
+            "state_dict": {
+                f"generator.{k}": v.detach().contiguous().clone() for k, v in weights.items()
+            },
+            "mrsr": meta,
+        },
+        buf,
+    )
     out = Path(out)
     atomic_write_bytes(out, buf.getvalue())
     return out

@@ -5,24 +5,22 @@ Optionally (``vit.mim_weight > 0``) a second pretext beside it: masked-image rec
 their pixels from the last-layer tokens, L1 on the masked pixels), which needs fine detail in
 the tokens where classification does not.
 
-:class:`ViTModule` is the LightningModule (``conf/stage/vit.yaml``); :func:`load_extractor` turns
-its checkpoint into the frozen feature function f(image) that stage ``sr`` uses for L_ViT.
+:class:`ViTModule` is the LightningModule (``conf/stage/vit.yaml``);
+:func:`mrsr.extractors.load_vit_extractor` turns its checkpoint into the frozen feature function
+f(image) that stage ``sr`` uses for L_ViT.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrsr.checkpoint import load_checkpoint, sub_state_dict
-from mrsr.errors import CheckpointError, ConfigError
-from mrsr.losses.feature import FrozenExtractor, trained_scale_size
+from mrsr.errors import ConfigError
 from mrsr.metrics import SliceTable
 from mrsr.nets.vit import SliceViT, load_pretrained_vit
 from mrsr.stages.base import SliceEvalHooks, StageModule, plain
@@ -50,13 +48,29 @@ class ViTModule(SliceEvalHooks, StageModule):
     ) -> None:
         """``classes`` None: the data module's classes, read when training starts (``setup``)."""
         if mim_weight < 0 or not 0 < mask_ratio < 1:
-            raise ConfigError(f"vit.mim_weight={mim_weight} must be >= 0 and vit.mask_ratio={mask_ratio} in (0, 1)")
+            raise ConfigError(
+                f"vit.mim_weight={mim_weight} must be >= 0 and "
+                f"vit.mask_ratio={mask_ratio} in (0, 1)"
+            )
         net = plain(net)
-        config = {"net": dict(net), "classes": None, "lr": lr, "weight_decay": weight_decay,
-                  "train_crop": train_crop, "mim_weight": mim_weight, "mask_ratio": mask_ratio}
+        config = {
+            "net": dict(net),
+            "classes": None,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "train_crop": train_crop,
+            "mim_weight": mim_weight,
+            "mask_ratio": mask_ratio,
+        }
         super().__init__(config=config, nan_policy=nan_policy)
-        self.save_hyperparameters({**config, "pretrained": pretrained, "allow_partial": allow_partial,
-                                   "nan_policy": nan_policy})
+        self.save_hyperparameters(
+            {
+                **config,
+                "pretrained": pretrained,
+                "allow_partial": allow_partial,
+                "nan_policy": nan_policy,
+            }
+        )
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.mim_weight, self.mask_ratio = float(mim_weight), float(mask_ratio)
         self._pretrained, self._allow_partial = pretrained, bool(allow_partial)
@@ -141,56 +155,3 @@ class ViTModule(SliceEvalHooks, StageModule):
             if total[i] > 0:
                 metrics[f"{split}/acc_{name}"] = correct[i] / total[i]
         self.log_dict(metrics, prog_bar=split == "val")
-
-
-class ViTExtractor(FrozenExtractor):
-    """Frozen f(image) -> ``(pooled (N, D), token map (N, D, gh, gw))`` of a trained
-    stage-``vit`` network.
-
-    Images are fed at the pixel scale the ViT was trained at (``pixel_scale`` = its
-    ``img_size / train_crop``): an SR patch of H x W pixels is resized to
-    ``round(H * pixel_scale / p) * p`` (at least one patch) and the position embedding follows
-    the token grid. Without a known scale (older checkpoints) every image is resized to
-    ``img_size``. Parameters never require grad and the module stays in eval mode even when a
-    parent calls ``train()``; gradients still flow through it to its input. Features are
-    returned in float32 (also under bf16 autocast) so distances are computed at full precision.
-    """
-
-    output_names: tuple[str, ...] = ("pooled", "tokens")  # what forward returns (named in measurements)
-
-    def __init__(self, net: SliceViT, classes: list[str] | None = None, pixel_scale: float | None = None) -> None:
-        super().__init__()
-        self.net = net
-        self.classes = list(classes or [])
-        self.pixel_scale = pixel_scale
-        self.freeze()
-
-    @property
-    def dim(self) -> int:
-        return self.net.hidden_size
-
-    def input_size(self, h: int, w: int) -> tuple[int, int] | None:
-        """The size an ``h x w`` image is fed at (None: ``img_size``)."""
-        return trained_scale_size(h, w, self.pixel_scale, self.net.patch_size)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        pooled, tokens = self.net.encode(images, self.input_size(*images.shape[-2:]))
-        return pooled.float(), tokens.float()
-
-
-def load_extractor(path: str | Path, random_init: bool = False) -> ViTExtractor:
-    """Rebuild the network of a stage-``vit`` checkpoint and return it as a frozen extractor
-    (``random_init``: the same network and pixel scale with fresh weights from the global RNG,
-    the reference of an untrained extractor)."""
-    ckpt = load_checkpoint(path, stage="vit")
-    meta = ckpt["mrsr"].get("config") or {}
-    if not isinstance(meta.get("net"), dict) or not meta.get("classes"):
-        raise CheckpointError(path, "stage-vit checkpoint without its network config")
-    try:
-        net = SliceViT(**meta["net"], num_classes=len(meta["classes"]))
-        if not random_init:
-            net.load_state_dict(sub_state_dict(ckpt["state_dict"], "net"))
-    except (RuntimeError, TypeError, ConfigError) as err:
-        raise CheckpointError(path, f"weights do not fit the stored ViT config ({str(err).splitlines()[0][:200]})") from err
-    crop = meta.get("train_crop")
-    return ViTExtractor(net, meta["classes"], pixel_scale=net.img_size / crop if crop else None)

@@ -9,11 +9,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from mrsr.building import build_datamodule, output_dir
 from mrsr.data.degrade import upsample
 from mrsr.errors import ConfigError
+from mrsr.labels import unlabelled
 from mrsr.metrics import RealismMetrics, SRMetrics
 from mrsr.results import print_table, write_results
-from mrsr.tasks.common import build_datamodule, output_dir
 
 log = logging.getLogger("mrsr")
 
@@ -24,22 +25,31 @@ def load_model(cfg: DictConfig) -> tuple[nn.Module, str]:
         from mrsr.stages.sr import load_generator
 
         return load_generator(cfg.ckpt, scale=int(cfg.scale)), "sr"
-    model = instantiate(cfg.model)
+    model = instantiate(unlabelled(cfg.model))
     if getattr(model, "trainable", True):
         raise ConfigError(
-            f"model={cfg.model._target_.rsplit('.', 1)[-1]} is a trainable network: pass ckpt=<stage-sr checkpoint>, "
+            f"model={cfg.model._target_.rsplit('.', 1)[-1]} is a trainable network: "
+            "pass ckpt=<stage-sr checkpoint>, "
             "or evaluate a baseline with model=bicubic|bilinear|nearest"
         )
     return model, model.mode
 
 
 @torch.inference_mode()
-def score(model: nn.Module, loader, scale: int, device: torch.device, degradation: str = "bicubic",
-          reference: bool = True) -> tuple[dict, dict]:
+def score(
+    model: nn.Module,
+    loader,
+    scale: int,
+    device: torch.device,
+    degradation: str = "bicubic",
+    reference: bool = True,
+) -> tuple[dict, dict]:
     """Metrics of ``model`` and (``reference``) of bicubic up-sampling over a loader
     (distortion and realism); ``{}`` for the reference when it is not asked for."""
     names = ("ours", "bicubic") if reference else ("ours",)
-    metrics = {k: (SRMetrics().to(device), RealismMetrics(scale, degradation).to(device)) for k in names}
+    metrics = {
+        k: (SRMetrics().to(device), RealismMetrics(scale, degradation).to(device)) for k in names
+    }
     model.eval().to(device)
     for lr, hr, meta in loader:
         lr, hr = lr.to(device), hr.to(device)
@@ -61,9 +71,17 @@ def evaluate(cfg: DictConfig) -> dict:
     if trained and trained != dm.store.degradation:
         log.warning(
             "the checkpoint was trained on %s LR images, evaluated here on %s ones",
-            trained, dm.store.degradation,
+            trained,
+            dm.store.degradation,
         )
-    ours, bicubic = score(model, dm.test_dataloader(), dm.scale, device, dm.store.degradation, reference=name != "bicubic")
+    ours, bicubic = score(
+        model,
+        dm.test_dataloader(),
+        dm.scale,
+        device,
+        dm.store.degradation,
+        reference=name != "bicubic",
+    )
     info = {"dataset": dm.dataset_name, "scale": dm.scale, "degradation": dm.store.degradation}
     rows = [{"method": name, **info, **ours}]
     if name != "bicubic":

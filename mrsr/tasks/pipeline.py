@@ -44,16 +44,18 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mrsr.building import output_dir
 from mrsr.errors import ConfigError
+from mrsr.labels import L1_PHASE, unlabelled
 from mrsr.losses.objective import needed_extractors, pretrains_with_l1
 from mrsr.results import atomic_write_text
-from mrsr.tasks.common import output_dir
-from mrsr.tasks.train import FINISHED, train_stage
+from mrsr.training import FINISHED, train_stage
 
 log = logging.getLogger("mrsr")
 
 STAGES = ("vit", "disent", "sr")
 PRETRAIN_FOLDER = "sr_l1"  # the L1 phase of a two-phase SR stage
+
 EXTRACTORS = ("vit", "disent")
 # Config keys that do not change what an extractor learns (left out of its folder key).
 _KEY_IGNORE = {"num_workers", "eval_batch_size", "max_cached_volumes", "on_bad_file", "cache_dir"}
@@ -76,7 +78,8 @@ def read_finished(folder: Path) -> dict[str, Any] | None:
 
 
 def extractor_cfg(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``pipeline.extractors`` (e.g. ``{data: {contrasts: [PD, T1, T2]}}``) merged in."""
+    """``cfg`` with ``pipeline.extractors`` (e.g. ``{data: {contrasts: [PD, T1, T2]}}``) merged
+    in."""
     extra = cfg.pipeline.get("extractors")
     if not extra:
         return cfg
@@ -116,7 +119,8 @@ def _sweep_dir() -> Path | None:
 
 
 def extractors_root(cfg: DictConfig, root: Path) -> Path | None:
-    """Shared extractor folder: ``pipeline.extractors_dir``, in a multirun ``<sweep>/extractors``."""
+    """Shared extractor folder: ``pipeline.extractors_dir``, in a multirun
+    ``<sweep>/extractors``."""
     given = cfg.pipeline.get("extractors_dir")
     if given:
         return Path(given)
@@ -152,9 +156,14 @@ def stage_config(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
         if given:  # name the recipe key the stage file routes it from, e.g. ${vit.train_crop}
             raw = str(OmegaConf.to_container(own[group], resolve=False)[given[0]])
             routed = re.fullmatch(rf"\$\{{{stage}\.(\w+)}}", raw)
-            where = (f"the recipes (vit.{routed[1]}, disent.{routed[1]}, sr.{routed[1]})" if routed
-                     else f"conf/stage/<stage>.yaml ({raw})")
-            raise ConfigError(f"stage=pipeline: {group}.{given[0]} is set per stage here, from {where}")
+            where = (
+                f"the recipes (vit.{routed[1]}, disent.{routed[1]}, sr.{routed[1]})"
+                if routed
+                else f"conf/stage/<stage>.yaml ({raw})"
+            )
+            raise ConfigError(
+                f"stage=pipeline: {group}.{given[0]} is set per stage here, from {where}"
+            )
     last = out / "checkpoints" / "last.ckpt"
     with open_dict(sub):
         sub.pop("stage")
@@ -220,14 +229,37 @@ def split_budget(cfg: DictConfig) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def pretrain_cfg(cfg: DictConfig, budget: dict[str, int]) -> DictConfig:
-    """``cfg`` for the L1 phase: the preset's pixel term alone against HR, its share of the budget."""
+    """``cfg`` for the L1 phase: the preset's pixel term alone against HR, its share of the
+    budget."""
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     with open_dict(sub):
-        sub.loss.update({"pixel": 1.0, "adv": 0.0, "vit": 0.0, "str": 0.0, "tex": 0.0,
-                         "target": "hr", "features": "pooled", "normalise": []})
-        sub.sr.update({"init_from": None, "vit_ckpt": None, "disent_ckpt": None, **budget,
-                       "discriminator": None, "gan_loss": "nsgan", "d_lr": None, "d_betas": None,
-                       "d_warmup": 0})  # unused without adv: not in the key
+        sub.loss.update(
+            {
+                "pixel": 1.0,
+                "adv": 0.0,
+                "vit": 0.0,
+                "str": 0.0,
+                "tex": 0.0,
+                "target": "hr",
+                "features": "pooled",
+                "normalise": [],
+                "name": L1_PHASE,
+                "label": "L1 phase of a two-phase run",
+            }
+        )
+        sub.sr.update(
+            {
+                "init_from": None,
+                "vit_ckpt": None,
+                "disent_ckpt": None,
+                **budget,
+                "discriminator": None,
+                "gan_loss": "nsgan",
+                "d_lr": None,
+                "d_betas": None,
+                "d_warmup": 0,
+            }
+        )  # unused without adv: not in the key
     return sub
 
 
@@ -236,18 +268,23 @@ def pretrain_key(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     parts = {
         "data": {k: v for k, v in data.items() if k not in _KEY_IGNORE},  # type: ignore[union-attr]
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": unlabelled(OmegaConf.to_container(cfg.model, resolve=True)),  # type: ignore[arg-type]
         "sr": OmegaConf.to_container(cfg.sr, resolve=True),
-        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
-        "trainer": {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()  # type: ignore[union-attr]
-                    if k not in ("default_root_dir", "log_every_n_steps", "enable_model_summary")},
+        "loss": unlabelled(OmegaConf.to_container(cfg.loss, resolve=True)),  # type: ignore[arg-type]
+        "trainer": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()  # type: ignore[union-attr]
+            if k not in ("default_root_dir", "log_every_n_steps", "enable_model_summary")
+        },
         "callbacks": OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=False),
         "seed": cfg.seed,
     }
     return f"{PRETRAIN_FOLDER}-" + _key(data, parts)
 
 
-def run_sr(cfg: DictConfig, root: Path, shared: Path | None, records: dict[str, Any]) -> dict[str, Any]:
+def run_sr(
+    cfg: DictConfig, root: Path, shared: Path | None, records: dict[str, Any]
+) -> dict[str, Any]:
     """Stage ``sr``, as two phases when :func:`two_phase` says so."""
     if not two_phase(cfg):
         if cfg.sr.get("init_from"):
@@ -255,7 +292,9 @@ def run_sr(cfg: DictConfig, root: Path, shared: Path | None, records: dict[str, 
         return run_stage(cfg, "sr", root / "sr")
     first, rest = split_budget(cfg)
     pcfg = pretrain_cfg(cfg, first)
-    out = root / PRETRAIN_FOLDER if shared is None else shared / pretrain_key(pcfg) / PRETRAIN_FOLDER
+    out = (
+        root / PRETRAIN_FOLDER if shared is None else shared / pretrain_key(pcfg) / PRETRAIN_FOLDER
+    )
     with file_lock(out.parent):
         records[PRETRAIN_FOLDER] = run_stage(pcfg, "sr", out)
     start = records[PRETRAIN_FOLDER]["best"]
@@ -270,9 +309,15 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
     stages = list(cfg.pipeline.get("stages") or STAGES)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise ConfigError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)} (choose from {', '.join(STAGES)})")
+        raise ConfigError(
+            f"pipeline.stages: unknown stage(s) {', '.join(unknown)} "
+            f"(choose from {', '.join(STAGES)})"
+        )
     if cfg.trainer.get("fast_dev_run"):
-        raise ConfigError("stage=pipeline needs finished checkpoints: run it without debug=fast (use tiny lengths)")
+        raise ConfigError(
+            "stage=pipeline needs finished checkpoints: "
+            "run it without debug=fast (use tiny lengths)"
+        )
     root = output_dir(cfg)
     shared = extractors_root(cfg, root)
     needed = needed_extractors(cfg.loss) if "sr" in stages else list(EXTRACTORS)
@@ -298,4 +343,7 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_text(root / "PIPELINE.json", json.dumps(summary, indent=2) + "\n")
     log.info("pipeline finished in %s", root)
     last = records.get("sr") or records.get(stages[-1], {})
-    return {"score": last.get("score", (last.get("test") or {}).get("test/score")), "stages": records}
+    return {
+        "score": last.get("score", (last.get("test") or {}).get("test/score")),
+        "stages": records,
+    }

@@ -2,110 +2,22 @@
 
 The composed config says what runs (``python -m mrsr.run stage=sr --cfg job --resolve``):
 ``data`` is the data module, ``stage.module`` the LightningModule, ``trainer`` the Trainer
-with ``callbacks`` and ``logger``; this task instantiates them, fits, tests the best
-checkpoint and writes the run's records in ``paths.output_dir``: ``results.csv`` /
-``results.json`` (stage ``sr``: the test rows) and ``FINISHED.json`` (best and last checkpoint,
-test metrics), which the pipeline uses to hand checkpoints on and to skip finished stages.
+with ``callbacks`` and ``logger``; :func:`mrsr.training.train_stage` instantiates them, fits,
+tests the best checkpoint and writes the run's records in ``paths.output_dir``:
+``results.csv`` / ``results.json`` (stage ``sr``: the test rows) and ``FINISHED.json`` (best
+and last checkpoint, test metrics), which the pipeline uses to hand checkpoints on and to skip
+finished stages.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 from omegaconf import DictConfig
 
-from mrsr.checkpoint import load_checkpoint
-from mrsr.errors import CheckpointError, ConfigError
-from mrsr.results import atomic_write_text, print_table, write_results
-from mrsr.stages.base import StageModule
-from mrsr.tasks.common import (
-    build,
-    build_datamodule,
-    build_trainer,
-    finish_wandb,
-    log_results_table,
-    output_dir,
-)
-
-log = logging.getLogger("mrsr")
-FINISHED = "FINISHED.json"
-TRAINING_STAGES = ("vit", "disent", "sr")
+from mrsr.training import train_stage
 
 
-def resolve_resume(cfg: DictConfig, out: Path, stage: str | None = None) -> str | None:
-    """``ckpt_path=last`` means this run folder's ``checkpoints/last.ckpt`` (if present).
-
-    The checkpoint is checked (safe load, stage and scale) before Lightning restores it, so a
-    corrupt or foreign file is refused in one line.
-    """
-    ckpt = cfg.get("ckpt_path")
-    if ckpt in (None, ""):
-        return None
-    if ckpt == "last":
-        path = out / "checkpoints" / "last.ckpt"
-        if not path.exists():
-            log.info("no %s yet: starting from scratch", path)
-            return None
-    else:
-        path = Path(str(ckpt))
-        if not path.exists():
-            raise ConfigError(f"ckpt_path={ckpt}: checkpoint not found")
-    if stage is not None:
-        ckpt = load_checkpoint(path, stage=stage, scale=int(cfg.scale) if stage == "sr" else None)
-        if stage == "sr" and len(ckpt.get("optimizer_states") or []) > 1:
-            raise CheckpointError(path, "a GAN checkpoint of mrsr 0.3 (two optimisers, two steps per batch) cannot be "
-                                        "resumed by this version: start from its generator with sr.init_from=<it>")
-    return str(path)
-
-
-def build_module(cfg: DictConfig, **given: Any) -> StageModule:
-    """``cfg.stage.module`` (``given`` objects, e.g. extractors, replace config entries)."""
-    module = build(cfg.stage.module, **given)
-    if not isinstance(module, StageModule):
-        raise ConfigError(f"stage.module: {cfg.stage.module.get('_target_')} is not an mrsr stage module")
-    return module
-
-
-def train_stage(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then test the best checkpoint, for ``cfg.stage.name`` in ``paths.output_dir``.
-
-    The stage's wandb run (``logger=wandb``) is finished on return, so every stage and
-    every multirun job gets its own run.
-    """
-    try:
-        return _train_stage(cfg, output_dir(cfg))
-    finally:
-        finish_wandb()
-
-
-def _train_stage(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    stage = str(cfg.stage.name)
-    if stage not in TRAINING_STAGES:
-        raise ConfigError(f"stage {stage!r} is not a training stage ({', '.join(TRAINING_STAGES)})")
-    resume = resolve_resume(cfg, out, stage)  # refuse a bad checkpoint before any work
-    L.seed_everything(int(cfg.seed), workers=True)
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    module = build_module(cfg)
-    trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
-    if trainer.fast_dev_run:
-        return {"score": None}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True, verbose=False)
-    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    rows = module.test_rows
-    last = out / "checkpoints" / "last.ckpt"
-    record = {"stage": stage, "best": best or str(last), "last": str(last), "test": metrics}
-    if trainer.is_global_zero:
-        if rows:
-            print_table(rows, module.results_title())
-            csv_path, _ = write_results(out, rows)
-            log.info("results written to %s", csv_path)
-        atomic_write_text(out / FINISHED, json.dumps(record, indent=2) + "\n")
-    log_results_table(trainer, rows or ([metrics] if metrics else []), key=f"{stage}/results")
-    return {"score": metrics.get("test/score"), **record, "rows": rows}
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train ``cfg.stage.name`` in ``paths.output_dir`` (:func:`mrsr.training.train_stage`)."""
+    return train_stage(cfg)

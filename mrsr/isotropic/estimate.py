@@ -2,7 +2,7 @@
 
 The in-plane axes are sharp; the thick axis was acquired with an unknown profile. For each
 candidate profile (family x width) the scan's in-plane lines are sampled as the thick axis
-would have been acquired with it (:func:`mrsr.data.slice_profile.thick_sampling`), and the
+would have been acquired with it (:func:`mrsr.isotropic.operators.thick_sampling`), and the
 mean windowed power spectrum of those simulated lines is compared with that of the real lines
 along the thick axis, on the same frequency grid (cycles/mm up to the thick Nyquist
 ``1 / (2 spacing)``). The misfit is the RMS of the log ratio of the two spectra once its mean
@@ -22,16 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mrsr.data.slice_profile import (
-    PROFILES,
-    Grid,
-    SliceProfile,
-    along,
-    sampling_matrix,
-    thick_sampling,
-)
+from mrsr.isotropic.geometry import Grid
+from mrsr.isotropic.operators import along, sampling_matrix, thick_sampling
+from mrsr.isotropic.profile import PROFILES, SliceProfile
 
-WIDTH_FACTORS = tuple(np.round(np.arange(0.5, 1.5001, 0.0625), 4))  # candidate widths, x the spacing
+WIDTH_FACTORS = tuple(
+    np.round(np.arange(0.5, 1.5001, 0.0625), 4)
+)  # candidate widths, x the spacing
 MAX_SEGMENT = 32  # thick samples per spectrum segment
 MAX_LINES = 6000  # lines per direction used for a spectrum (a random subset beyond)
 BAND_LOW = 0.25  # the fit uses frequencies above this fraction of the thick Nyquist
@@ -64,13 +61,24 @@ class ProfileFit:
         return len(widths) > 1 and self.profile.width in (min(widths), max(widths))
 
     def record(self) -> dict:
-        return {"estimate": self.profile.describe(), "kind": self.profile.kind, "width_mm": self.profile.width,
-                "residual": self.residual,
-                "other_family": None if self.other is None else self.other.describe(),
-                "other_residual": self.other_residual, "ambiguous": self.ambiguous, "at_edge": self.at_edge, "lines": self.lines}
+        return {
+            "estimate": self.profile.describe(),
+            "kind": self.profile.kind,
+            "width_mm": self.profile.width,
+            "residual": self.residual,
+            "other_family": None if self.other is None else self.other.describe(),
+            "other_residual": self.other_residual,
+            "ambiguous": self.ambiguous,
+            "at_edge": self.at_edge,
+            "lines": self.lines,
+        }
 
     def describe(self) -> str:
-        other = "" if self.other is None else f"; best {self.other.kind}: {self.other.describe()}, {self.other_residual:.3f}"
+        other = (
+            ""
+            if self.other is None
+            else f"; best {self.other.kind}: {self.other.describe()}, {self.other_residual:.3f}"
+        )
         return f"{self.profile.describe()} (spectral misfit {self.residual:.3f}{other})"
 
 
@@ -94,16 +102,23 @@ def _foreground(lines: np.ndarray, length: int, rng: np.random.Generator) -> np.
     return cols
 
 
-def candidate_profiles(spacing: float, thickness: float | None = None,
-                       kinds: tuple[str, ...] = PROFILES) -> list[SliceProfile]:
+def candidate_profiles(
+    spacing: float, thickness: float | None = None, kinds: tuple[str, ...] = PROFILES
+) -> list[SliceProfile]:
     """The candidates: each family at widths ``spacing x`` :data:`WIDTH_FACTORS` (or only
     ``thickness`` when it is given)."""
     widths = [float(thickness)] if thickness else [float(spacing * f) for f in WIDTH_FACTORS]
     return [SliceProfile(kind, w) for kind in kinds for w in widths]
 
 
-def estimate_profile(volume: np.ndarray, voxel: float, spacing: float, thickness: float | None = None,
-                     kinds: tuple[str, ...] = PROFILES, seed: int = 0) -> ProfileFit:
+def estimate_profile(
+    volume: np.ndarray,
+    voxel: float,
+    spacing: float,
+    thickness: float | None = None,
+    kinds: tuple[str, ...] = PROFILES,
+    seed: int = 0,
+) -> ProfileFit:
     """Estimate the slice profile of ``volume`` (normalised, thick axis first; in-plane voxels of
     ``voxel`` mm, slices every ``spacing`` mm) among :func:`candidate_profiles`."""
     rng = np.random.default_rng(seed)
@@ -112,7 +127,10 @@ def estimate_profile(volume: np.ndarray, voxel: float, spacing: float, thickness
     n_sim = [int(np.floor(n * voxel / spacing + 1e-9)) for n in (a, b)]
     length = min(n_thick, *n_sim, MAX_SEGMENT)
     if length < 8:
-        raise ValueError(f"too few samples ({length}) along the thick axis or in-plane to estimate a slice profile")
+        raise ValueError(
+            f"too few samples ({length}) along the thick axis or in-plane "
+            "to estimate a slice profile"
+        )
     real_cols = _foreground(vol.reshape(n_thick, -1), length, rng)
     chosen = []  # in-plane lines (on axis 0) whose thick sampling is mostly foreground
     for k in (1, 2):
@@ -134,19 +152,33 @@ def estimate_profile(volume: np.ndarray, voxel: float, spacing: float, thickness
             blur = sampling_matrix(vol.shape[k], voxel, Grid(vol.shape[k], 0.0, 1.0), prof)
             real += _spectrum(along(vol, blur, k).reshape(n_thick, -1)[:, real_cols], length)
         if sim[band].sum() <= 1e-12 * max(real[band].sum(), 1e-12):
-            raise ValueError("the in-plane slices hold no structure to estimate a slice profile from")
+            raise ValueError(
+                "the in-plane slices hold no structure to estimate a slice profile from"
+            )
         ratio = np.log((sim[band] + 1e-20) / (real[band] + 1e-20))
         table.append((prof.kind, prof.width, float(np.sqrt(np.mean((ratio - ratio.mean()) ** 2)))))
     best = min(table, key=lambda t: t[2])
     others = [t for t in table if t[0] != best[0]]
     other = min(others, key=lambda t: t[2]) if others else None
-    return ProfileFit(SliceProfile(best[0], best[1]), best[2],
-                      None if other is None else SliceProfile(other[0], other[1]),
-                      float("nan") if other is None else other[2], int(real_cols.size), table)
+    return ProfileFit(
+        SliceProfile(best[0], best[1]),
+        best[2],
+        None if other is None else SliceProfile(other[0], other[1]),
+        float("nan") if other is None else other[2],
+        int(real_cols.size),
+        table,
+    )
 
 
-def highband_ratio(fine: np.ndarray, thick: np.ndarray, voxel: float, spacing: float, profile: SliceProfile,
-                   select: np.ndarray | None = None, seed: int = 0) -> float:
+def highband_ratio(
+    fine: np.ndarray,
+    thick: np.ndarray,
+    voxel: float,
+    spacing: float,
+    profile: SliceProfile,
+    select: np.ndarray | None = None,
+    seed: int = 0,
+) -> float:
     """Power across the thick axis of ``fine`` over the in-plane power of the scan ``thick``, in
     the band the thick slices could not hold (above the thick Nyquist ``1 / (2 spacing)``, up to
     twice it; cycles/mm).
@@ -165,7 +197,9 @@ def highband_ratio(fine: np.ndarray, thick: np.ndarray, voxel: float, spacing: f
     ref = vol if select is None else np.asarray(select, dtype=np.float64)
     scan = np.asarray(thick, dtype=np.float64)
     if ref.shape != vol.shape or scan.shape[1:] != vol.shape[1:]:
-        raise ValueError(f"shapes differ: result {vol.shape}, select {ref.shape}, scan {scan.shape}")
+        raise ValueError(
+            f"shapes differ: result {vol.shape}, select {ref.shape}, scan {scan.shape}"
+        )
     length = min(vol.shape[0], *scan.shape[1:], 4 * MAX_SEGMENT)
     freq = np.fft.rfftfreq(length, voxel)
     band = (freq > 1 / (2 * spacing)) & (freq <= 1 / spacing)

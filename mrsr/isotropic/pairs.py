@@ -17,24 +17,31 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mrsr.data.datasets import collate_samples
-from mrsr.data.slice_profile import SliceProfile, along, thick_axis_operator
 from mrsr.data.store import FOREGROUND
 from mrsr.data.types import Sample, SliceMeta
 from mrsr.errors import ConfigError
+from mrsr.isotropic.operators import along, thick_axis_operator
+from mrsr.isotropic.profile import SliceProfile
 
 PATCH_TRIES = 8  # random positions tried per patch before one with little foreground is kept
 PATCH_FOREGROUND = 0.25  # share of foreground pixels that makes a patch worth keeping
-HELD_FOREGROUND = 0.01  # share of foreground a held-out slice needs (an empty one scores an infinite PSNR)
+HELD_FOREGROUND = (
+    0.01  # share of foreground a held-out slice needs (an empty one scores an infinite PSNR)
+)
 
 
-def degrade_rows(slices: np.ndarray, voxel: float, spacing: float, profile: SliceProfile) -> tuple[np.ndarray, np.ndarray]:
+def degrade_rows(
+    slices: np.ndarray, voxel: float, spacing: float, profile: SliceProfile
+) -> tuple[np.ndarray, np.ndarray]:
     """(n, h, w) slices of ``voxel`` mm pixels, degraded along h like the thick axis (thick
     slices every ``spacing`` mm, interpolated back by cubic spline at the inference phase).
     Returns the inputs and the targets, both cropped along h to the voxels the thick slices span."""
     h = slices.shape[1]
     if h * voxel / spacing < 4:
-        raise ConfigError(f"the in-plane field of view ({h} voxels of {voxel:g} mm) holds fewer than 4 slices of "
-                          f"{spacing:g} mm: too small to learn from")
+        raise ConfigError(
+            f"the in-plane field of view ({h} voxels of {voxel:g} mm) holds fewer than 4 slices of "
+            f"{spacing:g} mm: too small to learn from"
+        )
     span, operator = thick_axis_operator(h, voxel, spacing, profile)
     targets = slices[:, span]
     return along(targets, operator, axis=1), targets
@@ -49,7 +56,9 @@ class PairSet:
     source: list[int]
 
 
-def make_pairs(volume: np.ndarray, slices: list[int], voxel: float, spacing: float, profile: SliceProfile) -> PairSet:
+def make_pairs(
+    volume: np.ndarray, slices: list[int], voxel: float, spacing: float, profile: SliceProfile
+) -> PairSet:
     """Pairs from the in-plane slices ``volume[k]`` (thick axis first), degraded along each
     in-plane axis in turn."""
     stack = volume[slices]
@@ -147,11 +156,22 @@ class SelfPairsDataModule(L.LightningDataModule):
         self.held_out = held
         self.train_pairs = make_pairs(volume, fitted, voxel, spacing, profile)
         self.val_pairs = make_pairs(volume, held, voxel, spacing, profile)
-        self.steps, self.batch_size, self.patch_size, self.seed = int(steps), int(batch_size), int(patch_size), seed
+        self.steps, self.batch_size, self.patch_size, self.seed = (
+            int(steps),
+            int(batch_size),
+            int(patch_size),
+            seed,
+        )
 
     def train_dataloader(self) -> DataLoader:
-        data = RandomPatches(self.train_pairs, self.patch_size, self.steps * self.batch_size, self.seed)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=collate_samples)
+        data = RandomPatches(
+            self.train_pairs, self.patch_size, self.steps * self.batch_size, self.seed
+        )
+        return DataLoader(
+            data, batch_size=self.batch_size, shuffle=False, collate_fn=collate_samples
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(WholeSlices(self.val_pairs), batch_size=1, shuffle=False, collate_fn=collate_samples)
+        return DataLoader(
+            WholeSlices(self.val_pairs), batch_size=1, shuffle=False, collate_fn=collate_samples
+        )

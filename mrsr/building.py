@@ -1,4 +1,4 @@
-"""Building blocks shared by the task functions: data module, trainer, loggers, wandb."""
+"""Objects built from the composed config: run folder, data module, trainer, stage module."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from mrsr.data.datamodule import MRDataModule
 from mrsr.errors import ConfigError, user_error
+from mrsr.runner import in_multirun
+from mrsr.stages.base import StageModule
 
 log = logging.getLogger("mrsr")
 
@@ -40,6 +42,16 @@ def build_datamodule(cfg: DictConfig) -> MRDataModule:
     return build(cfg.data)
 
 
+def build_module(cfg: DictConfig, **given: Any) -> StageModule:
+    """``cfg.stage.module`` (``given`` objects, e.g. extractors, replace config entries)."""
+    module = build(cfg.stage.module, **given)
+    if not isinstance(module, StageModule):
+        raise ConfigError(
+            f"stage.module: {cfg.stage.module.get('_target_')} is not an mrsr stage module"
+        )
+    return module
+
+
 def _named(group: DictConfig | None) -> list[Any]:
     """Instantiate every named entry of a logger/callback group; null entries are off."""
     if not group:
@@ -53,7 +65,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     trainer_cfg = cfg.trainer
     epochs = trainer_cfg.get("max_epochs")
     if int(trainer_cfg.get("max_steps", -1)) < 0 and (epochs is None or int(epochs) < 0):
-        raise ConfigError("a training stage needs max_steps or max_epochs >= 0 (trainer.max_steps, trainer.max_epochs)")
+        raise ConfigError(
+            "a training stage needs max_steps or max_epochs >= 0 "
+            "(trainer.max_steps, trainer.max_epochs)"
+        )
     loggers = _named(cfg.get("logger"))
     callbacks = _named(cfg.get("callbacks"))
     if not loggers:
@@ -69,11 +84,9 @@ def check_launch(trainer: L.Trainer) -> None:
     Lightning's ``ddp`` launcher re-executes ``sys.argv``; under ``-m`` every rank would run
     the whole sweep again. SLURM/torchrun start the ranks themselves, which is supported.
     """
-    from mrsr.tasks import _in_multirun
-
     launcher = getattr(trainer.strategy, "launcher", None)
     if (
-        _in_multirun()
+        in_multirun()
         and type(launcher).__name__ == "_SubprocessScriptLauncher"
         and not trainer.strategy.cluster_environment.creates_processes_externally
     ):
@@ -81,28 +94,3 @@ def check_launch(trainer: L.Trainer) -> None:
             "multirun (-m) with a multi-process trainer on the basic launcher is not supported: "
             "use hydra/launcher=slurm, torchrun, or run the grid points one by one"
         )
-
-
-def wandb_loggers(trainer: L.Trainer) -> list[Any]:
-    return [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
-
-
-def log_results_table(trainer: L.Trainer, rows: list[dict[str, Any]], key: str = "results") -> None:
-    """Send the final results rows to every wandb logger of ``trainer`` as a ``wandb.Table``."""
-    if not rows:
-        return
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    data = [[row.get(c) for c in columns] for row in rows]
-    for lg in wandb_loggers(trainer):
-        lg.log_table(key=key, columns=columns, data=data)
-
-
-def finish_wandb() -> None:
-    """Close the active wandb run (if any), so the next job or stage starts its own run."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()

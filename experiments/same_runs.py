@@ -1,0 +1,157 @@
+"""Fingerprints of short seeded runs: does a restructuring keep behaviour bit for bit?
+
+    python experiments/same_runs.py --out <folder>  # runs, writes <folder>/fingerprints.json
+    python experiments/same_runs.py --compare before.json after.json
+
+Each run is a short seeded ``python -m mrsr.run`` on CPU (one thread): the pipeline with the
+paper's loss (vit, disent, the L1 phase and the GAN + feature phase), a comparison network,
+``stage=predict`` on the demo volume and ``stage=throughplane``. A fingerprint is the SHA-256
+of every tensor of a checkpoint's ``state_dict`` (names sorted), or of a written NIfTI's voxel
+data, affine and header codes. Labels, logs and hyper-parameters are not behaviour and are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+import mrsr
+
+TINY = [
+    "data.crop=[96,96,12]",
+    "data.eval_batch_size=4",
+    "model=srresnet_small",
+    "model.n_blocks=1",
+    "sr.val_check_interval=10",
+    "sr.batch_size=4",
+    "sr.train_crop=32",
+    "callbacks.progress_bar=null",
+    "logger=null",
+    "trainer=cpu",
+]
+EXTRACTORS = [
+    "vit.max_steps=10",
+    "vit.val_check_interval=5",
+    "vit.batch_size=4",
+    "vit.train_crop=32",
+    "disent.max_steps=10",
+    "disent.val_check_interval=5",
+    "disent.batch_size=4",
+]
+RUNS: dict[str, list[str]] = {
+    "pipeline_paper": ["stage=pipeline", "loss=paper", *TINY, *EXTRACTORS, "sr.max_steps=20"],
+    "sr_edsr_x4": ["stage=sr", *TINY, "model=edsr_small", "scale=4", "sr.max_steps=20"],
+}
+
+
+def tensor_digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        if isinstance(value, torch.Tensor):
+            h.update(name.encode())
+            h.update(
+                value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                if value.numel()
+                else b""
+            )
+    return h.hexdigest()
+
+
+def nifti_digest(path: Path) -> str:
+    img = nib.load(path)
+    h = hashlib.sha256(np.asarray(img.dataobj).tobytes())
+    h.update(img.affine.tobytes())
+    h.update(
+        repr(
+            (
+                img.header.get_qform(coded=True)[1],
+                img.header.get_sform(coded=True)[1],
+                img.header.get_zooms(),
+                img.get_data_dtype().str,
+            )
+        ).encode()
+    )
+    return h.hexdigest()
+
+
+def run(out: Path, name: str, overrides: list[str]) -> None:
+    if (out / name).is_dir():  # done already (an interrupted call resumes)
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "mrsr.run", *overrides, "seed=7", f"hydra.run.dir={out / name}"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+
+
+def fingerprints(out: Path) -> dict[str, str]:
+    prints: dict[str, str] = {}
+    for ckpt in sorted(out.rglob("*.ckpt")):
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        prints[ckpt.relative_to(out).as_posix()] = tensor_digest(state)
+    for nii in sorted(p for p in out.rglob("*.nii.gz") if p.name != "thick.nii.gz"):
+        prints[nii.relative_to(out).as_posix()] = nifti_digest(nii)
+    return prints
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out")
+    ap.add_argument("--compare", nargs=2)
+    args = ap.parse_args()
+    if args.compare:
+        a, b = (json.loads(Path(p).read_text()) for p in args.compare)
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        print(
+            f"{len(a.keys() & b.keys())} common fingerprints, {len(differ)} differ"
+            + "".join(f"\n  {k}" for k in differ)
+        )
+        raise SystemExit(1 if differ else 0)
+    out = Path(args.out).resolve()
+    for name, overrides in RUNS.items():
+        run(out, name, overrides)
+    sr_best = json.loads((out / "pipeline_paper" / "sr" / "FINISHED.json").read_text())["best"]
+    volume = Path(mrsr.__file__).parent / "assets" / "demo" / "seg3d_T1.nii.gz"
+    run(
+        out,
+        "predict",
+        [
+            "stage=predict",
+            f"ckpt={sr_best}",
+            f"input={volume}",
+            f"output={out / 'predict' / 'sr.nii.gz'}",
+        ],
+    )
+    thick = out / "thick.nii.gz"  # every third axial slice of the demo volume: 3x thicker
+    img = nib.load(volume.with_name("stroke_T1.nii.gz"))  # square in-plane voxels
+    affine = img.affine.copy()
+    affine[:3, 2] *= 3
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., ::3], affine, img.header), thick)
+    run(
+        out,
+        "throughplane",
+        [
+            "stage=throughplane",
+            f"input={thick}",
+            "trainer.max_steps=20",
+            "throughplane.slice_profile=gaussian",
+            "callbacks.progress_bar=null",
+            "logger=null",
+            f"output={out / 'throughplane' / 'iso.nii.gz'}",
+        ],
+    )
+    prints = fingerprints(out)
+    (out / "fingerprints.json").write_text(json.dumps(prints, indent=1) + "\n")
+    print(f"{len(prints)} fingerprints -> {out / 'fingerprints.json'}")
+
+
+if __name__ == "__main__":
+    main()

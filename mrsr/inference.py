@@ -1,0 +1,380 @@
+"""Super-resolution of scans: tiled and outlier-safe network passes, slice-by-slice SR of a
+volume, the input scan and its slicing axis, affines of refined grids, NIfTI output.
+
+Slices are taken along the scan's slicing axis and each is up-sampled in-plane by the network's
+scale. The output affine maps new voxel ``i'`` (on the two in-plane axes) to the input's
+continuous voxel index ``(i' + 0.5) / s - 0.5``, so the output overlays the input in a viewer.
+Intensities are normalised per volume as in training (a linear map, nothing clipped: voxels
+brighter than the normalisation percentile pass through the network above 1) and mapped
+back to the input's units; the output is only kept from going below the input's minimum.
+NIfTI outputs are written to a temporary file beside them and renamed into place only when
+complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mrsr.data.degrade import normalise_with_range
+from mrsr.data.geometry import SlicingAxis, is_square, slicing_axis
+from mrsr.errors import ConfigError, DataError
+from mrsr.results import atomic_write
+
+log = logging.getLogger("mrsr")
+# Normalised intensity (1 = the 99.5th percentile above the minimum) above which the network
+# sees a plateau and the excess is passed on linearly: 1.5x the brightest training intensities
+# (values near 1, scaled by the augmentation factor of up to 2).
+PASSTHROUGH_LIMIT = 3.0
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def sr_tiled(
+    net: nn.Module, x: Tensor, scale: int, tile: int | None = None, overlap: int = 16
+) -> Tensor:
+    """``net(x)`` computed on overlapping LR tiles of ``tile`` pixels.
+
+    Each tile contributes only its inner part (``overlap // 2`` LR pixels are dropped on
+    sides facing another tile), so the result equals the whole-image result whenever the
+    network's receptive-field radius is at most ``overlap // 2`` LR pixels.
+    """
+    h, w = x.shape[-2:]
+    if tile is None or (h <= tile and w <= tile):
+        return net(x).float()
+    if tile <= overlap:
+        raise ConfigError(f"predict.tile={tile} must be larger than predict.overlap={overlap}")
+    out = x.new_zeros((x.shape[0], x.shape[1], h * scale, w * scale), dtype=torch.float32)
+    m = overlap // 2
+    for top in _starts(h, tile, overlap):
+        for left in _starts(w, tile, overlap):
+            th, tw = min(tile, h), min(tile, w)
+            y = net(x[..., top : top + th, left : left + tw]).float()
+            t0 = 0 if top == 0 else m
+            t1 = th if top + th >= h else th - m
+            l0 = 0 if left == 0 else m
+            l1 = tw if left + tw >= w else tw - m
+            out[
+                ...,
+                (top + t0) * scale : (top + t1) * scale,
+                (left + l0) * scale : (left + l1) * scale,
+            ] = y[..., t0 * scale : t1 * scale, l0 * scale : l1 * scale]
+    return out
+
+
+def upsampled_affine(affine: np.ndarray, scale: int, inplane: tuple[int, ...]) -> np.ndarray:
+    """Affine of the grid refined by ``scale`` on the ``inplane`` voxel axes, centres aligned."""
+    m = np.eye(4)
+    for ax in inplane:
+        m[ax, ax] = 1.0 / scale
+        m[ax, 3] = 0.5 / scale - 0.5
+    return np.asarray(affine, dtype=np.float64) @ m
+
+
+def neighbour_max(x: Tensor) -> Tensor:
+    """The largest of each pixel's 8 neighbours (edges replicated)."""
+    pad = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    patches = F.unfold(pad, 3).view(x.shape[0], x.shape[1], 9, *x.shape[-2:])
+    return torch.cat([patches[:, :, :4], patches[:, :, 5:]], 2).amax(2)
+
+
+def sr_limited(
+    net: nn.Module, x: Tensor, scale: int, limit: float, tile: int | None = None, overlap: int = 16
+) -> Tensor:
+    """``net`` on ``x`` with outliers held back, plus what was held back, up-sampled locally.
+
+    A voxel far brighter than anything in training (a hot pixel, a flow artefact, a contrast
+    agent bolus) would drive the network far outside its range, and its response rings over the
+    receptive field (dark halos). Two kinds are held back: a pixel above ``limit`` that stands
+    out of its 8 neighbours by more than ``limit`` (a spike) is shown to the network at its
+    neighbours' level, and its excess is added back on its own footprint (nearest neighbour:
+    nothing spreads); anything else above ``limit`` is shown at ``limit`` and the excess is
+    added back bilinearly (non-negative, within one input pixel). Nothing is lost: without the
+    network both parts sum to the input.
+    """
+    x = x.float()
+    if not bool((x > limit).any()):  # the usual case: nothing to hold back
+        return sr_tiled(net, x, scale, tile, overlap)
+    neighbours = neighbour_max(x)
+    spike = (x > limit) & (x > neighbours + limit)
+    despiked = torch.where(spike, neighbours, x)
+    capped = despiked.clamp(max=limit)
+    y = sr_tiled(net, capped, scale, tile, overlap)
+    spikes, bright = x - despiked, despiked - capped
+    if bool((spikes > 0).any()):
+        y = y + (
+            spikes if scale == 1 else F.interpolate(spikes, scale_factor=scale, mode="nearest")
+        )
+    if bool((bright > 0).any()):
+        y = y + (
+            bright
+            if scale == 1
+            else F.interpolate(bright, scale_factor=scale, mode="bilinear", align_corners=False)
+        )
+    return y
+
+
+class SliceProgress:
+    """Progress of a loop over slices: a transient rich bar on a terminal, otherwise (a log
+    file, a pipe, a batch job) a log line every ``every`` seconds and at the end."""
+
+    def __init__(
+        self, description: str, total: int, enabled: bool = True, every: float = 10.0
+    ) -> None:
+        import sys
+
+        from rich.progress import Progress
+
+        self.description, self.total, self.done, self.every = description, total, 0, every
+        self.tty = enabled and sys.stdout.isatty()  # where rich draws
+        self.log = enabled and not self.tty
+        self.bar = Progress(disable=not self.tty, transient=True)
+        self.task = self.bar.add_task(description, total=total)
+        self.t0 = self.last = time.perf_counter()
+
+    def __enter__(self) -> SliceProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.bar.advance(self.task, n)
+        now = time.perf_counter()
+        if self.log and (now - self.last >= self.every or self.done >= self.total):
+            self.last = now
+            log.info(
+                "%s: %d/%d (%.0f%%), %.0f s",
+                self.description,
+                self.done,
+                self.total,
+                100.0 * self.done / max(self.total, 1),
+                now - self.t0,
+            )
+
+
+def super_resolve_volume(
+    net: nn.Module,
+    slices: np.ndarray,
+    scale: int,
+    batch_size: int = 8,
+    tile: int | None = None,
+    overlap: int = 16,
+    device: torch.device | None = None,
+    progress: bool = True,
+    description: str = "super-resolving slices",
+    limit: float | None = None,
+) -> np.ndarray:
+    """SR of every slice of ``slices`` (n, h, w), normalised; returns (n, h*s, w*s) float32 >= 0.
+
+    Intensities above ``limit`` (default :data:`PASSTHROUGH_LIMIT`) bypass the network
+    (:func:`sr_limited`)."""
+    device = device or torch.device("cpu")
+    limit = PASSTHROUGH_LIMIT if limit is None else limit
+    n, h, w = slices.shape
+    out = np.empty((n, h * scale, w * scale), dtype=np.float32)
+    net = net.eval().to(device)
+    with SliceProgress(description, n, progress) as bar, torch.inference_mode():
+        for i in range(0, n, batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(slices[i : i + batch_size]))[:, None].to(
+                device
+            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                y = sr_limited(net, x, scale, limit, tile, overlap)
+            out[i : i + x.shape[0]] = y[:, 0].clamp(min=0).cpu().numpy()
+            bar.advance(x.shape[0])
+    return out
+
+
+def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
+    if not inp.exists():
+        raise ConfigError(f"input={inp}: file not found")
+    if out.exists() and out.resolve() == inp.resolve():
+        raise ConfigError(f"output={out} is the input file: choose another output path")
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise ConfigError(f"output={out}: the output must be a NIfTI file (.nii or .nii.gz)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"output={out}: folder {out.parent} does not exist")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output={out} exists: pass overwrite=true to replace it")
+
+
+@dataclass
+class InputScan:
+    """What predict reads: the volume in the file's axis order, its geometry and header."""
+
+    data: np.ndarray  # (slices, H, W) for fastMRI and 2D inputs (then ``is_2d``), else 3D
+    affine: np.ndarray
+    slicing: SlicingAxis
+    is_2d: bool
+    header: Any = None  # the NIfTI header the output keeps (None: fastMRI)
+    zooms: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    @property
+    def inplane(self) -> tuple[int, ...]:
+        """The voxel axes that in-plane SR refines."""
+        return (0, 1) if self.is_2d else self.slicing.inplane
+
+    def zooms_after(self, scale: int) -> tuple[float, ...]:
+        """The voxel sizes after in-plane SR by ``scale`` (of ``data``'s axes)."""
+        inplane, is_2d = self.inplane, self.is_2d
+        return tuple(
+            z / scale if (a in inplane and not is_2d) or (is_2d and a > 0) else z
+            for a, z in enumerate(self.zooms)
+        )
+
+
+def read_input(path: Path, axis: int | str = "auto", volume: int | None = None) -> InputScan:
+    """The scan, its affine and the slicing axis (:func:`mrsr.data.geometry.slicing_axis`)."""
+    from mrsr.data.readers import read_nifti
+
+    if path.suffix in (".h5", ".hdf5"):
+        from mrsr.data.readers import read_fastmri
+
+        data = read_fastmri(path)  # (slices, H, W), unit voxels
+        return InputScan(data, np.eye(4), SlicingAxis(0, "fastMRI file: its slices", True), False)
+    vol = read_nifti(path, ndims=(2, 3), volume=volume, volume_key="predict.volume")
+    if vol.data.ndim == 2:
+        a, b = vol.zooms[:2]
+        return InputScan(
+            vol.data[None],
+            vol.affine,
+            SlicingAxis(0, "2D image", is_square(a, b)),
+            True,
+            vol.header,
+            (1.0, a, b),
+        )
+    try:
+        slicing = slicing_axis(vol.zooms, axis, "predict.axis")
+    except ConfigError as err:
+        raise DataError(path, str(err)) from err
+    return InputScan(vol.data, vol.affine, slicing, False, vol.header, vol.zooms)
+
+
+def super_resolve_scan(
+    net: nn.Module,
+    scan: InputScan,
+    scale: int,
+    batch_size: int = 8,
+    tile: int | None = None,
+    overlap: int = 16,
+    device: torch.device | None = None,
+) -> tuple[np.ndarray, float]:
+    """Every slice of ``scan`` along its slicing axis super-resolved in-plane by ``scale``
+    (:func:`super_resolve_volume`), normalised as ``net`` was trained (its ``training_data``
+    percentile) and mapped back to the input's units, in the file's axis order (a 2D input gives
+    a 2D image); and the seconds spent super-resolving."""
+    axis = scan.slicing.axis
+    percentile = float(getattr(net, "training_data", {}).get("percentile", 99.5))
+    norm, lo, hi = normalise_with_range(scan.data, percentile)
+    slices = np.moveaxis(norm, axis, 0)
+    t0 = time.perf_counter()
+    sr = super_resolve_volume(net, slices, scale, batch_size, tile, overlap, device)
+    seconds = time.perf_counter() - t0
+    result = np.moveaxis(sr, 0, axis) * np.float32(hi - lo) + np.float32(lo)
+    if scan.is_2d:
+        result = result[0]
+    return result, seconds
+
+
+OUTPUT_DTYPES = ("float32", "input")
+
+
+def check_output_dtype(value: object, key: str = "output_dtype") -> str:
+    """``value`` if it is one of :data:`OUTPUT_DTYPES`, else a one-line refusal naming ``key``."""
+    if str(value) not in OUTPUT_DTYPES:
+        raise ConfigError(f"{key}={value} must be one of {', '.join(OUTPUT_DTYPES)}")
+    return str(value)
+
+
+def output_image(
+    data: np.ndarray,
+    affine: np.ndarray,
+    like: Any = None,
+    dtype: str = "float32",
+    note: str = "",
+    resliced: bool = False,
+) -> Any:
+    """A NIfTI image of ``data`` on ``affine`` that keeps what ``like`` (the input's header)
+    says: sform/qform codes, units, intent, display range and description (``note`` appended).
+
+    ``dtype``: ``float32``, or ``input``: the input's data type (an integer type is written with
+    a scl_slope/scl_inter that nibabel fits to the output's range). ``resliced``: the slice axis
+    was re-sampled, so the slice-timing fields no longer apply and are cleared.
+    """
+    import nibabel as nib
+
+    check_output_dtype(dtype)
+    data = np.asarray(data, dtype=np.float32)
+    if like is None:
+        img = nib.Nifti1Image(data, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        return img
+    header = like.copy()
+    img = nib.Nifti1Image(data, affine, header=header)
+    img.set_sform(affine, code=int(like["sform_code"]))
+    img.set_qform(affine, code=int(like["qform_code"]))
+    hdr = img.header
+    hdr.set_data_dtype(like.get_data_dtype() if dtype == "input" else np.float32)
+    hdr.set_slope_inter(
+        None, None
+    )  # data are in the input's units; nibabel scales integers on save
+    if resliced:
+        for key in ("slice_code", "slice_start", "slice_end", "slice_duration"):
+            hdr[key] = 0
+    if note:
+        old = bytes(like["descrip"]).split(b"\0", 1)[0].decode("latin-1", "replace").strip()
+        hdr["descrip"] = ((old + "; " if old else "") + note)[:80].encode("latin-1", "replace")
+    return img
+
+
+def write_nifti_atomic(
+    path: Path,
+    data: np.ndarray,
+    affine: np.ndarray,
+    like: Any = None,
+    dtype: str = "float32",
+    note: str = "",
+    resliced: bool = False,
+) -> None:
+    """Save :func:`output_image` to a temporary file in ``path``'s folder, then rename it into
+    place."""
+    import nibabel as nib
+
+    img = output_image(data, affine, like, dtype, note, resliced)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    atomic_write(path, lambda tmp: nib.save(img, tmp), suffix)
+
+
+def bundled_model(scale: int) -> Path:
+    """The quick-start model for ``scale`` shipped inside the package (model card:
+    docs/results/quickstart.md)."""
+    from importlib import resources
+
+    from mrsr.data.degrade import check_scale
+
+    path = Path(
+        str(resources.files("mrsr.assets") / "models" / f"quickstart_x{check_scale(scale)}.ckpt")
+    )
+    if not path.is_file():
+        raise ConfigError(
+            f"no bundled x{scale} model in this installation ({path}): "
+            "pass ckpt=<stage-sr checkpoint>"
+        )
+    return path

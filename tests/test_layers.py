@@ -1,0 +1,99 @@
+"""Import direction between the layers of ``mrsr`` (read from the source with ``ast``, nothing
+imported): the command tasks (``mrsr/tasks``) import library modules only, never another task,
+and no library module imports a task or the command line (``mrsr.run``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mrsr"
+# Library code below the tasks: nothing here may import mrsr.tasks or mrsr.run.
+LOWER = (
+    "nets",
+    "losses",
+    "metrics",
+    "data",
+    "ops.py",
+    "inference.py",
+    "isotropic",
+    "extractors.py",
+    "building.py",
+    "training.py",
+    "runner.py",
+    "labels.py",
+    "records.py",
+)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path, text: str | None = None) -> set[str]:
+    """Every module ``path`` (or ``text`` as the module at ``path``) imports, at the top or inside
+    functions (``from a import b`` counts as ``a`` and ``a.b``; relative imports are resolved)."""
+    tree = ast.parse(path.read_text() if text is None else text, filename=str(path))
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def reaches(names: set[str], target: str) -> list[str]:
+    return sorted(n for n in names if n == target or n.startswith(target + "."))
+
+
+def modules(*where: str) -> list[Path]:
+    paths: list[Path] = []
+    for w in where:
+        p = PACKAGE / w
+        paths += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    return paths
+
+
+def test_the_layers_hold_modules() -> None:
+    """The scan below sees the modules it is about (a rename would make it pass vacuously)."""
+    assert len(modules("tasks")) >= 6 and all(p.exists() for p in modules(*LOWER))
+    assert (PACKAGE / "report.py").exists()
+
+
+def test_no_task_imports_another_task() -> None:
+    found = {module_name(p): reaches(imported(p), "mrsr.tasks") for p in modules("tasks")}
+    assert not {k: v for k, v in found.items() if v}, (
+        "a task imports a task; move what they share to a library module"
+    )
+
+
+def test_report_imports_no_task() -> None:
+    """The report reads the runs' own records (results rows), not the tasks that wrote them."""
+    assert reaches(imported(PACKAGE / "report.py"), "mrsr.tasks") == []
+
+
+def test_library_imports_no_task_nor_the_command_line() -> None:
+    found = {
+        module_name(p): reaches(imported(p), "mrsr.tasks") + reaches(imported(p), "mrsr.run")
+        for p in modules(*LOWER)
+    }
+    assert not {k: v for k, v in found.items() if v}, "library code imports up the layers"
+
+
+def test_the_scan_sees_imports_inside_functions() -> None:
+    text = (
+        "def f():\n    from mrsr.tasks import predict\n"
+        "    from . import train\n    import mrsr.run\n"
+    )
+    names = imported(PACKAGE / "tasks" / "probe.py", text)
+    assert reaches(names, "mrsr.tasks") == ["mrsr.tasks", "mrsr.tasks.predict", "mrsr.tasks.train"]
+    assert reaches(names, "mrsr.run") == ["mrsr.run"]
