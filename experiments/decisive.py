@@ -544,6 +544,48 @@ def write_records(folder: Path, record: dict[str, Any], per_slice: dict[str, Any
     )
 
 
+HEADLINE = (
+    ("psnr_fg", "PSNR-fg", 2),
+    ("critic", "critic", 2),
+    ("hf_power", "HF power", 2),
+    ("edge_f1", "edge F1", 3),
+)
+
+
+def headline_table(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's table: per scale and arm, PSNR-fg (± std over seeds), critic accuracy, HF
+    power and edge F1 on both volumes, LR by bicubic (the training operator); the verdict."""
+    volumes = {"seg3d": "seg3d", "outside": "MNI"}
+    columns = ["scale", "arm"] + [
+        f"{name} {label}" for name in volumes.values() for _, label, _ in HEADLINE
+    ]
+    rows, verdicts = [], []
+    for scale, s in record["scales"].items():
+        arms = [("bicubic", None)] + [(arm, arm) for arm in s["means"]["seg3d/bicubic"]]
+        for title, arm in arms:
+            cells = [scale, title if arm is None else f"{arm}: {record['arm_labels'][arm]}"]
+            for vol in volumes:
+                key = f"{vol}/bicubic"
+                means = s["bicubic"][key] if arm is None else s["means"][key][arm]
+                for metric, _, digits in HEADLINE:
+                    cell = f"{means[metric]:.{digits}f}" if metric in means else "—"
+                    spread = 0.0 if arm is None else s["seed_std"][key][arm].get(metric, 0.0)
+                    if metric == "psnr_fg" and spread > 0:
+                        cell += f" ± {spread:.2f}"
+                    cells.append(cell)
+            rows.append(cells)
+        if s.get("decision"):
+            verdicts.append(f"{scale}: {s['decision']['verdict']}")
+    seeds = len(record["args"]["seeds"])
+    caption = (
+        f"Mean over {seeds} seed(s) of the slice means, LR by antialiased bicubic; ± = std over "
+        "seeds. Critic: held-out accuracy of a fresh critic telling SR from HR patches (0.5 = "
+        "indistinguishable). HF power: |log10| of SR/HR power above the LR Nyquist (0 best). "
+        f"Verdict {'; '.join(verdicts) or 'not evaluated'}."
+    )
+    return {"caption": caption, "columns": columns, "rows": rows}
+
+
 def _rounded(x: Any) -> Any:
     if isinstance(x, float):
         return float(f"{x:.6g}")
