@@ -4,9 +4,13 @@ The protocol, hypothesis and decision rule are fixed in
 ``docs/results/decisive-preregistration.md`` (committed before any run); this script
 runs it and evaluates the rule mechanically. ``--out`` holds the runs and caches; the record
 (``record.json``, ``per_slice.json``, ``table.md``) goes to ``--record``
-(default ``records/<date>-decisive-<cpu|gpu>``).
+(default ``records/<date>-decisive-<scales>-<cpu|gpu>``).
 
     python experiments/decisive.py --outside mni_t1.nii.gz --out outputs/decisive
+    # two cores: one scale per process and thread, in parallel (each trains its own small ViT)
+    export OMP_NUM_THREADS=1
+    python experiments/decisive.py --outside mni_t1.nii.gz --out outputs/dec_x4 --scales 4 &
+    python experiments/decisive.py --outside mni_t1.nii.gz --out outputs/dec_x2 --scales 2
     python experiments/decisive.py --outside mni_t1.nii.gz --out outputs/decisive_gpu \\
         --device cuda --precision bf16-mixed --start-steps 4000 --arm-steps 2000
 
@@ -320,7 +324,9 @@ def main() -> None:
         "--out", required=True, help="folder of the runs and caches (an interrupted run continues)"
     )
     ap.add_argument(
-        "--record", default=None, help="record folder (default: records/<date>-decisive-<cpu|gpu>)"
+        "--record",
+        default=None,
+        help="record folder (default: records/<date>-decisive-<scales>-<cpu|gpu>)",
     )
     ap.add_argument("--scales", type=int, nargs="+", default=[4, 2])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
@@ -341,11 +347,9 @@ def main() -> None:
     for name in ("lightning", "lightning.pytorch", "mrsr"):
         logging.getLogger(name).setLevel(logging.WARNING)
     out, device = Path(args.out), torch.device(args.device)
-    record_dir = (
-        Path(args.record)
-        if args.record
-        else record_folder(f"decisive-{'gpu' if device.type == 'cuda' else 'cpu'}")
-    )
+    scales = "-".join(f"x{s}" for s in args.scales)
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    record_dir = Path(args.record) if args.record else record_folder(f"decisive-{scales}-{kind}")
     volumes = {"seg3d": demo_dir() / "seg3d_T1.nii.gz", "outside": Path(args.outside)}
     trainer_args = [f"trainer.accelerator={args.device}", f"trainer.precision={args.precision}"]
     started = time.time()
