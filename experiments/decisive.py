@@ -57,7 +57,7 @@ from mrsr.losses.detail_response import detail_response, tile_patches
 from mrsr.metrics import FOREGROUND, hfen, psnr, psnr_fg, ssim
 from mrsr.metrics import realism as rm
 from mrsr.ops import upsample
-from mrsr.records import git_commit, write_record
+from mrsr.records import command, git_commit, write_record
 
 log = logging.getLogger("decisive")
 PREREGISTRATION = (
@@ -105,6 +105,14 @@ def run_stage(folder: Path, overrides: list[str]) -> str:
         log.info("running %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
     return json.loads(finished.read_text())["best"]
+
+
+def shown(path: str) -> str:
+    """``path`` as the record shows it: relative to the working folder when inside it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path
 
 
 def random_like(kind: str, path: str, seed: int) -> nn.Module:
@@ -361,6 +369,7 @@ def main() -> None:
         "experiment": "decisive",
         "preregistration": PREREGISTRATION.relative_to(PREREGISTRATION.parents[2]).as_posix(),
         "commit": git_commit()[0] or "unknown",
+        "command": command(),
         "device": device_name(device),
         "torch": torch.__version__,
         "precision": args.precision,
@@ -503,8 +512,8 @@ def main() -> None:
             else None
         )
         record["scales"][f"x{scale}"] = {
-            "start": start,
-            "extractors": {"vit": vit_ckpt, "disent": dis_ckpt},
+            "start": shown(start),
+            "extractors": {"vit": shown(vit_ckpt), "disent": shown(dis_ckpt)},
             "detail_response": response,
             "n_slices": {v: len(x) for v, x in hr.items()},
             "n_critic_patches": {v: len(w) for v, w in where.items()},
@@ -541,10 +550,13 @@ def write_records(folder: Path, record: dict[str, Any], per_slice: dict[str, Any
         protocol=(
             f"Pre-registered in {record['preregistration']}; this record applies its decision rule."
         ),
-        metrics={k: v for k, v in record.items() if k not in ("args", "device", "commit")},
+        metrics={
+            k: v for k, v in record.items() if k not in ("args", "device", "commit", "command")
+        },
         config=record["args"],
         device=record["device"],
         files=["per_slice.json", "table.md"],
+        table=headline_table(record),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from pathlib import Path
@@ -74,3 +75,25 @@ def test_write_record_keeps_provenance_and_refuses_missing_files(tmp_path: Path)
     (bad / "record.json").write_text((folder / "record.json").read_text())
     with pytest.raises(RecordError, match="named <yyyy-mm-dd>-<slug>"):
         load_record(bad)
+
+
+def test_the_decisive_runner_writes_a_record_with_its_headline_table(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """From a committed run's figures: the same table, the verdict in the caption, table.md."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    decisive = importlib.import_module("decisive")
+    committed = load_record(ROOT / "records" / "2026-12-03-decisive-x4-cpu")
+    run = {
+        **committed["metrics"],
+        "args": committed["config"],
+        "device": committed["device"],
+        "commit": committed["commit"],
+        "command": committed["command"],
+    }
+    folder = tmp_path / "2026-01-01-decisive-x4-cpu"
+    decisive.write_records(folder, run, per_slice={})
+    rec = load_record(folder)
+    assert rec["table"] == committed["table"] and "Verdict x4: not shown" in rec["table"]["caption"]
+    assert rec["files"] == ["per_slice.json", "table.md"] and rec["config"] == committed["config"]
+    assert (folder / "table.md").read_text().startswith("# Decisive experiment")
