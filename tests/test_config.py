@@ -301,3 +301,19 @@ def test_nets_do_not_depend_on_data() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("group", ["loss", "model"])
+def test_every_preset_and_network_names_itself_and_has_a_label(make_cfg, group: str) -> None:
+    """Labels live in the config files (no mirrored registry); the report orders every one."""
+    from mrsr import report
+    from mrsr.run import group_options
+
+    for option in group_options(group):
+        node = make_cfg(f"{group}={option}")[group]
+        assert node.name == option and node.label, option
+        family = option.removesuffix("_small")
+        if group == "loss":
+            assert option in report.PRESET_ORDER, f"place {option} in report.PRESET_ORDER"
+        elif family != "srresnet" and "Interpolation" not in node._target_:
+            assert family in report.NETWORK_ORDER, f"place {family} in report.NETWORK_ORDER"

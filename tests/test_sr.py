@@ -19,21 +19,10 @@ from mrsr.losses.feature import FeatureLoss, cosine_distance
 from mrsr.losses.gan import d_loss, g_loss
 from mrsr.nets.discriminator import SRGANDiscriminator
 from mrsr.nets.srresnet import SRResNet
+from mrsr.run import group_options
 from mrsr.stages import sr as sr_stage
 
-PRESETS = (
-    "paper",
-    "paired",
-    "l1",
-    "tex_vit",
-    "str_vit",
-    "vit",
-    "tex_str",
-    "paper_dc",
-    "spatial",
-    "gan",
-    "gan_feat",
-)
+PRESETS = tuple(group_options("loss"))  # every file of conf/loss
 SMALL = (
     "model=srresnet_small",
     "model.n_blocks=1",
