@@ -1,4 +1,4 @@
-"""Response of extractor features to detail above the LR Nyquist (the decisive experiment's first check).
+"""Response of extractor features to detail above the LR Nyquist (the decisive experiment).
 
 For HR patches of the demo data's test subject (seg3d T1, axial, normalised as the data modules
 do), :func:`mrsr.losses.detail_response.detail_response` of each given stage-``vit`` /
