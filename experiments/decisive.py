@@ -529,9 +529,8 @@ def main() -> None:
         per_slice[f"x{scale}"] = values
         log.info("x%d decision: %s", scale, json.dumps(decision))
         record["wall_s"] = time.time() - started
-        write_records(
-            record_dir, record, per_slice
-        )  # after each scale: a stopped run keeps what it finished
+        # after each scale: a stopped run keeps what it finished
+        write_records(record_dir, record, per_slice)
     print(render(record))
 
 

@@ -138,9 +138,8 @@ def main() -> int:
     args = ap.parse_args()
     wanted = outputs()
     stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
-    orphans = [
-        p for p in (ROOT / PAGES).glob("*.md") if p not in wanted
-    ]  # pages of removed records
+    # pages of removed records
+    orphans = [p for p in (ROOT / PAGES).glob("*.md") if p not in wanted]
     names = [p.relative_to(ROOT).as_posix() for p in stale + orphans]
     if args.check:
         if names:

@@ -108,9 +108,8 @@ def plain_thick(fine: np.ndarray, r: int, profile: str) -> np.ndarray:
         return x.reshape(n // r, r, *x.shape[1:]).mean(1).astype(np.float32)
     sigma = r / (2 * np.sqrt(2 * np.log(2)))
     half = int(np.ceil(4 * sigma))
-    offsets = (
-        np.arange(-half, half) + 0.5
-    )  # fine centres around a group centre (half-integer for even r)
+    # fine centres around a group centre (half-integer for even r)
+    offsets = np.arange(-half, half) + 0.5
     if r % 2:
         offsets = np.arange(-half, half + 1).astype(np.float64)
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
@@ -178,9 +177,8 @@ def evaluate(
             f"along axis {axis}"
         )
     keep = list(ref.shape)
-    keep[axis] -= (
-        keep[axis] % r
-    )  # whole thick slices only, so the output grid is the reference grid
+    # whole thick slices only, so the output grid is the reference grid
+    keep[axis] -= keep[axis] % r
     ref = pad_to(ref, keep)
     thick, affine = simulate(ref, vol.affine, voxel, axis, spacing, true_profile, operator)
     name = Path(path).name.removesuffix(".nii.gz")
@@ -199,9 +197,8 @@ def evaluate(
     cubic = np.moveaxis(cubic_along(np.moveaxis(thick, axis, 0), 0, grid), 0, axis)
     cubic = np.maximum(cubic, thick.min())
     record = json.loads((run_dir / "throughplane.json").read_text())
-    inplane = next(
-        a for a in range(3) if a != axis
-    )  # score's slices along it contain the thick axis
+    # score's slices along it contain the thick axis
+    inplane = next(a for a in range(3) if a != axis)
     ours, base = score(sr, ref, inplane), score(cubic, ref, inplane)
     per_orientation = {}
     if orientations:  # the same network, each orientation alone (the stage averages both)

@@ -35,10 +35,11 @@ class ViTExtractor(FrozenExtractor):
     returned in float32 (also under bf16 autocast) so distances are computed at full precision.
     """
 
+    # what forward returns (named in measurements)
     output_names: tuple[str, ...] = (
         "pooled",
         "tokens",
-    )  # what forward returns (named in measurements)
+    )
 
     def __init__(
         self, net: SliceViT, classes: list[str] | None = None, pixel_scale: float | None = None

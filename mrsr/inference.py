@@ -332,9 +332,7 @@ def output_image(
     img.set_qform(affine, code=int(like["qform_code"]))
     hdr = img.header
     hdr.set_data_dtype(like.get_data_dtype() if dtype == "input" else np.float32)
-    hdr.set_slope_inter(
-        None, None
-    )  # data are in the input's units; nibabel scales integers on save
+    hdr.set_slope_inter(None, None)  # data in the input's units; nibabel scales integers on save
     if resliced:
         for key in ("slice_code", "slice_start", "slice_end", "slice_duration"):
             hdr[key] = 0

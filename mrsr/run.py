@@ -23,9 +23,8 @@ def conf_dir() -> Path:
 
 def group_options(group: str) -> list[str]:
     folder = conf_dir() / group
-    return (
-        sorted(p.stem for p in folder.glob("[!_]*.yaml")) if folder.is_dir() else []
-    )  # _x: a base
+    # _x: a base
+    return sorted(p.stem for p in folder.glob("[!_]*.yaml")) if folder.is_dir() else []
 
 
 def check_group_choices(argv: list[str]) -> str | None:

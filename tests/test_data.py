@@ -371,9 +371,8 @@ def test_srmetrics_dedup_and_per_volume() -> None:
     slices = [0, 1, 2, 0, 1, 0]
     m = SRMetrics()
     m.update(x[:4], y[:4], torch.tensor(vols[:4]), torch.tensor(slices[:4]))
-    m.update(
-        x[2:], y[2:], torch.tensor(vols[2:]), torch.tensor(slices[2:])
-    )  # (0,2), (1,0) repeated
+    # (0,2), (1,0) repeated
+    m.update(x[2:], y[2:], torch.tensor(vols[2:]), torch.tensor(slices[2:]))
     m.update(x[:1], y[:1], torch.tensor([0]), torch.tensor([0]))
     got = m.compute()
     ref = _metrics_reference(list(x[:, 0]), list(y[:, 0]), vols, slices)

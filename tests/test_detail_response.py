@@ -104,18 +104,18 @@ def test_pixel_scale_one_sees_sr_detail(hr: Tensor) -> None:
     """Fed downsampled (the old presets) the extractors' Nyquist is at the LR Nyquist at x2 and
     they barely respond; at pixel scale 1 the same networks do."""
     (d_one, v_one), (d_old, v_old) = _tiny_extractors("one"), _tiny_extractors("old")
-    assert (
-        d_one.input_size(96, 96) == v_one.input_size(96, 96) == (96, 96)
-    )  # the SR patch, unresized
+    # the SR patch, unresized
+    assert d_one.input_size(96, 96) == v_one.input_size(96, 96) == (96, 96)
     assert d_old.input_size(96, 96) == v_old.input_size(96, 96) == (48, 48)
     z_s, z_t = d_one(hr[:2])
     assert z_s.shape == (2, 4, 24, 24) and z_t.shape == (2, 32)
+    # trained at 64 px: position embedding 4x4 -> 6x6
     assert v_one(hr[:2])[1].shape == (
         2,
         96,
         6,
         6,
-    )  # trained at 64 px: position embedding 4x4 -> 6x6
+    )
     for one, old, key, floor in (
         (d_one, d_old, "bicubic/z_s", DISENT_FLOOR),
         (v_one, v_old, "bicubic/tokens_spatial", VIT_FLOOR),

@@ -131,12 +131,13 @@ def test_extractor_input_size_keeps_the_trained_pixel_scale():
     assert ext.input_size(96, 96) == (48, 48) and ext.input_size(10, 10) == (16, 16)
     z_s, z_t = ext(torch.rand(2, 1, 96, 96))
     assert z_s.shape == (2, 4, 12, 12) and z_t.shape == (2, 16)
+    # legacy: img_size
     assert DisentExtractor(enc)(torch.rand(2, 1, 96, 96))[0].shape == (
         2,
         4,
         8,
         8,
-    )  # legacy: img_size
+    )
 
 
 def test_nan_step_is_skipped():

@@ -171,9 +171,8 @@ def test_d_accuracy_threshold_per_gan_loss() -> None:
     real, fake = torch.tensor([0.7, 0.2]), torch.tensor([0.3, -1.0])
     assert float(d_accuracy(real, fake, "nsgan")) == 0.5 * (1.0 + 0.5)  # logit 0 is the midpoint
     assert float(d_accuracy(real, fake, "hinge")) == 0.5 * (1.0 + 0.5)
-    assert float(d_accuracy(real, fake, "lsgan")) == 0.5 * (
-        0.5 + 1.0
-    )  # targets 1 and 0: midpoint 0.5
+    # targets 1 and 0: midpoint 0.5
+    assert float(d_accuracy(real, fake, "lsgan")) == 0.5 * (0.5 + 1.0)
 
 
 @pytest.mark.slow

@@ -129,9 +129,8 @@ def test_trains_checkpoints_and_predicts(make_cfg, tmp_path: Path, model: str) -
     ckpt = torch.load(result["best"], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     raw = sr_stage.sub_state_dict(ckpt["state_dict"], "generator")
-    assert any(
-        not torch.equal(raw[k], before[k]) for k in before if before[k].is_floating_point()
-    )  # it trained
+    # it trained
+    assert any(not torch.equal(raw[k], before[k]) for k in before if before[k].is_floating_point())
     net = sr_stage.load_generator(result["best"], scale=2)
     assert type(net).__name__ == cfg.model._target_.rsplit(".", 1)[-1] and not net.training
     ema = sr_stage.sub_state_dict(ckpt["state_dict"], "ema.module")
@@ -259,9 +258,8 @@ def test_short_training_beats_bicubic_on_the_held_out_subject(make_cfg) -> None:
 def test_report_keeps_old_results_and_never_averages_times_over_devices(
     tmp_path: Path, capsys
 ) -> None:
-    _job(
-        tmp_path, "old", None, "l1", 2, 25.0, cost=False
-    )  # results written before params/times existed
+    # results written before params/times existed
+    _job(tmp_path, "old", None, "l1", 2, 25.0, cost=False)
     _job(tmp_path, "a", "edsr_small", "l1", 2, 25.0, seed=1, device="cpu (1 threads)")
     _job(tmp_path, "b", "edsr_small", "l1", 2, 26.0, seed=2, device="cuda (NVIDIA H200)")
     _job(tmp_path, "c", "swinir_small", "l1", 2, 27.0, seed=1, device="cuda (NVIDIA H200)")

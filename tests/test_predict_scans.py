@@ -42,9 +42,8 @@ def test_auto_axis_of_isotropic_and_ambiguous_volumes() -> None:
         slicing_axis((1.0, 4.0, 4.0))
     with pytest.raises(ConfigError, match=r"not square.*predict.axis=0\|1\|2"):
         slicing_axis((0.5, 1.0, 4.0))
-    assert (
-        slicing_axis((1.0, 0.9, 1.0)).axis == 1
-    )  # axis 2's slices are 1 x 0.9 mm, axis 1's square
+    # axis 2's slices are 1 x 0.9 mm, axis 1's square
+    assert slicing_axis((1.0, 0.9, 1.0)).axis == 1
     assert slicing_axis((1.0, 0.898437, 0.898437)).axis == 0  # the demo's seg3d T1 (sagittal)
     with pytest.raises(
         ConfigError, match=r"no slice orientation has square voxels.*predict.axis=0\|1\|2"
@@ -127,9 +126,8 @@ def test_ambiguous_voxels_are_refused_with_the_setting_to_pass(
     with pytest.raises(DataError, match=r"odd.nii.gz: .*two axes are thick.*predict.axis=0"):
         _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz")
     assert not (tmp_path / "o.nii.gz").exists()
-    _predict(
-        make_cfg, ckpt, inp, tmp_path / "o.nii.gz", "predict.axis=0"
-    )  # what the message says works
+    # what the message says works
+    _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz", "predict.axis=0")
     assert nib.load(str(tmp_path / "o.nii.gz")).shape == (6, 12, 12)
 
 
@@ -222,9 +220,8 @@ def test_a_hot_voxel_stays_local(make_cfg, tmp_path: Path) -> None:
 
     base, out = run(vol, "base"), run(hot, "hot")
     yy, xx = np.mgrid[: base.shape[0], : base.shape[1]]
-    r = np.hypot(
-        (yy + 0.5) / 2 - 0.5 - centre[0], (xx + 0.5) / 2 - 0.5 - centre[1]
-    )  # in input voxels
+    # in input voxels
+    r = np.hypot((yy + 0.5) / 2 - 0.5 - centre[0], (xx + 0.5) / 2 - 0.5 - centre[1])
     anatomy = base > np.percentile(base, 30)
     assert not ((out <= hot.min()) & anatomy).any()
     diff = np.abs(out - base) / vol.max()
@@ -266,9 +263,8 @@ def test_4d_needs_a_volume_index(make_cfg, ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"predict.volume=3: the file has 3 volumes \(0..2\)"):
         _predict(make_cfg, ckpt, inp, tmp_path / "o.nii.gz", "predict.volume=3")
     _predict(make_cfg, ckpt, inp, tmp_path / "one.nii.gz", "predict.volume=1")
-    _predict(
-        make_cfg, ckpt, tmp_path / "one.nii.gz", tmp_path / "x.nii.gz", "predict.volume=0"
-    )  # a 3D file
+    # a 3D file
+    _predict(make_cfg, ckpt, tmp_path / "one.nii.gz", tmp_path / "x.nii.gz", "predict.volume=0")
     nib.save(nib.Nifti1Image(data[..., 1], np.eye(4)), str(tmp_path / "v1.nii.gz"))
     _predict(make_cfg, ckpt, tmp_path / "v1.nii.gz", tmp_path / "two.nii.gz")
     one, two = (nib.load(str(tmp_path / n)).get_fdata() for n in ("one.nii.gz", "two.nii.gz"))

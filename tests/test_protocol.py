@@ -121,9 +121,8 @@ def test_data_consistency_is_minimised_by_the_true_hr_not_the_interpolated_lr(
             assert all(
                 float(at_interp[k]) > 10 * float(at_hr[k]) + 1e-6 for k in ("pixel", "vit", "str")
             ), at_interp
-            assert (
-                float(at_interp["tex"]) >= float(at_hr["tex"]) - 1e-6
-            )  # a pooled vector barely moves
+            # a pooled vector barely moves
+            assert float(at_interp["tex"]) >= float(at_hr["tex"]) - 1e-6
         else:  # the literal paper compares f(SR) with f(LR): the true HR is not a minimum
             assert sum(float(v) for v in at_hr.values()) > 1e-4
 
@@ -133,9 +132,8 @@ def test_spatial_distance_is_per_location() -> None:
     b = a.clone()
     b[:, :, 0, 0] *= -1  # one location flipped: cos = -1 there, 1 elsewhere
     assert spatial_cosine_distance(a, b).item() == pytest.approx(2 / 16, abs=1e-6)
-    assert spatial_cosine_distance(a, 3 * a).item() == pytest.approx(
-        0.0, abs=1e-6
-    )  # scale-free per location
+    # scale-free per location
+    assert spatial_cosine_distance(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def _spatial_objective(make_cfg):
@@ -308,6 +306,5 @@ def test_objective_loads_state_without_its_buffers(make_cfg) -> None:
     """Any loader (not only Lightning's) accepts a 0.3 state without the objective's buffers."""
     loss, objective, *_ = _spatial_objective(make_cfg)
     objective.load_state_dict({})  # strict: the missing buffers are filled in, not reported
-    assert torch.equal(objective.term_scale, torch.ones(5)) and not bool(
-        objective.calibrated
-    )  # normalise set
+    # normalise set
+    assert torch.equal(objective.term_scale, torch.ones(5)) and not bool(objective.calibrated)

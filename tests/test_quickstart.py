@@ -52,9 +52,8 @@ def _bright_volume() -> np.ndarray:
     vol = read_nifti(demo_dir() / "seg3d_T1.nii.gz").data[16:144, 40:200, 76:80].astype(np.float32)
     g = np.stack(np.meshgrid(*[np.arange(n) for n in vol.shape[:2]], indexing="ij"), -1)
     blob = ((g - [64, 80]) ** 2).sum(-1) < 5.4**2  # 0.45 % of the voxels
-    vol[blob] = (
-        vol.max() * 6.0 + 400.0 * np.sin(np.arange(blob.sum()))[:, None]
-    )  # textured, not flat
+    # textured, not flat
+    vol[blob] = vol.max() * 6.0 + 400.0 * np.sin(np.arange(blob.sum()))[:, None]
     return vol
 
 
@@ -137,9 +136,8 @@ def test_charbonnier_is_smooth_l1() -> None:
     assert pixel_loss(a, a, "charbonnier") == 0
 
 
-@pytest.mark.parametrize(
-    "kind", ["bicubic"]
-)  # k-space truncation is off the grid (a known open issue)
+# k-space truncation is off the grid (a known open issue)
+@pytest.mark.parametrize("kind", ["bicubic"])
 def test_geometric_and_intensity_augmentations_keep_pairs_consistent(kind: str) -> None:
     """Augmenting an (LR, HR) pair gives the pair of the augmented HR, for every draw."""
     hr = torch.rand(1, 1, 32, 32) * 2

@@ -155,9 +155,8 @@ def test_gradient_distance(hr: torch.Tensor) -> None:
     assert gradient_histogram_distance(0.03 * ramp, 0.01 * ramp, inner).item() == pytest.approx(
         0.02, abs=1e-6
     )
-    assert (
-        gradient_histogram_distance(hr[:1], torch.zeros_like(hr[:1])).isnan().all()
-    )  # no foreground
+    # no foreground
+    assert gradient_histogram_distance(hr[:1], torch.zeros_like(hr[:1])).isnan().all()
 
 
 # ------------------------------------------------------------------ HFEN at two scales

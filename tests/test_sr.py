@@ -177,9 +177,8 @@ def test_one_gan_step_updates_g_and_d_not_extractors(make_cfg, tmp_path: Path) -
     assert all(p.grad is None for p in list(vit.parameters()) + list(dis.parameters()))
     grads = [p.grad for p in module.generator.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum() for g in grads) > 0
-    assert not any(
-        p.requires_grad for p in module.discriminator.parameters()
-    )  # frozen after the G step
+    # frozen after the G step
+    assert not any(p.requires_grad for p in module.discriminator.parameters())
     # the extractors are neither optimised nor saved
     opt_params = {
         id(p) for opt in module.trainer.optimizers for g in opt.param_groups for p in g["params"]

@@ -74,9 +74,8 @@ def test_thick_sampling_profiles() -> None:
     gauss, _ = thick_sampling(40, 1.0, 4.0, slice_profile("gaussian", 4.0))
     assert np.allclose(gauss.sum(1), 1)
     ramp = np.arange(40.0)
-    assert np.allclose(
-        (gauss @ ramp)[2:-2], (np.arange(10) * 4 + 1.5)[2:-2]
-    )  # symmetric: centre value
+    # symmetric: centre value
+    assert np.allclose((gauss @ ramp)[2:-2], (np.arange(10) * 4 + 1.5)[2:-2])
     i = np.arange(40)
     centred = gauss[5] * (i - 21.5) ** 2  # variance of the row = sigma^2 + 1/12 (voxel integral)
     assert np.isclose(centred.sum(), (4.0 / 2.3548) ** 2 + 1 / 12, rtol=1e-2)
@@ -149,10 +148,11 @@ def test_self_pairs_hold_out_slices() -> None:
         dm.held_out
     )
     shapes = {tuple(t.shape) for t in dm.val_pairs.targets}
+    # both in-plane axes degraded (on the height axis, cropped to
     assert shapes == {
         (30, 24),
         (24, 32),
-    }  # both in-plane axes degraded (on the height axis, cropped to
+    }
     # the 10 or 8 slices of 3 mm they span)
     batch = next(iter(dm.train_dataloader()))
     assert batch.lr.shape == batch.hr.shape == (4, 1, 16, 16)
@@ -178,18 +178,16 @@ def test_thick_geometry() -> None:
     g = thick_geometry((0.9, 0.9, 3.6), (200, 200, 30))
     assert (g.axis, g.inplane, g.ratio) == (2, (0, 1), pytest.approx(4.0))
     assert thick_geometry((5.0, 1.0, 1.0), (20, 64, 64)).axis == 0
-    assert (
-        thick_geometry((1.0, 1.0, 3.5), (64, 64, 20)).output_grid(None).n == 70
-    )  # non-integer ratio
+    # non-integer ratio
+    assert thick_geometry((1.0, 1.0, 3.5), (64, 64, 20)).output_grid(None).n == 70
     with pytest.raises(ConfigError, match="isotropic"):
         thick_geometry((1.0, 1.0, 1.2), (64, 64, 50))
     with pytest.raises(ConfigError, match="not square"):
         thick_geometry((0.5, 1.0, 4.0), (64, 64, 20))
     with pytest.raises(ConfigError, match="axis=3"):
         thick_geometry((1.0, 1.0, 4.0), (64, 64, 20), axis=3)
-    assert (
-        thick_geometry((1.0, 1.0, 8.0), (64, 64, 20)).ratio == 8.0
-    )  # 8x is the largest factor taken
+    # 8x is the largest factor taken
+    assert thick_geometry((1.0, 1.0, 8.0), (64, 64, 20)).ratio == 8.0
     with pytest.raises(
         ConfigError, match=r"9.0x the in-plane voxel size, above the 8x .* >= 1.12 mm"
     ):
@@ -487,9 +485,8 @@ def test_two_thick_axes_are_refused_naming_the_axis_to_pass() -> None:
     assert thick_geometry((4.0, 1.0, 1.0), (20, 64, 64)).axis == 0  # thick axis first, middle, last
     assert thick_geometry((1.0, 4.0, 1.0), (64, 20, 64)).axis == 1
     assert thick_geometry((1.0, 1.0, 4.0), (64, 64, 20)).axis == 2
-    assert (
-        thick_geometry((1.0, 1.02, 3.0), (64, 64, 20)).axis == 2
-    )  # square within the shared tolerance
+    # square within the shared tolerance
+    assert thick_geometry((1.0, 1.02, 3.0), (64, 64, 20)).axis == 2
 
 
 def test_output_keeps_the_header_and_picks_one_volume_of_a_4d_file(
@@ -540,6 +537,5 @@ def test_output_keeps_the_header_and_picks_one_volume_of_a_4d_file(
         int(h["slice_code"]) == 0 and int(h["slice_end"]) == 0 and float(h["slice_duration"]) == 0
     )
     assert h.get_data_dtype() == np.int16
-    assert (
-        abs(float(res.get_fdata().mean()) - float(frames[1].mean())) < 10
-    )  # volume 1, not volume 0
+    # volume 1, not volume 0
+    assert abs(float(res.get_fdata().mean()) - float(frames[1].mean())) < 10

@@ -43,9 +43,8 @@ def _truncate_axis(x: torch.Tensor, dim: int, scale: int) -> torch.Tensor:
     n = x.shape[dim]
     m = n // scale
     spec = torch.fft.fft(x, dim=dim, norm="forward")
-    freq = (
-        torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64, device=x.device).round().long()
-    )  # LR bins
+    # LR bins
+    freq = torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64, device=x.device).round().long()
     shift = (scale - 1) / 2  # HR pixels between the HR and the LR grid origins
     phase = torch.exp(2j * torch.pi * freq.double() * shift / n)
     view = [1] * x.ndim

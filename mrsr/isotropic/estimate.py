@@ -26,9 +26,8 @@ from mrsr.isotropic.geometry import Grid
 from mrsr.isotropic.operators import along, sampling_matrix, thick_sampling
 from mrsr.isotropic.profile import PROFILES, SliceProfile
 
-WIDTH_FACTORS = tuple(
-    np.round(np.arange(0.5, 1.5001, 0.0625), 4)
-)  # candidate widths, x the spacing
+# candidate widths, x the spacing
+WIDTH_FACTORS = tuple(np.round(np.arange(0.5, 1.5001, 0.0625), 4))
 MAX_SEGMENT = 32  # thick samples per spectrum segment
 MAX_LINES = 6000  # lines per direction used for a spectrum (a random subset beyond)
 BAND_LOW = 0.25  # the fit uses frequencies above this fraction of the thick Nyquist

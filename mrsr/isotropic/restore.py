@@ -160,9 +160,8 @@ def restore_scan(
     axis, in the file's axis order and units, as :func:`make_isotropic`; and the
     :func:`self_check` of the working-grid result (the cubic spline is computed once: restored,
     and the check's baseline)."""
-    interpolated = cubic_along(
-        norm, 0, geom.fine_grid()
-    )  # once: restored, and the check's baseline
+    # once: restored, and the check's baseline
+    interpolated = cubic_along(norm, 0, geom.fine_grid())
     sr = restore_across(net, interpolated, batch_size, tile, device)
     check = self_check(sr, interpolated, norm, geom, profile)
     del interpolated

@@ -250,9 +250,8 @@ class SRObjective(nn.Module):
         if not self.normalise or self._is_calibrated():
             return {}
         listed = [k for k in self.normalise if k in terms]
-        boost = float(
-            sr.numel()
-        )  # every loss x the same constant: fp16 gradients stay representable
+        # every loss x the same constant: fp16 gradients stay representable
+        boost = float(sr.numel())
 
         def norm(t: Tensor) -> float:
             (g,) = torch.autograd.grad(t * boost, sr, retain_graph=True, allow_unused=True)

@@ -91,9 +91,8 @@ class SwinIR(nn.Module):
         self.scale = check_scale(scale)
         self.conv_first = nn.Conv2d(in_channels, embed_dim, 3, padding=1)
         self.norm_in = ChannelNorm(embed_dim)
-        rates = [
-            drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))
-        ]  # stochastic depth
+        # stochastic depth
+        rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.blocks = nn.Sequential(
             *[

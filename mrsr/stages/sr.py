@@ -154,10 +154,11 @@ class SRModule(StageModule):
             "d_betas": [float(b) for b in d_betas],
             "d_warmup": int(d_warmup),
         }
+        # how predict/eval feed the network
         data = {
             "degradation": degradation,
             "percentile": float(percentile),
-        }  # how predict/eval feed the network
+        }
         config = {
             "model": generator_cfg,
             "sr": schedule,
@@ -182,10 +183,11 @@ class SRModule(StageModule):
         self.automatic_optimization = False
         self.seed = seed
         self.generator = build_generator(generator_cfg)
+        # the generator it starts from
         self.started_from: dict[str, Any] = {
             "updates": 0,
             "loss": None,
-        }  # the generator it starts from
+        }
         if init_from:
             self.started_from = init_generator(self.generator, str(init_from), int(scale))
         needed = needed_extractors(loss_cfg)
@@ -494,9 +496,8 @@ class SRModule(StageModule):
 
     def on_test_epoch_end(self) -> None:
         ours, bic = self._log_metrics("test", self.test_sr, self.test_bicubic)
-        realism = {
-            name: metric.row() for name, metric in self.test_realism.items()
-        }  # on every rank: it gathers
+        # on every rank: it gathers
+        realism = {name: metric.row() for name, metric in self.test_realism.items()}
         if not ours or not self.trainer.is_global_zero:
             return
         info = self.run_info()

@@ -247,6 +247,7 @@ def pretrain_cfg(cfg: DictConfig, budget: dict[str, int]) -> DictConfig:
                 "label": "L1 phase of a two-phase run",
             }
         )
+        # unused without adv: not in the key
         sub.sr.update(
             {
                 "init_from": None,
@@ -259,7 +260,7 @@ def pretrain_cfg(cfg: DictConfig, budget: dict[str, int]) -> DictConfig:
                 "d_betas": None,
                 "d_warmup": 0,
             }
-        )  # unused without adv: not in the key
+        )
     return sub
 
 

@@ -179,9 +179,8 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         int(cfg.seed),
         percentile,
     )
-    module = build_module(
-        cfg, degradation=dm.degradation
-    )  # the slice profile is the scan's degradation
+    # the slice profile is the scan's degradation
+    module = build_module(cfg, degradation=dm.degradation)
     module.config["throughplane"] = {
         "profile": profile.describe(),
         "profile_source": source,
