@@ -42,7 +42,7 @@ def jobs(sweep: Path) -> list[dict]:
                 "ckpt": json.loads(finished.read_text())["best"],
                 "preset": run.preset,
                 "method": method_name(run.model, run.preset),
-                "label": method_label(method_name(run.model, run.preset), row),
+                "label": method_label(run.model, run.preset, row),
                 "seed": run.seed,
                 "scale": int(row["scale"]),
                 "budget": budget(row),

@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +86,27 @@ class ReportError(Exception):
 @dataclass
 class Run:
     """One finished run: its results rows, which say what it was (loss preset, network, seed,
-    budget), and its job's config (the data the figure is drawn from)."""
+    budget), and its job folder (whose config the figure reads its test data from)."""
 
     folder: Path  # where results.json is
     rows: list[dict[str, Any]]
     preset: str
     model: str | None = None
     seed: Any = None
-    config: dict[str, Any] = field(default_factory=dict)
+    job: Path | None = None  # the Hydra job folder (with .hydra/), when there is one
+
+    def config(self) -> dict[str, Any]:
+        """The job's composed config (``.hydra/config.yaml``; empty when there is none)."""
+        return _load_yaml(self.job / ".hydra" / "config.yaml") if self.job else {}
 
 
-def _job_folder(folder: Path, top: Path) -> Path:
+def _job_folder(folder: Path, top: Path) -> Path | None:
     for cand in (folder, *folder.parents):
         if (cand / ".hydra").is_dir():
             return cand
         if cand == top:
             break
-    return folder
+    return None
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -126,7 +130,7 @@ def collect(sweep: str | Path) -> list[Run]:
             continue
         if not isinstance(rows, list) or not rows or rows[0].get("loss") == L1_PHASE:
             continue
-        first, job = rows[0], _job_folder(path.parent, sweep)
+        first = rows[0]
         runs.append(
             Run(
                 path.parent,
@@ -134,7 +138,7 @@ def collect(sweep: str | Path) -> list[Run]:
                 str(first.get("loss") or "?"),
                 first.get("model"),
                 first.get("seed"),
-                _load_yaml(job / ".hydra" / "config.yaml"),
+                _job_folder(path.parent, sweep),
             )
         )
     if not runs:
@@ -165,18 +169,15 @@ def method_name(model: str | None, preset: str) -> str:
     return model if preset == "l1" else f"{model}+{preset}"
 
 
-def method_label(method: str, row: dict[str, Any] | None = None) -> str:
-    """The row's label in the Markdown table: the loss preset's ``label`` for SRResNet rows, the
-    network's ``label`` (with ``, loss=<preset>`` when it is not ``l1``) for the others; the
-    method name when the results row carries no label (results written before labels)."""
+def method_label(model: str | None, preset: str, row: dict[str, Any] | None = None) -> str:
+    """The label of :func:`method_name`'s row in the Markdown table: the loss preset's ``label``
+    for SRResNet runs, the network's ``label`` (with ``, loss=<preset>`` when it is not ``l1``)
+    for the others; names where the results row carries no labels (written before labels)."""
     row = row or {}
-    if method == "bicubic":
-        return "bicubic"
-    model, _, preset = method.partition("+")
-    if model == row.get("loss"):
-        return str(row.get("loss_label") or method)
+    if model is None or model.startswith("srresnet"):
+        return str(row.get("loss_label") or preset)
     label = str(row.get("model_label") or model)
-    return label + (f", loss={preset}" if preset else "")
+    return label if preset == "l1" else f"{label}, loss={preset}"
 
 
 def method_order(method: str) -> tuple[int, str]:
@@ -215,7 +216,9 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 "scale": key[3],
                 "run": str(run.folder),
                 "budget": "—" if method == "bicubic" else budget(row),
-                "label": method_label(method, {**row, "loss": run.preset}),
+                "label": "bicubic"
+                if method == "bicubic"
+                else method_label(run.model, run.preset, row),
             }
             rec.update({k: row[k] for k in COST if row.get(k) is not None})
             if row.get("device"):
@@ -351,7 +354,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method, by_scale in methods:
             first = next(iter(by_scale.values()))
-            cells = [str(first.get("label") or method_label(method))]
+            cells = [str(first["label"])]
             if cost:
                 ms = _per_scale(by_scale, scales, "ms_per_slice", lambda v: f"{v:.1f}")
                 if len(devices) > 1 and first.get("device"):
@@ -428,7 +431,7 @@ def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path
                 models.append((r["method"], load_generator(ckpt, scale=scale).eval(), run))
         if not models:
             continue
-        cfg = OmegaConf.create(models[0][2].config)
+        cfg = OmegaConf.create(models[0][2].config())
         dm = build_datamodule(cfg)
         dm.setup("test")
         ds = dm.datasets["test"]

@@ -15,6 +15,7 @@ import torch
 from mrsr import report
 from mrsr.labels import L1_PHASE
 from mrsr.tasks.pipeline import extractor_key, needed_extractors, pipeline
+from tests.conftest import run_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny data: a 96 x 96 in-plane crop of 12 axial slices of the demo volumes.
@@ -102,17 +103,12 @@ def test_collector_rejects_a_folder_without_finished_runs(tmp_path: Path, capsys
     assert report.main([str(tmp_path / "missing")]) == 2
 
 
-def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path, make_cfg) -> None:
+def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None:
     def job(name: str, preset: str, scale: int, psnr: float) -> None:
         folder = tmp_path / name / "sr"
-        loss = make_cfg(f"loss={preset}").loss  # rows are labelled by the run's own config
-        base = {
-            "dataset": "demo",
-            "scale": scale,
-            "degradation": "bicubic",
-            "loss": loss.name,
-            "loss_label": loss.label,
-        }
+        # rows are labelled by the run's own config; no budget in them: "—"
+        labels = run_labels(preset, seed=None, updates=None)
+        base = {"dataset": "demo", "scale": scale, "degradation": "bicubic", **labels}
         vals = {
             "psnr": psnr,
             "ssim": 0.9,
