@@ -36,10 +36,7 @@ class ViTExtractor(FrozenExtractor):
     """
 
     # what forward returns (named in measurements)
-    output_names: tuple[str, ...] = (
-        "pooled",
-        "tokens",
-    )
+    output_names: tuple[str, ...] = ("pooled", "tokens")
 
     def __init__(
         self, net: SliceViT, classes: list[str] | None = None, pixel_scale: float | None = None

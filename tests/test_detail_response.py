@@ -110,12 +110,7 @@ def test_pixel_scale_one_sees_sr_detail(hr: Tensor) -> None:
     z_s, z_t = d_one(hr[:2])
     assert z_s.shape == (2, 4, 24, 24) and z_t.shape == (2, 32)
     # trained at 64 px: position embedding 4x4 -> 6x6
-    assert v_one(hr[:2])[1].shape == (
-        2,
-        96,
-        6,
-        6,
-    )
+    assert v_one(hr[:2])[1].shape == (2, 96, 6, 6)
     for one, old, key, floor in (
         (d_one, d_old, "bicubic/z_s", DISENT_FLOOR),
         (v_one, v_old, "bicubic/tokens_spatial", VIT_FLOOR),

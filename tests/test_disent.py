@@ -13,12 +13,7 @@ from mrsr.errors import MrsrError
 from mrsr.extractors import load_disent_extractor
 from mrsr.metrics import psnr
 from mrsr.nets.swapae import StructureTextureEncoder, resize_to
-from mrsr.stages.disent import (
-    DisentModule,
-    pearson,
-    sobel_edges,
-    swap_partners,
-)
+from mrsr.stages.disent import DisentModule, pearson, sobel_edges, swap_partners
 
 TINY = {"img_size": 32, "enc_channels": [8, 8, 8, 8], "structure_channels": 4, "texture_dim": 16}
 
@@ -132,12 +127,7 @@ def test_extractor_input_size_keeps_the_trained_pixel_scale():
     z_s, z_t = ext(torch.rand(2, 1, 96, 96))
     assert z_s.shape == (2, 4, 12, 12) and z_t.shape == (2, 16)
     # legacy: img_size
-    assert DisentExtractor(enc)(torch.rand(2, 1, 96, 96))[0].shape == (
-        2,
-        4,
-        8,
-        8,
-    )
+    assert DisentExtractor(enc)(torch.rand(2, 1, 96, 96))[0].shape == (2, 4, 8, 8)
 
 
 def test_nan_step_is_skipped():

@@ -200,8 +200,5 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     for name in ("out.nii.gz", "results.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
     # no temporary left
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "out.nii.gz",
-        "results.json",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz", "results.json"]
     assert nib.load(tmp_path / "out.nii.gz").shape == (4, 4, 2)

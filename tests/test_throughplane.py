@@ -149,10 +149,7 @@ def test_self_pairs_hold_out_slices() -> None:
     )
     shapes = {tuple(t.shape) for t in dm.val_pairs.targets}
     # both in-plane axes degraded (on the height axis, cropped to
-    assert shapes == {
-        (30, 24),
-        (24, 32),
-    }
+    assert shapes == {(30, 24), (24, 32)}
     # the 10 or 8 slices of 3 mm they span)
     batch = next(iter(dm.train_dataloader()))
     assert batch.lr.shape == batch.hr.shape == (4, 1, 16, 16)

@@ -155,10 +155,7 @@ class SRModule(StageModule):
             "d_warmup": int(d_warmup),
         }
         # how predict/eval feed the network
-        data = {
-            "degradation": degradation,
-            "percentile": float(percentile),
-        }
+        data = {"degradation": degradation, "percentile": float(percentile)}
         config = {
             "model": generator_cfg,
             "sr": schedule,
@@ -184,10 +181,7 @@ class SRModule(StageModule):
         self.seed = seed
         self.generator = build_generator(generator_cfg)
         # the generator it starts from
-        self.started_from: dict[str, Any] = {
-            "updates": 0,
-            "loss": None,
-        }
+        self.started_from: dict[str, Any] = {"updates": 0, "loss": None}
         if init_from:
             self.started_from = init_generator(self.generator, str(init_from), int(scale))
         needed = needed_extractors(loss_cfg)
