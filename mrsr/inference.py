@@ -13,6 +13,7 @@ complete.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrsr.data.degrade import normalise_with_range
+from mrsr.data.acquisition import kspace_consistent
+from mrsr.data.degrade import kspace_truncate, normalise_with_range
 from mrsr.data.geometry import SlicingAxis, is_square, slicing_axis
+from mrsr.data.resolution import Cutoff, spectral_cutoff
 from mrsr.errors import ConfigError, DataError
 from mrsr.results import atomic_write
 
@@ -179,11 +182,15 @@ def super_resolve_volume(
     progress: bool = True,
     description: str = "super-resolving slices",
     limit: float | None = None,
+    consistency: str = "none",
 ) -> np.ndarray:
     """SR of every slice of ``slices`` (n, h, w), normalised; returns (n, h*s, w*s) float32 >= 0.
 
     Intensities above ``limit`` (default :data:`PASSTHROUGH_LIMIT`) bypass the network
-    (:func:`sr_limited`)."""
+    (:func:`sr_limited`). ``consistency="kspace"`` projects each output onto its input's own
+    k-space (:func:`mrsr.data.acquisition.kspace_consistent`: the central band of the output's
+    spectrum is replaced by the input's), for inputs acquired in k-space."""
+    check_consistency(consistency)
     device = device or torch.device("cpu")
     limit = PASSTHROUGH_LIMIT if limit is None else limit
     n, h, w = slices.shape
@@ -196,9 +203,21 @@ def super_resolve_volume(
             )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 y = sr_limited(net, x, scale, limit, tile, overlap)
+            if consistency == "kspace":
+                y = kspace_consistent(y.float(), x.float(), scale)
             out[i : i + x.shape[0]] = y[:, 0].clamp(min=0).cpu().numpy()
             bar.advance(x.shape[0])
     return out
+
+
+CONSISTENCY = ("none", "kspace")
+
+
+def check_consistency(value: object, key: str = "predict.consistency") -> str:
+    """``value`` if it is one of :data:`CONSISTENCY`, else a one-line refusal naming ``key``."""
+    if str(value) not in CONSISTENCY:
+        raise ConfigError(f"{key}={value} must be one of {', '.join(CONSISTENCY)}")
+    return str(value)
 
 
 def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
@@ -274,6 +293,7 @@ def super_resolve_scan(
     tile: int | None = None,
     overlap: int = 16,
     device: torch.device | None = None,
+    consistency: str = "none",
 ) -> tuple[np.ndarray, float]:
     """Every slice of ``scan`` along its slicing axis super-resolved in-plane by ``scale``
     (:func:`super_resolve_volume`), normalised as ``net`` was trained (its ``training_data``
@@ -284,12 +304,54 @@ def super_resolve_scan(
     norm, lo, hi = normalise_with_range(scan.data, percentile)
     slices = np.moveaxis(norm, axis, 0)
     t0 = time.perf_counter()
-    sr = super_resolve_volume(net, slices, scale, batch_size, tile, overlap, device)
+    sr = super_resolve_volume(
+        net, slices, scale, batch_size, tile, overlap, device, consistency=consistency
+    )
     seconds = time.perf_counter() - t0
     result = np.moveaxis(sr, 0, axis) * np.float32(hi - lo) + np.float32(lo)
     if scan.is_2d:
         result = result[0]
     return result, seconds
+
+
+def resolution_check(scan: InputScan, percentile: float = 99.5) -> tuple[Cutoff, Cutoff]:
+    """The spectral cut-off of the scan's two in-plane axes
+    (:func:`mrsr.data.resolution.spectral_cutoff`, slices along its slicing axis)."""
+    norm, _, _ = normalise_with_range(scan.data, percentile)
+    return spectral_cutoff(np.moveaxis(norm, scan.slicing.axis, 0))
+
+
+def downsampled_affine(affine: np.ndarray, factor: int, inplane: tuple[int, ...]) -> np.ndarray:
+    """Affine of the grid coarsened by ``factor`` on the ``inplane`` voxel axes, centres aligned
+    (the inverse of :func:`upsampled_affine`)."""
+    m = np.eye(4)
+    for ax in inplane:
+        m[ax, ax] = float(factor)
+        m[ax, 3] = (factor - 1) / 2
+    return np.asarray(affine, dtype=np.float64) @ m
+
+
+def acquired_matrix(scan: InputScan, factor: int, where: str = "input") -> InputScan:
+    """The scan on the matrix it was acquired at, when it was zero-filled by ``factor`` in-plane:
+    the central ``1/factor`` of each slice's spectrum (magnitude), on a grid that overlays the
+    input (:func:`downsampled_affine`)."""
+    axis = scan.slicing.axis
+    slices = np.moveaxis(scan.data, axis, 0)
+    if slices.shape[1] % factor or slices.shape[2] % factor:
+        raise ConfigError(
+            f"{where}: in-plane size {slices.shape[1:]} does not divide by the zero-filling "
+            f"factor {factor}: pass predict.from_acquired=false"
+        )
+    x = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
+    small = np.moveaxis(kspace_truncate(x, factor)[:, 0].numpy(), 0, axis)
+    refined = (1, 2) if scan.is_2d else scan.inplane  # zooms of a 2D input are (1, a, b)
+    zooms = tuple(z * factor if a in refined else z for a, z in enumerate(scan.zooms))
+    return dataclasses.replace(
+        scan,
+        data=small,
+        affine=downsampled_affine(scan.affine, factor, scan.inplane),
+        zooms=zooms,
+    )
 
 
 OUTPUT_DTYPES = ("float32", "input")

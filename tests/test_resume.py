@@ -148,3 +148,9 @@ def test_resumable_sampler_and_seeded_dataset() -> None:
     a, b = ds[(3, 99)], ds[(3, 99)]
     assert torch.equal(a, b) and not torch.equal(a, ds[(3, 98)])
     assert torch.equal(torch.get_rng_state(), before)  # loading data leaves the global RNG alone
+
+
+def test_kill_and_resume_with_lr_made_on_the_fly(tmp_path: Path) -> None:
+    """The acquisition-model mix draws every training LR per sample: a resumed run draws the
+    same ones."""
+    check_resume(tmp_path, "sr", "degradation=mix")

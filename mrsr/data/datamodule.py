@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
+from mrsr.data.acquisition import Degradation, as_degradation
 from mrsr.data.datasets import Augment, SliceDataset, View, collate_samples
-from mrsr.data.degrade import DEGRADATIONS, check_scale
+from mrsr.data.degrade import check_scale
 from mrsr.data.resumable import ResumableLoader, resumable
 from mrsr.data.sources import (
     DEMO_SUBJECTS,
@@ -43,6 +44,8 @@ class MRDataModule(L.LightningDataModule):
     random ``patch_size`` HR patches with the augmentations of :class:`Augment`, taken from
     slices along every axis of ``train_axes`` (default: the slicing axis only);
     validation/test batches are whole slices along ``axis``, deterministic, in volume order.
+    ``degradation`` makes the LR images (:mod:`mrsr.data.acquisition`: an operator or its name);
+    a random one makes training LR on the fly, a fresh draw per sample.
     """
 
     dataset_name = "base"
@@ -50,7 +53,7 @@ class MRDataModule(L.LightningDataModule):
     def __init__(
         self,
         scale: int = 2,
-        degradation: str = "bicubic",
+        degradation: Degradation | str = "bicubic",
         axis: int = 2,
         crop: Sequence[int | None] | None = None,
         percentile: float = 99.5,
@@ -72,11 +75,7 @@ class MRDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
-        if degradation not in DEGRADATIONS:
-            raise ConfigError(
-                f"data.degradation={degradation!r} is unknown: "
-                f"choose one of {', '.join(DEGRADATIONS)}"
-            )
+        degradation = as_degradation(degradation)
         if axis not in (0, 1, 2):
             raise ConfigError(f"data.axis={axis} is invalid: slices are taken along axis 0, 1 or 2")
         if on_bad_file not in ("error", "skip"):

@@ -97,6 +97,12 @@ class SliceDataset(Dataset):
     ``patch_tries`` positions are drawn until the patch's foreground fraction reaches
     ``patch_foreground``), then ``augment``. For evaluation (``patch=None``) whole slices are
     returned.
+
+    With a random operator (``store.operator.random``: the acquisition model, a mix) a training
+    sample's LR is made on the fly from its whole HR slice (k-space is the whole field of view's)
+    by ``operator.pair``, before the crop, with the sample's own seeded RNG (the resumable
+    loader's ``(seed, epoch, position)``): every epoch sees a fresh acquisition, and a resumed
+    run the same ones. Deterministic operators keep the store's LR.
     """
 
     def __init__(
@@ -158,6 +164,10 @@ class SliceDataset(Dataset):
         ref, axis, slab = self.views[vpos]
         hr_vol, lr_vol = self.store.get(ref, axis, slab)
         hr, lr = hr_vol[s], lr_vol[s]  # views of the cached volume; collate copies them
+        operator = self.store.operator
+        if self.patch is not None and operator.random:
+            lr, hr = operator.pair(hr[None], self.store.scale)
+            lr, hr = lr[0].float().contiguous(), hr[0].float().contiguous()
         if self.patch is not None:
             lr, hr = self._random_patch(lr, hr)
         meta = SliceMeta(ref.name, vpos, s, ref.contrast, self.labels[ref.cls])

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume
+from mrsr.data.acquisition import Degradation, as_degradation
+from mrsr.data.degrade import crop_to_multiple, normalise_volume
 from mrsr.data.readers import read_fastmri, read_nifti_canonical
 from mrsr.data.types import VolumeRef
 from mrsr.results import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 3  # bump when preprocessing changes meaning (3: k-space LR on the image grid)
+EVAL_SEED = 20261206  # the draws of a random operator's evaluation LR (with the volume and slice)
 
 
 def center_crop_nd(vol: np.ndarray, crop: Sequence[int | None] | None) -> np.ndarray:
@@ -56,8 +59,11 @@ class VolumeStore:
     reconstruction or from k-space), per-volume linear normalisation (robust maximum to 1,
     nothing clipped), centre crop (``crop`` is per RAS axis for NIfTI, ``[H, W]`` in-plane for
     fastMRI), slicing along ``axis``, in-plane crop to a multiple of the scale, then the LR
-    degradation of every slice. ``max_volumes`` bounds memory (least recently used volumes are
-    dropped).
+    degradation of every slice (``degradation``: an operator of :mod:`mrsr.data.acquisition` or
+    its name). A random operator's LR is drawn once per slice from a seed of the volume's name,
+    the view and the slice, so validation and test are deterministic; training makes its LR
+    on the fly instead (:class:`~mrsr.data.datasets.SliceDataset`). ``max_volumes`` bounds
+    memory (least recently used volumes are dropped).
 
     With ``cache_dir`` the preprocessed pair is also kept on disk as ``<key>.npz``, the key
     hashing the file's path, size and modification time with every preprocessing setting:
@@ -68,7 +74,7 @@ class VolumeStore:
     def __init__(
         self,
         scale: int,
-        degradation: str = "bicubic",
+        degradation: Degradation | str = "bicubic",
         axis: int = 2,
         crop: Sequence[int | None] | None = None,
         percentile: float = 99.5,
@@ -78,7 +84,8 @@ class VolumeStore:
         cache_dir: str | Path | None = None,
     ) -> None:
         self.scale = scale
-        self.degradation = degradation
+        self.operator = as_degradation(degradation)
+        self.degradation = self.operator.name
         self.axis = axis
         self.crop = crop
         self.percentile = percentile
@@ -120,7 +127,18 @@ class VolumeStore:
         n, _, h, w = hr.shape
         if n == 0 or h == 0 or w == 0:  # a slab too thin to slice across: an empty view
             return hr, hr.new_zeros((n, 1, h // self.scale, w // self.scale))
-        lr = torch.cat([degrade(chunk, self.scale, self.degradation) for chunk in hr.split(64)])
+        if not self.operator.random:
+            lr = torch.cat([self.operator(chunk, self.scale) for chunk in hr.split(64)])
+            return hr, lr.contiguous()
+        view = zlib.crc32(f"{ref.name}|{axis}|{slab}".encode())
+        lr = torch.cat(
+            [
+                self.operator(
+                    hr[i : i + 1], self.scale, torch.Generator().manual_seed(_seed(view, i))
+                )
+                for i in range(n)
+            ]
+        )
         return hr, lr.contiguous()
 
     def disk_key(self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None) -> str:
@@ -132,7 +150,7 @@ class VolumeStore:
             "mtime_ns": st.st_mtime_ns,
             "settings": [
                 self.scale,
-                self.degradation,
+                self.degradation if not self.operator.random else self.operator.describe(),
                 self.axis,
                 self.crop and list(self.crop),
                 self.percentile,
@@ -179,6 +197,11 @@ class VolumeStore:
             while len(self._cache) > self.max_volumes:
                 self._cache.popitem(last=False)
         return pair
+
+
+def _seed(view: int, index: int) -> int:
+    """The seed of slice ``index`` of a view's evaluation LR."""
+    return (EVAL_SEED * 1_000_003 + view * 65_537 + index) % (2**63 - 1)
 
 
 FOREGROUND = 0.05  # normalised intensity above which a voxel counts as foreground

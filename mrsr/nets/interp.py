@@ -6,11 +6,11 @@ from torch import Tensor, nn
 
 from mrsr.ops import check_scale, upsample
 
-MODES = ("nearest", "bilinear", "bicubic")
+MODES = ("nearest", "bilinear", "bicubic", "zerofill")
 
 
 class Interpolation(nn.Module):
-    """Nearest, bilinear or bicubic up-sampling by ``scale`` (output clamped at 0)."""
+    """Nearest, bilinear, bicubic or zerofill (sinc) up-sampling by ``scale`` (clamped at 0)."""
 
     trainable = False
 

@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrsr.nets.upsample import PixelShuffleDirect, check_upsampler, icnr_
-from mrsr.ops import check_scale
+from mrsr.ops import check_scale, zerofill_upsample
+
+SKIPS = ("bicubic", "zerofill")
 
 
 class ResidualBlock(nn.Module):
@@ -44,6 +46,8 @@ class SRResNet(nn.Module):
     With ``residual_bicubic=True`` the network predicts a residual that is added to the
     bicubic up-sampling of the input (not in the SPEC; off by default); its last conv then
     starts at zero, so an untrained network returns exactly the bicubic up-sampling.
+    ``skip="zerofill"`` adds the residual to the zero-filled (sinc) up-sampling instead, the
+    scanner's own interpolation of an LR image acquired in k-space.
     Pixel-shuffle convs start with ICNR (Aitken et al. 2017: no checkerboard at step 0).
     Any ``(N, C, h, w)`` input gives ``(N, C, h*scale, w*scale)``. ``scale=1`` makes a
     same-size restorer (through-plane SR: the input is already interpolated to the output
@@ -61,9 +65,13 @@ class SRResNet(nn.Module):
         in_channels: int = 1,
         residual_bicubic: bool = False,
         upsampler: str = "pixelshuffle",
+        skip: str = "bicubic",
     ) -> None:
         super().__init__()
         check_upsampler(upsampler)
+        if skip not in SKIPS:
+            raise ValueError(f"skip must be one of {SKIPS}")
+        self.skip = skip
         self.scale = 1 if scale == 1 else check_scale(scale)
         self.residual_bicubic = residual_bicubic
         self.head = nn.Sequential(
@@ -105,9 +113,13 @@ class SRResNet(nn.Module):
         feat = feat + self.body_tail(self.body(feat))
         out = self.tail(self.upsample(feat))
         if self.residual_bicubic:
-            out = out + (
-                x
-                if self.scale == 1
-                else F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
-            )
+            out = out + self.skip_path(x)
         return out
+
+    def skip_path(self, x: Tensor) -> Tensor:
+        """The up-sampled input the residual is added to (``residual_bicubic``)."""
+        if self.scale == 1:
+            return x
+        if self.skip == "zerofill":
+            return zerofill_upsample(x.float(), self.scale).to(x.dtype)
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrsr.data.degrade import crop_to_multiple, degrade, upsample
+from mrsr.data.acquisition import as_degradation
+from mrsr.data.degrade import crop_to_multiple, upsample
 from mrsr.errors import ConfigError
 from mrsr.losses.gan import d_loss_fake, d_loss_real, g_loss
 from mrsr.metrics import SliceTable, psnr, ssim
@@ -103,7 +104,7 @@ class DisentModule(SliceEvalHooks, StageModule):
         train_crop: int | None = None,
         lr_views: bool = False,
         scale: int | None = None,
-        degradation: str = "bicubic",
+        degradation: Mapping[str, Any] | str = "bicubic",
     ) -> None:
         net = {
             k: ([int(c) for c in v] if k == "enc_channels" else int(v))
@@ -123,7 +124,7 @@ class DisentModule(SliceEvalHooks, StageModule):
         config = {
             "train_crop": train_crop,
             "lr_views": bool(lr_views),
-            "degradation": degradation if lr_views else None,
+            "degradation": plain(degradation) if lr_views else None,
             "net": dict(net),
             "weights": w,
             "disc_channels": int(disc_channels),
@@ -135,7 +136,8 @@ class DisentModule(SliceEvalHooks, StageModule):
         }
         super().__init__(config=config, scale=scale, nan_policy=nan_policy)
         self.save_hyperparameters({**config, "scale": scale, "nan_policy": nan_policy})
-        self.lr_views, self.degradation = bool(lr_views), str(degradation)
+        self.lr_views, self.degradation = bool(lr_views), plain(degradation)
+        self.operator = as_degradation(self.degradation)
         if int(r1_every) < 1:
             raise ConfigError(f"disent.r1_every={r1_every} must be >= 1")
         self.automatic_optimization = False
@@ -188,7 +190,7 @@ class DisentModule(SliceEvalHooks, StageModule):
         """The HR slice as the SR stage's input shows it: degraded, then bicubic-upsampled."""
         s = int(self.scale)
         hr = crop_to_multiple(hr, s)
-        return upsample(degrade(hr.float(), s, self.degradation), s).to(hr.dtype)
+        return upsample(self.operator(hr.float(), s), s).to(hr.dtype)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         _, hr, meta = batch

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from mrsr.checkpoint import load_checkpoint, sub_state_dict
+from mrsr.data.acquisition import as_degradation
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.labels import label_of, name_of, unlabelled
 from mrsr.losses.gan import check_gan_loss, d_accuracy, d_loss_fake, d_loss_real, g_loss
@@ -113,7 +114,7 @@ class SRModule(StageModule):
         vit_extractor: Mapping[str, Any] | nn.Module | None = None,
         disent_extractor: Mapping[str, Any] | nn.Module | None = None,
         init_from: str | None = None,
-        degradation: str | None = "bicubic",
+        degradation: Mapping[str, Any] | str | None = "bicubic",
         percentile: float = 99.5,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -154,8 +155,14 @@ class SRModule(StageModule):
             "d_betas": [float(b) for b in d_betas],
             "d_warmup": int(d_warmup),
         }
-        # how predict/eval feed the network
-        data = {"degradation": degradation, "percentile": float(percentile)}
+        # how predict/eval feed the network, and the operator its LR was made with
+        operator = as_degradation(plain(degradation) if degradation is not None else None)
+        data = {
+            "degradation": operator.name,
+            "operator": operator.describe(),
+            "nominal": operator.nominal,
+            "percentile": float(percentile),
+        }
         config = {
             "model": generator_cfg,
             "sr": schedule,
@@ -187,7 +194,7 @@ class SRModule(StageModule):
         needed = needed_extractors(loss_cfg)
         vit = _extractor(vit_extractor, "vit", needed, name_of(loss_cfg))
         disent = _extractor(disent_extractor, "disent", needed, name_of(loss_cfg))
-        self.objective = SRObjective(loss_cfg, int(scale), degradation, vit, disent)
+        self.objective = SRObjective(loss_cfg, int(scale), operator.nominal, vit, disent)
         self.gan_loss = check_gan_loss(gan_loss)
         self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
         self.d_lr, self.d_betas = d_lr, (float(d_betas[0]), float(d_betas[1]))
@@ -197,7 +204,7 @@ class SRModule(StageModule):
             )
         self.lr_schedule, self.warmup_steps = lr_schedule, int(warmup_steps)
         self.channels_last = bool(channels_last)
-        self.degradation = degradation
+        self.degradation = operator.name
         self.use_d = self.objective.uses_discriminator
         self.discriminator: nn.Module | None = None
         if self.use_d:
@@ -220,7 +227,7 @@ class SRModule(StageModule):
         self.test_sr, self.test_bicubic = SRMetrics(), SRMetrics()
         # realism, structure and consistency of the test split (results rows only)
         self.test_realism = nn.ModuleDict(
-            {k: RealismMetrics(int(scale), degradation or "bicubic") for k in ("sr", "bicubic")}
+            {k: RealismMetrics(int(scale), operator.nominal) for k in ("sr", "bicubic")}
         )
         self._grid: list[tuple[str, Tensor]] | None = None
         self._infer: list[
