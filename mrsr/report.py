@@ -46,6 +46,8 @@ PRESET_ORDER = (
     "gan_feat",
 )
 NETWORK_ORDER = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir")
+BASELINES = ("bicubic", "zerofill")  # classical rows: the same for every run of a dataset/scale
+BASELINE_LABELS = {"bicubic": "bicubic", "zerofill": "zero-filling (sinc)"}
 COST = ("params", "ms_per_slice")
 # realism/structure/consistency (mrsr.metrics.realism; rows of 0.8+ have them)
 METRICS = ("psnr", "ssim", "nmse", "hfen", "psnr_fg", "ssim_fg", *REALISM)
@@ -181,10 +183,11 @@ def method_label(model: str | None, preset: str, row: dict[str, Any] | None = No
 
 
 def method_order(method: str) -> tuple[int, str]:
-    """Sort key of a row: bicubic, the comparison networks, then the SRResNet presets."""
+    """Sort key of a row: the classical baselines (bicubic, zero-filling), the comparison
+    networks, then the SRResNet presets."""
     family = method.partition("+")[0].removesuffix("_small")
-    if method == "bicubic":
-        return 0, method
+    if method in BASELINES:
+        return BASELINES.index(method), method
     if family in NETWORK_ORDER:
         return 1 + NETWORK_ORDER.index(family), method
     rank = PRESET_ORDER.index(method) if method in PRESET_ORDER else len(PRESET_ORDER)
@@ -203,11 +206,10 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
     by_seed: dict[tuple, dict[Any, dict[str, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r.folder / "results.json").stat().st_mtime):
         for row in run.rows:
-            method = (
-                "bicubic" if row.get("method") == "bicubic" else method_name(run.model, run.preset)
-            )
+            baseline = row.get("method") in BASELINES
+            method = row["method"] if baseline else method_name(run.model, run.preset)
             key = (row.get("dataset"), row.get("degradation"), method, int(row["scale"]))
-            if method == "bicubic" and key in by_seed:
+            if baseline and key in by_seed:
                 continue
             rec = {
                 "dataset": key[0],
@@ -215,9 +217,9 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 "method": method,
                 "scale": key[3],
                 "run": str(run.folder),
-                "budget": "—" if method == "bicubic" else budget(row),
-                "label": "bicubic"
-                if method == "bicubic"
+                "budget": "—" if baseline else budget(row),
+                "label": BASELINE_LABELS[method]
+                if baseline
                 else method_label(run.model, run.preset, row),
             }
             rec.update({k: row[k] for k in COST if row.get(k) is not None})
@@ -234,8 +236,8 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 if f"{m}_vol_std" in row or m not in REALISM:  # realism: slice means, no volume std
                     rec[f"{m}_std"] = float(row.get(f"{m}_vol_std", 0.0))
             seeds = by_seed.setdefault(key, {})
-            seed = None if method == "bicubic" else run.seed
-            if seed in seeds and method != "bicubic" and seeds[seed]["model"] != run.model:
+            seed = None if baseline else run.seed
+            if seed in seeds and not baseline and seeds[seed]["model"] != run.model:
                 print(
                     f"mrsr.report: {method} x{key[3]} seed {seed}: {run.folder} "
                     f"(model={run.model}) replaces "
@@ -362,7 +364,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
                 cells += [_per_scale(by_scale, scales, "params", lambda v: f"{v / 1e6:.3f} M"), ms]
             cells += [
                 first.get("budget", "—"),
-                "—" if method == "bicubic" else str(first.get("n_seeds", 1)),
+                "—" if method in BASELINES else str(first.get("n_seeds", 1)),
             ]
             for s in scales:
                 cells += [_cell(by_scale.get(s), m) for m in metrics]
@@ -421,7 +423,7 @@ def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path
         sr_rows = [
             r
             for r in rows
-            if r["dataset"] == dataset and r["scale"] == scale and r["method"] != "bicubic"
+            if r["dataset"] == dataset and r["scale"] == scale and r["method"] not in BASELINES
         ]
         models = []
         for r in sr_rows:

@@ -71,6 +71,8 @@ def test_multirun_sweep_gives_one_folder_per_job_and_the_table_matches(tmp_path:
     assert {(r["method"], r["scale"]) for r in rows} == {
         ("bicubic", 2),
         ("bicubic", 4),
+        ("zerofill", 2),
+        ("zerofill", 4),
         ("l1", 2),
         ("l1", 4),
     }
@@ -78,7 +80,7 @@ def test_multirun_sweep_gives_one_folder_per_job_and_the_table_matches(tmp_path:
         results = json.loads((job / "results.json").read_text())
         scale = results[0]["scale"]
         for res in results:
-            method = "l1" if res["method"] == "sr" else "bicubic"
+            method = "l1" if res["method"] == "sr" else res["method"]
             got = next(r for r in rows if r["method"] == method and r["scale"] == scale)
             for m in ("psnr", "ssim", "nmse"):
                 assert got[m] == pytest.approx(res[f"{m}_vol"], rel=1e-12)
@@ -91,7 +93,7 @@ def test_multirun_sweep_gives_one_folder_per_job_and_the_table_matches(tmp_path:
     assert f"{x2['psnr_vol']:.2f} ± {x2['psnr_vol_std']:.2f}" in md
     assert md.index("bicubic") < md.index("SRResNet, L1")
     csv_lines = (out / "table.csv").read_text().splitlines()
-    assert len(csv_lines) == 1 + 4
+    assert len(csv_lines) == 1 + 6
 
 
 def test_collector_rejects_a_folder_without_finished_runs(tmp_path: Path, capsys) -> None:

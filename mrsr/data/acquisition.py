@@ -146,6 +146,12 @@ class MRAcquisition(Degradation):
       on a T1 sits near 0.7-0.9 of it): none with probability ``noise_none``, else in
       ``noise_typical`` with probability ``noise_typical_p``, else in ``noise``.
 
+    ``noise_in_hr_p`` (``pair``, training only): the probability that the drawn noise belongs to
+    the HR acquisition instead (complex, of the same sigma, before its magnitude): the HR target
+    then carries it and the LR image holds its in-band part, as when a noisy scan is both the
+    input's source and the reference; the network learns to keep in-band noise there instead of
+    smoothing it away. Real scans carry noise in their reference too.
+
     On the HR side (``pair``, training only): with probability ``bias_field_p`` a smooth
     multiplicative field (MONAI ``RandBiasField``, degree 3, coefficients in ``bias_field``),
     and a gamma in ``gamma`` (null: none), applied before degrading, so the pair stays exact.
@@ -171,6 +177,7 @@ class MRAcquisition(Degradation):
         bias_field: Sequence[float] | None = None,
         bias_field_p: float = 0.0,
         gamma: Sequence[float] | None = None,
+        noise_in_hr_p: float = 0.0,
         name: str | None = None,
         label: str | None = None,
     ) -> None:
@@ -198,11 +205,13 @@ class MRAcquisition(Degradation):
             ("noise_typical_p", noise_typical_p),
             ("noise_none", noise_none),
             ("bias_field_p", bias_field_p),
+            ("noise_in_hr_p", noise_in_hr_p),
         ):
             if not 0.0 <= float(p) <= 1.0:
                 raise ConfigError(f"degradation.{key}={p} is invalid: expected a probability")
         self.partial_fourier_p = float(partial_fourier_p)
         self.noise_typical_p, self.noise_none = float(noise_typical_p), float(noise_none)
+        self.noise_in_hr_p = float(noise_in_hr_p)
         self.bias_field = None if bias_field is None else _span(bias_field, "bias_field", 0.0)
         self.bias_field_p = float(bias_field_p) if bias_field is not None else 0.0
         self.gamma = None if gamma is None else _span(gamma, "gamma", 1e-3)
@@ -223,6 +232,7 @@ class MRAcquisition(Degradation):
             "bias_field": self.bias_field and list(self.bias_field),
             "bias_field_p": self.bias_field_p,
             "gamma": self.gamma and list(self.gamma),
+            "noise_in_hr_p": self.noise_in_hr_p,
         }
 
     # -- draws (float64 on the CPU, from the generator: the same on every device)
@@ -280,23 +290,41 @@ class MRAcquisition(Degradation):
         return out[:, None].to(device)
 
     def __call__(self, hr: Tensor, scale: int, generator: torch.Generator | None = None) -> Tensor:
-        _check_size(hr, scale)
-        n = hr.shape[0]
-        settings = self.draw(n, generator)
-        spec = torch.fft.fft2(kspace_lowpass(hr, scale), norm="forward")
-        weights = self.mask(tuple(spec.shape[-2:]), settings, hr.device)
-        img = torch.fft.ifft2(spec * weights, norm="forward")
-        sigma = settings["sigma"].to(hr.device).view(n, 1, 1, 1)
-        if bool((sigma > 0).any()):
-            noise = torch.randn((2, *img.shape), generator=generator, dtype=torch.float64)
-            img = img + sigma * torch.complex(noise[0], noise[1]).to(hr.device)
-        return img.abs().to(hr.dtype)
+        return self._acquire(hr, scale, generator, in_hr_p=0.0)[0]
 
     def pair(
         self, hr: Tensor, scale: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         hr = self.hr_changes(hr, generator)
-        return self(hr, scale, generator), hr
+        return self._acquire(hr, scale, generator, self.noise_in_hr_p)
+
+    def _acquire(
+        self, hr: Tensor, scale: int, generator: torch.Generator | None, in_hr_p: float
+    ) -> tuple[Tensor, Tensor]:
+        """``(lr, hr)``: the drawn acquisition of ``hr``; with probability ``in_hr_p`` an image's
+        noise is the HR acquisition's (HR returned as its noisy magnitude)."""
+        _check_size(hr, scale)
+        n = hr.shape[0]
+        settings = self.draw(n, generator)
+        sigma = settings["sigma"].view(n, 1, 1, 1)
+        source: Tensor = hr
+        if in_hr_p > 0:
+            in_hr = (torch.rand(n, generator=generator, dtype=torch.float64) < in_hr_p).view(
+                n, 1, 1, 1
+            )
+            if bool((in_hr & (sigma > 0)).any()):
+                noise = torch.randn((2, *hr.shape), generator=generator, dtype=torch.float64)
+                cplx = torch.complex(noise[0], noise[1]) * torch.where(in_hr, sigma, 0.0)
+                source = hr.double() + cplx.to(hr.device)
+                hr = torch.where(in_hr.to(hr.device), source.abs(), hr.double()).to(hr.dtype)
+            sigma = torch.where(in_hr, 0.0, sigma)
+        spec = torch.fft.fft2(kspace_lowpass(source, scale), norm="forward")
+        weights = self.mask(tuple(spec.shape[-2:]), settings, hr.device)
+        img = torch.fft.ifft2(spec * weights, norm="forward")
+        if bool((sigma > 0).any()):
+            noise = torch.randn((2, *img.shape), generator=generator, dtype=torch.float64)
+            img = img + (sigma * torch.complex(noise[0], noise[1])).to(hr.device)
+        return img.abs().to(hr.dtype), hr
 
     def hr_changes(self, hr: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The bias field and gamma drawn for each image, applied to ``hr`` (training only)."""

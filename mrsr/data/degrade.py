@@ -58,8 +58,9 @@ def _truncate_axis(x: torch.Tensor, dim: int, scale: int) -> torch.Tensor:
 
 
 def kspace_lowpass(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The complex LR image of :func:`kspace_truncate` before the magnitude (float64)."""
-    x = hr.double()
+    """The complex LR image of :func:`kspace_truncate` before the magnitude (float64; a complex
+    ``hr`` keeps its phase)."""
+    x = hr.to(torch.complex128) if hr.is_complex() else hr.double()
     for dim in (-2, -1):
         x = _truncate_axis(x, dim, scale)
     return x

@@ -59,7 +59,7 @@ def axis_cutoff(power: np.ndarray) -> Cutoff:
     largest drop of log10 power across two bins, above the local trend (the median drop of the
     bins around it), searched from 0.2 to 0.95 of Nyquist."""
     n = len(power) - 1
-    if n < 16:
+    if n < 24:
         return Cutoff(1.0, 0.0)
     logp = np.log10(np.maximum(power, 1e-30))
     step = logp[:-2] - logp[2:]  # step[k - 1]: the drop from bin k - 1 to bin k + 1
@@ -67,6 +67,9 @@ def axis_cutoff(power: np.ndarray) -> Cutoff:
     for k in range(max(3, int(0.2 * n)), int(0.95 * n)):
         around = np.r_[step[max(0, k - 11) : k - 3], step[k + 2 : k + 10]]
         excess = step[k - 1] - (float(np.median(around)) if around.size else 0.0)
+        # and what lies beyond stays below what lies before (a cliff, not a dip or a notch)
+        beyond = float(np.percentile(logp[k + 1 :], 75)) if k + 1 <= n else logp[-1]
+        excess = min(excess, float(logp[max(0, k - 4) : k].mean()) - beyond)
         if excess > best:
             best, where = excess, k
     if best < CLIFF_DECADES:

@@ -225,9 +225,13 @@ class SRModule(StageModule):
             self.ema.requires_grad_(False)
         self.val_sr, self.val_bicubic = SRMetrics(), SRMetrics()
         self.test_sr, self.test_bicubic = SRMetrics(), SRMetrics()
+        self.test_zerofill = SRMetrics()  # the scanner's interpolation: a baseline of the test rows
         # realism, structure and consistency of the test split (results rows only)
         self.test_realism = nn.ModuleDict(
-            {k: RealismMetrics(int(scale), operator.nominal) for k in ("sr", "bicubic")}
+            {
+                k: RealismMetrics(int(scale), operator.nominal)
+                for k in ("sr", "bicubic", "zerofill")
+            }
         )
         self._grid: list[tuple[str, Tensor]] | None = None
         self._infer: list[
@@ -458,7 +462,9 @@ class SRModule(StageModule):
     def test_step(self, batch, batch_idx: int) -> None:
         sr, bic = self._eval_step(batch, self.test_sr, self.test_bicubic, timed=True)
         lr, hr, meta = batch
-        for name, pred in (("sr", sr), ("bicubic", bic)):
+        zerofill = upsample(lr, int(self.scale), "zerofill")
+        self.test_zerofill.update(zerofill, hr, meta.volume_idx, meta.slice)
+        for name, pred in (("sr", sr), ("bicubic", bic), ("zerofill", zerofill)):
             self.test_realism[name].update(pred, hr, lr, meta.volume_idx, meta.slice)
 
     def inference_ms_per_slice(self) -> float | None:
@@ -497,6 +503,8 @@ class SRModule(StageModule):
 
     def on_test_epoch_end(self) -> None:
         ours, bic = self._log_metrics("test", self.test_sr, self.test_bicubic)
+        zerofill = self.test_zerofill.compute()
+        self.test_zerofill.reset()
         # on every rank: it gathers
         realism = {name: metric.row() for name, metric in self.test_realism.items()}
         if not ours or not self.trainer.is_global_zero:
@@ -511,6 +519,7 @@ class SRModule(StageModule):
         self.test_rows = [
             {"method": "sr", **info, **ours, **realism["sr"], **cost},
             {"method": "bicubic", **info, **bic, **realism["bicubic"]},
+            {"method": "zerofill", **info, **zerofill, **realism["zerofill"]},
         ]
 
 
