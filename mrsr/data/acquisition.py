@@ -432,6 +432,20 @@ class BlockAverage(Degradation):
         return torch.nn.functional.avg_pool2d(hr, scale)
 
 
+class Described(Degradation):
+    """An operator known by its description only (a through-plane slice profile, estimated from
+    the scan and applied by :mod:`mrsr.isotropic`): results rows and checkpoints carry its name;
+    it makes no LR here."""
+
+    random = False
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, description)
+
+    def __call__(self, hr: Tensor, scale: int, generator: torch.Generator | None = None) -> Tensor:
+        raise ConfigError(f"degradation {self.name!r} is described here, not simulated")
+
+
 BUILTIN: dict[str, type[Degradation]] = {"bicubic": Bicubic, "kspace": KSpace, "area": BlockAverage}
 
 

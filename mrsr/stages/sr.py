@@ -228,10 +228,7 @@ class SRModule(StageModule):
         self.test_zerofill = SRMetrics()  # the scanner's interpolation: a baseline of the test rows
         # realism, structure and consistency of the test split (results rows only)
         self.test_realism = nn.ModuleDict(
-            {
-                k: RealismMetrics(int(scale), operator.nominal)
-                for k in ("sr", "bicubic", "zerofill")
-            }
+            {k: RealismMetrics(int(scale), operator.nominal) for k in ("sr", "bicubic", "zerofill")}
         )
         self._grid: list[tuple[str, Tensor]] | None = None
         self._infer: list[

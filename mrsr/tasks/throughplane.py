@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig
 
 from mrsr.building import build_module, build_trainer, output_dir
+from mrsr.data.acquisition import Described
 from mrsr.errors import ConfigError
 from mrsr.inference import check_output_dtype, check_paths, write_nifti_atomic
 from mrsr.isotropic.estimate import ProfileFit, estimate_profile
@@ -180,7 +181,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         percentile,
     )
     # the slice profile is the scan's degradation
-    module = build_module(cfg, degradation=dm.degradation)
+    module = build_module(cfg, degradation=Described(dm.degradation))
     module.config["throughplane"] = {
         "profile": profile.describe(),
         "profile_source": source,
