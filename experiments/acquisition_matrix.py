@@ -64,10 +64,10 @@ def table(rows: list[dict], before: bool) -> dict:
             line.append(f"{r['before_gain_best_db']:+.2f}")
         out.append(line)
     caption = (
-        "Bundled models on whole volumes they never saw, LR made by each operator of the "
-        "matrix (axis 2). PSNR over the volume (peak = HR max), dB. Gains are over the better "
-        "classical baseline for that LR (bicubic or zero-filling); DC = predict.consistency="
-        "kspace. One seed per model."
+        "Bundled models on whole volumes they never saw, LR made along axis 2 by each operator "
+        "named. PSNR over the volume (peak = HR max), dB. Gains are over the better classical "
+        "baseline for that LR (bicubic or zero-filling): of SR, of SR with predict.consistency="
+        "kspace (DC) and of the previous bundled model. One seed per model."
     )
     return {"caption": caption, "columns": cols, "rows": out}
 
@@ -93,7 +93,7 @@ def val_slab(folder: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("volumes", nargs="+")
+    ap.add_argument("volumes", nargs="*", help="unseen NIfTI volumes (not with --from-json)")
     ap.add_argument("--scales", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--degradation", nargs="+", default=list(MATRIX_OPERATORS))
     ap.add_argument("--ckpt", nargs="*", default=[], help="scale=checkpoint (default: bundled)")
@@ -121,6 +121,8 @@ def main() -> None:
         save(args.out, {**result, "rows": rows}, table(rows, before))
         return
     logging.basicConfig(level=logging.ERROR)
+    if not args.volumes:
+        ap.error("give at least one volume (or --from-json)")
     ckpts = {int(k): v for k, v in (a.split("=", 1) for a in args.ckpt)}
     before = {int(k): v for k, v in (a.split("=", 1) for a in args.before)}
     rows = []
