@@ -63,7 +63,7 @@ def test_zero_filled_input_is_said_to_be_and_its_acquired_matrix_super_resolved(
     ckpt = save_sr_checkpoint(make_cfg, tmp_path / "sr.ckpt")  # outputs bicubic
     hr = _slab()
     slices = torch.from_numpy(np.moveaxis(hr, 2, 0))[:, None].double()
-    # a scanner's export: 64 x 80 acquired (central k-space, complex noise), zero-filled to 128 x 160
+    # a scanner's export: 64 x 80 acquired (central k-space, complex noise), zero-filled to 2x
     acq = kspace_lowpass(slices, 2)
     g = torch.Generator().manual_seed(0)
     acq = acq + 4.0 * torch.complex(
