@@ -71,9 +71,9 @@ def predict(cfg: DictConfig) -> dict:
         )
     trained = getattr(net, "training_data", {})
     log.info(
-        "model trained on %s LR images (%s)",
+        "model trained on %s LR images (nominal operator %s; docs: guide/data.md, LR operators)",
         trained.get("degradation") or "bicubic",
-        "its k-space consistency applies" if trained.get("nominal") == "kspace" else "image space",
+        trained.get("nominal") or "bicubic",
     )
     percentile = float(trained.get("percentile", 99.5))
     cutoffs = resolution_check(scan, percentile)
