@@ -29,6 +29,7 @@ from mrsr.data.acquisition import kspace_consistent
 from mrsr.data.degrade import kspace_truncate, normalise_with_range
 from mrsr.data.geometry import SlicingAxis, is_square, slicing_axis
 from mrsr.data.resolution import Cutoff, spectral_cutoff
+from mrsr.data.resolution import describe as describe_cutoff
 from mrsr.errors import ConfigError, DataError
 from mrsr.results import atomic_write
 
@@ -249,6 +250,14 @@ class InputScan:
         """The voxel axes that in-plane SR refines."""
         return (0, 1) if self.is_2d else self.slicing.inplane
 
+    @property
+    def inplane_shape(self) -> tuple[int, int]:
+        """The size of a slice (the two refined axes)."""
+        if self.is_2d:
+            return tuple(self.data.shape[1:])
+        a, b = self.inplane
+        return self.data.shape[a], self.data.shape[b]
+
     def zooms_after(self, scale: int) -> tuple[float, ...]:
         """The voxel sizes after in-plane SR by ``scale`` (of ``data``'s axes)."""
         inplane, is_2d = self.inplane, self.is_2d
@@ -314,11 +323,60 @@ def super_resolve_scan(
     return result, seconds
 
 
-def resolution_check(scan: InputScan, percentile: float = 99.5) -> tuple[Cutoff, Cutoff]:
+def resolution_check(scan: InputScan) -> tuple[Cutoff, Cutoff]:
     """The spectral cut-off of the scan's two in-plane axes
     (:func:`mrsr.data.resolution.spectral_cutoff`, slices along its slicing axis)."""
-    norm, _, _ = normalise_with_range(scan.data, percentile)
-    return spectral_cutoff(np.moveaxis(norm, scan.slicing.axis, 0))
+    return spectral_cutoff(np.moveaxis(scan.data, scan.slicing.axis, 0))
+
+
+FROM_ACQUIRED = ("auto", "true", "false")
+
+
+def check_from_acquired(value: object, key: str = "predict.from_acquired") -> str:
+    """``auto``, ``true`` or ``false`` (Hydra gives booleans), else a one-line refusal."""
+    mode = str(value).lower()
+    if mode not in FROM_ACQUIRED:
+        raise ConfigError(f"{key}={value} must be one of {', '.join(FROM_ACQUIRED)}")
+    return mode
+
+
+def acquired_input(scan: InputScan, mode: str, path: Path) -> tuple[InputScan, list[Cutoff]]:
+    """The scan to super-resolve and the cut-offs of its in-plane axes. An input whose spectrum
+    ends early looks interpolated and is said to be; with ``mode="true"`` its acquired matrix
+    (:func:`acquired_matrix`) replaces it when both axes were zero-filled by one whole factor,
+    and anything else is refused in one line (``auto``: only said; ``false``: not checked)."""
+    if mode == "false":
+        return scan, []
+    cutoffs = resolution_check(scan)
+    said = describe_cutoff(cutoffs, scan.inplane_shape)
+    factors = {c.factor for c in cutoffs}
+    q = factors.pop() if len(factors) == 1 else None
+    whole = q is not None and q > 1
+    if not any(c.interpolated for c in cutoffs):
+        if mode == "true":
+            log.info("%s: %s; nothing to remove", path.name, said)
+        return scan, list(cutoffs)
+    if mode == "true":
+        if not whole:
+            raise DataError(
+                path,
+                f"{said}: not one whole zero-filling factor on both axes, so there is no acquired "
+                "matrix to recover: pass predict.from_acquired=false",
+            )
+        log.info(
+            "%s: %s; super-resolving the acquired matrix (zero-filling factor %d removed)",
+            path.name,
+            said,
+            q,
+        )
+        return acquired_matrix(scan, q, str(path)), list(cutoffs)
+    hint = (
+        f"pass predict.from_acquired=true to super-resolve the acquired matrix (factor {q}) instead"
+        if whole
+        else "super-resolving it sharpens an interpolation"
+    )
+    log.warning("%s looks interpolated: %s; %s", path.name, said, hint)
+    return scan, list(cutoffs)
 
 
 def downsampled_affine(affine: np.ndarray, factor: int, inplane: tuple[int, ...]) -> np.ndarray:

@@ -32,12 +32,13 @@ def upsample(lr: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tenso
 # the spectra below use ``norm="forward"`` (bin 0 is the mean intensity).
 
 
-def _band(m: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``m`` LR frequency bins (integers, FFT order) and the phase ramp that moves the HR
-    grid's origin onto the LR grid's (``exp(2 pi i k shift / n)``, shift ``(n/m - 1)/2``)."""
+def lr_band(m: int, scale: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` frequency bins of an LR axis (integers, FFT order) and the phase ramp that moves
+    the HR grid's origin (``n = m * scale`` pixels) onto the LR grid's:
+    ``exp(2 pi i k shift / n)``, ``shift = (scale - 1) / 2`` HR pixels."""
     freq = torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64, device=device).round().long()
-    shift = (n // m - 1) / 2
-    return freq, torch.exp(2j * torch.pi * freq.double() * shift / n)
+    shift = (scale - 1) / 2  # HR pixels between the HR and the LR grid origins
+    return freq, torch.exp(2j * torch.pi * freq.double() * shift / (m * scale))
 
 
 def _zerofill_axis(x: torch.Tensor, dim: int, scale: int, nyquist: float) -> torch.Tensor:
@@ -45,7 +46,7 @@ def _zerofill_axis(x: torch.Tensor, dim: int, scale: int, nyquist: float) -> tor
     m = x.shape[dim]
     n = m * scale
     spec = torch.fft.fft(x, dim=dim, norm="forward")
-    freq, phase = _band(m, n, x.device)
+    freq, phase = lr_band(m, scale, x.device)
     view = [1] * x.ndim
     view[dim] = m
     shape = list(x.shape)

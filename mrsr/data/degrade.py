@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from mrsr.errors import ConfigError
 from mrsr.ops import check_scale as check_scale  # re-exported: defined in mrsr.ops
+from mrsr.ops import lr_band
 from mrsr.ops import upsample as upsample  # re-exported: defined in mrsr.ops
 
 DEGRADATIONS = ("bicubic", "kspace")
@@ -43,10 +44,7 @@ def _truncate_axis(x: torch.Tensor, dim: int, scale: int) -> torch.Tensor:
     n = x.shape[dim]
     m = n // scale
     spec = torch.fft.fft(x, dim=dim, norm="forward")
-    # LR bins
-    freq = torch.fft.fftfreq(m, d=1.0 / m, dtype=torch.float64, device=x.device).round().long()
-    shift = (scale - 1) / 2  # HR pixels between the HR and the LR grid origins
-    phase = torch.exp(2j * torch.pi * freq.double() * shift / n)
+    freq, phase = lr_band(m, scale, x.device)  # n == m * scale (degrade checks it)
     view = [1] * x.ndim
     view[dim] = m
     out = spec.index_select(dim, freq % n) * phase.view(view)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mrsr.data.degrade import intensity_range
+
 CLIFF_DECADES = 0.25  # drop (log10 power, above the local trend) that makes a cliff
 INTERPOLATED_BELOW = 0.85  # a cut-off under this fraction of Nyquist: the image is interpolated
 
@@ -81,15 +83,17 @@ MAX_SLICES = 64  # slices the estimate averages over (evenly spaced), bounding t
 
 
 def spectral_cutoff(slices: np.ndarray, foreground: float = 0.05) -> tuple[Cutoff, Cutoff]:
-    """The cut-off of each in-plane axis of ``slices`` (S, H, W), normalised intensities;
-    slices with less than ``foreground`` of their pixels above 0.05 are left out, and at most
-    :data:`MAX_SLICES` of the rest, evenly spaced, are used."""
-    frac = (np.asarray(slices) > 0.05).reshape(len(slices), -1).mean(1)
-    keep = np.flatnonzero(frac >= foreground)
-    if keep.size == 0:
-        keep = np.arange(len(slices))
-    keep = keep[np.linspace(0, keep.size - 1, min(keep.size, MAX_SLICES)).round().astype(int)]
-    x = torch.from_numpy(np.ascontiguousarray(slices[keep], dtype=np.float32)).double()
+    """The cut-off of each in-plane axis of ``slices`` (S, H, W), in any intensity units: at most
+    :data:`MAX_SLICES` evenly spaced slices are taken and normalised together (their minimum to
+    0, the 99.5th percentile above it to 1), and those with less than ``foreground`` of their
+    pixels above 0.05 are left out (all are kept when none has that much)."""
+    pick = np.linspace(0, len(slices) - 1, min(len(slices), MAX_SLICES)).round().astype(int)
+    sample = np.asarray(slices[pick], dtype=np.float32)
+    lo, hi = intensity_range(sample)
+    x = torch.from_numpy((sample - lo) / np.float32(max(hi - lo, 1e-12))).double()
+    keep = (x > 0.05).flatten(1).float().mean(1) >= foreground
+    if bool(keep.any()):
+        x = x[keep]
     return axis_cutoff(_power(x, 1)), axis_cutoff(_power(x, 2))
 
 

@@ -18,16 +18,15 @@ import torch
 from omegaconf import DictConfig
 
 from mrsr.data.geometry import mm
-from mrsr.data.resolution import describe as describe_cutoff
 from mrsr.errors import ConfigError
 from mrsr.inference import (
-    acquired_matrix,
+    acquired_input,
     bundled_model,
     check_consistency,
+    check_from_acquired,
     check_output_dtype,
     check_paths,
     read_input,
-    resolution_check,
     super_resolve_scan,
     upsampled_affine,
     write_nifti_atomic,
@@ -47,9 +46,7 @@ def predict(cfg: DictConfig) -> dict:
     p = cfg.predict
     dtype = check_output_dtype(p.get("output_dtype", "float32"), "predict.output_dtype")
     consistency = check_consistency(p.get("consistency", "none"))
-    from_acquired = p.get("from_acquired", "auto")
-    if str(from_acquired) not in ("auto", "True", "False", "true", "false"):
-        raise ConfigError(f"predict.from_acquired={from_acquired} must be auto, true or false")
+    from_acquired = check_from_acquired(p.get("from_acquired", "auto"))
     scan = read_input(
         inp, p.get("axis", "auto"), None if p.get("volume") is None else int(p.volume)
     )
@@ -75,35 +72,7 @@ def predict(cfg: DictConfig) -> dict:
         trained.get("degradation") or "bicubic",
         trained.get("nominal") or "bicubic",
     )
-    percentile = float(trained.get("percentile", 99.5))
-    cutoffs = resolution_check(scan, percentile)
-    inplane_shape = tuple(scan.data.shape[a] for a in scan.inplane) if not scan.is_2d else None
-    shape = inplane_shape or tuple(scan.data.shape[1:])
-    factors = {c.factor for c in cutoffs}
-    interpolated = any(c.interpolated for c in cutoffs)
-    if interpolated:
-        q = factors.pop() if len(factors) == 1 else None
-        use = str(from_acquired).lower() in ("auto", "true") and q is not None and q > 1
-        if use and str(from_acquired).lower() == "true":
-            scan = acquired_matrix(scan, q, str(inp))
-            log.info(
-                "%s: %s; super-resolving the acquired matrix (zero-filling factor %d removed)",
-                inp.name,
-                describe_cutoff(cutoffs, shape),
-                q,
-            )
-        else:
-            hint = (
-                f"pass predict.from_acquired=true to super-resolve the acquired matrix "
-                f"(factor {q}) instead"
-                if q is not None and q > 1
-                else "super-resolving it sharpens an interpolation"
-            )
-            log.warning(
-                "%s looks interpolated: %s; %s", inp.name, describe_cutoff(cutoffs, shape), hint
-            )
-    elif str(from_acquired).lower() == "true":
-        log.info("%s: %s; nothing to remove", inp.name, describe_cutoff(cutoffs, shape))
+    scan, cutoffs = acquired_input(scan, from_acquired, inp)
     data, axis, is_2d = scan.data, scan.slicing.axis, scan.is_2d
     zooms_out = scan.zooms_after(scale)
     log.info(
@@ -168,5 +137,5 @@ def predict(cfg: DictConfig) -> dict:
         "consistency": consistency,
         "trained_on": trained.get("degradation") or "bicubic",
         "cutoff": [c.fraction for c in cutoffs],
-        "interpolated": interpolated,
+        "interpolated": any(c.interpolated for c in cutoffs),
     }
