@@ -287,6 +287,9 @@ def test_training_lr_is_drawn_per_sample_and_evaluation_lr_is_fixed() -> None:
     noise_free = kspace_truncate(hr[None], 2)[0]
     resid = (v1 - noise_free)[noise_free > 0.5]
     assert resid.std().item() == pytest.approx(0.02, rel=0.15)  # the drawn noise is there
+    # training views never draw the fixed-seed LR: only their HR is cached
+    assert dm.store.get(*train.dataset.views[0], lr=False)[1] is None
+    assert dm.store.get(*val.views[0], lr=False)[1] is not None
 
 
 def test_deterministic_operators_keep_the_cached_lr() -> None:
@@ -314,3 +317,18 @@ def test_degradation_group_composes_and_builds(make_cfg) -> None:
         assert isinstance(build_datamodule(cfg).store.operator, kind)
     legacy = make_cfg("stage=sr", "data.degradation=kspace")  # the name alone still works
     assert isinstance(build_datamodule(legacy).store.operator, KSpace)
+
+
+def test_random_operators_cache_only_hr_on_disk(tmp_path) -> None:
+    from mrsr.data.sources import list_demo
+    from mrsr.data.store import VolumeStore
+
+    ref = next(r for r in list_demo(["T1"]) if r.subject == "stroke")
+    op = fixed_acquisition("noisy", noise=0.02)
+    first = VolumeStore(2, op, cache_dir=tmp_path)
+    hr, lr = first.get(ref)
+    (entry,) = tmp_path.glob("*.npz")
+    with np.load(entry) as z:
+        assert set(z.files) == {"hr"}
+    hr2, lr2 = VolumeStore(2, op, cache_dir=tmp_path).get(ref)  # from the disk entry
+    assert torch.equal(hr, hr2) and torch.equal(lr, lr2)  # the same fixed-seed draws

@@ -123,7 +123,7 @@ class MRDataModule(L.LightningDataModule):
     def _index(self, views: list[View]) -> list[tuple[int, int]]:
         index = []
         for pos, (ref, axis, slab) in enumerate(views):
-            hr, _ = self.store.get(ref, axis, slab)
+            hr, _ = self.store.get(ref, axis, slab, lr=False)
             if min(hr.shape[-2:]) < 2 * self.scale:
                 if axis != self.store.axis or slab is not None:
                     continue  # a thin part of a training volume: nothing to learn from
@@ -141,7 +141,7 @@ class MRDataModule(L.LightningDataModule):
         keep = []
         for ref, slab in entries:
             try:
-                self.store.get(ref, None, slab)
+                self.store.get(ref, None, slab, lr=False)
             except DataError as err:
                 log.warning("skipping %s", err)
                 continue
@@ -207,7 +207,7 @@ class MRDataModule(L.LightningDataModule):
                 getattr(self, "root", None),
                 f"the {self.dataset_name} {split} split has no slices{hint}",
             )
-        shapes = {tuple(self.store.get(*v)[0].shape[-2:]) for v in ds.views}
+        shapes = {tuple(self.store.get(*v, lr=False)[0].shape[-2:]) for v in ds.views}
         batch = self.batch_size if train else (self.eval_batch_size if len(shapes) == 1 else 1)
         return DataLoader(
             ds,

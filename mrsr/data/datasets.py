@@ -162,12 +162,15 @@ class SliceDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:
         vpos, s = self.index[i]
         ref, axis, slab = self.views[vpos]
-        hr_vol, lr_vol = self.store.get(ref, axis, slab)
-        hr, lr = hr_vol[s], lr_vol[s]  # views of the cached volume; collate copies them
         operator = self.store.operator
-        if self.patch is not None and operator.random:
+        fresh = self.patch is not None and operator.random  # training LR made on the fly
+        hr_vol, lr_vol = self.store.get(ref, axis, slab, lr=not fresh)
+        hr = hr_vol[s]  # a view of the cached volume; collate copies it
+        if fresh:
             lr, hr = operator.pair(hr[None], self.store.scale)
             lr, hr = lr[0].float().contiguous(), hr[0].float().contiguous()
+        else:
+            lr = lr_vol[s]
         if self.patch is not None:
             lr, hr = self._random_patch(lr, hr)
         meta = SliceMeta(ref.name, vpos, s, ref.contrast, self.labels[ref.cls])

@@ -61,8 +61,9 @@ class VolumeStore:
     fastMRI), slicing along ``axis``, in-plane crop to a multiple of the scale, then the LR
     degradation of every slice (``degradation``: an operator of :mod:`mrsr.data.acquisition` or
     its name). A random operator's LR is drawn once per slice from a seed of the volume's name,
-    the view and the slice, so validation and test are deterministic; training makes its LR
-    on the fly instead (:class:`~mrsr.data.datasets.SliceDataset`). ``max_volumes`` bounds
+    the view and the slice, when first asked for, so validation and test are deterministic;
+    training makes its LR on the fly instead (:class:`~mrsr.data.datasets.SliceDataset`) and
+    never draws these; only the HR of such views is cached on disk. ``max_volumes`` bounds
     memory (least recently used volumes are dropped).
 
     With ``cache_dir`` the preprocessed pair is also kept on disk as ``<key>.npz``, the key
@@ -121,25 +122,26 @@ class VolumeStore:
 
     def _build(
         self, ref: VolumeRef, axis: int, slab: Slab | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(hr, lr)`` of a view; a random operator's ``lr`` is None (made when asked for)."""
         hr = torch.from_numpy(np.ascontiguousarray(self.read_slices(ref, axis, slab)))[:, None]
         hr = crop_to_multiple(hr, self.scale).contiguous()
         n, _, h, w = hr.shape
         if n == 0 or h == 0 or w == 0:  # a slab too thin to slice across: an empty view
             return hr, hr.new_zeros((n, 1, h // self.scale, w // self.scale))
-        if not self.operator.random:
-            lr = torch.cat([self.operator(chunk, self.scale) for chunk in hr.split(64)])
-            return hr, lr.contiguous()
-        view = zlib.crc32(f"{ref.name}|{axis}|{slab}".encode())
-        lr = torch.cat(
-            [
-                self.operator(
-                    hr[i : i + 1], self.scale, torch.Generator().manual_seed(_seed(view, i))
-                )
-                for i in range(n)
-            ]
-        )
+        if self.operator.random:
+            return hr, None
+        lr = torch.cat([self.operator(chunk, self.scale) for chunk in hr.split(64)])
         return hr, lr.contiguous()
+
+    def _drawn_lr(self, ref: VolumeRef, axis: int, slab: Slab | None, hr: torch.Tensor):
+        """A random operator's LR of a view, each slice drawn from its own fixed seed."""
+        view = zlib.crc32(f"{ref.name}|{axis}|{slab}".encode())
+        lr = [
+            self.operator(hr[i : i + 1], self.scale, torch.Generator().manual_seed(_seed(view, i)))
+            for i in range(hr.shape[0])
+        ]
+        return torch.cat(lr).contiguous()
 
     def disk_key(self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None) -> str:
         """Hash of the file's identity (path, size, mtime) and of the preprocessing."""
@@ -165,33 +167,38 @@ class VolumeStore:
 
     def _load_or_build(
         self, ref: VolumeRef, axis: int, slab: Slab | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cache_dir is None:
             return self._build(ref, axis, slab)
         path = self.cache_dir / f"{self.disk_key(ref, axis, slab)}.npz"
         if path.exists():
             try:
                 with np.load(path) as z:
-                    return torch.from_numpy(z["hr"]), torch.from_numpy(z["lr"])
+                    lr = None if self.operator.random else torch.from_numpy(z["lr"])
+                    return torch.from_numpy(z["hr"]), lr
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 log.warning("rebuilding unreadable cache entry %s", path)
         hr, lr = self._build(ref, axis, slab)
         buf = io.BytesIO()
-        np.savez(buf, hr=hr.numpy(), lr=lr.numpy())
+        np.savez(buf, hr=hr.numpy(), **({} if lr is None else {"lr": lr.numpy()}))
         atomic_write_bytes(path, buf.getvalue())
         return hr, lr
 
     def get(
-        self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, ref: VolumeRef, axis: int | None = None, slab: Slab | None = None, lr: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(hr, lr)`` slices of ``ref`` along ``axis`` (default: the store's), optionally of a
-        slab."""
+        slab. ``lr=False``: the HR is what is needed, so a random operator's LR (None then, if
+        not made yet) is not drawn: training views make theirs on the fly."""
         axis = self.axis if axis is None else int(axis)
         key = f"{ref.path}|{axis}|{slab}"
         if key in self._cache:
             self._cache.move_to_end(key)
-            return self._cache[key]
-        pair = self._load_or_build(ref, axis, slab)
+            pair = self._cache[key]
+        else:
+            pair = self._load_or_build(ref, axis, slab)
+        if lr and pair[1] is None:
+            pair = (pair[0], self._drawn_lr(ref, axis, slab, pair[0]))
         self._cache[key] = pair
         if self.max_volumes is not None:
             while len(self._cache) > self.max_volumes:
