@@ -88,9 +88,6 @@ def interpolate_volume(lr: np.ndarray, scale: int, axis: int, mode: str = "bicub
     return _per_slice(lambda x: upsample(x, scale, mode), lr, axis)
 
 
-def bicubic_volume(lr: np.ndarray, scale: int, axis: int) -> np.ndarray:
-    return interpolate_volume(lr, scale, axis, "bicubic")
-
 
 def score(pred: np.ndarray, hr: np.ndarray, axis: int) -> dict[str, float]:
     peak = float(hr.max())
@@ -182,7 +179,7 @@ def evaluate(
         seconds = time.perf_counter() - t0
         outputs[mode] = np.asarray(nib.load(str(sr_path)).get_fdata(dtype=np.float32))
     sr = outputs[consistency[0]]
-    bic = bicubic_volume(lr, scale, axis)
+    bic = interpolate_volume(lr, scale, axis, "bicubic")
     zf = interpolate_volume(lr, scale, axis, "zerofill")
     ours, base, sinc = score(sr, hr, axis), score(bic, hr, axis), score(zf, hr, axis)
     best = "zerofill" if sinc["psnr"] > base["psnr"] else "bicubic"
