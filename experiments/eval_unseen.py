@@ -88,7 +88,6 @@ def interpolate_volume(lr: np.ndarray, scale: int, axis: int, mode: str = "bicub
     return _per_slice(lambda x: upsample(x, scale, mode), lr, axis)
 
 
-
 def score(pred: np.ndarray, hr: np.ndarray, axis: int) -> dict[str, float]:
     peak = float(hr.max())
     mse = float(np.mean((pred.astype(np.float64) - hr) ** 2))
