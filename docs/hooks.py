@@ -10,7 +10,13 @@ replaced by a table built from the YAML files, so the configs are never typed tw
 - ``networks``: ``conf/model/*.yaml`` with ``_target_`` and their size keys.
 
 Values are read with yaml; descriptions are the ``#`` comments of the raw text (a key's inline
-comment and its continuation lines, else the comment block just above the key).
+comment and its continuation lines, else the comment block just above the key). Their prose is
+markdown with ``<`` escaped outside code spans, so ``outputs/<stage>`` is not taken for HTML.
+
+The hook also puts every record's images (``records/<slug>/**/*.png``) into the site at
+``results/records/<slug>/...``, next to the record's page, so pages show them without a second
+copy under ``docs/``: a record page links ``<slug>/figure.png``, a results page
+``records/<slug>/figure.png``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ from typing import Any
 
 import yaml
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+RECORDS = ROOT / "records"
+# where the record pages live under docs/, and so where their images go in the site
+RECORD_PAGES = "results/records"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
+CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 MARKER = re.compile(r"^<!-- generated: ([\w-]+)(?: ([\w/-]+))? -->$", re.MULTILINE)
 KEY_LINE = re.compile(r"^(\s*)([\w@/.-]+):(?:\s|$)(.*)$")
 LOSS_TERMS = ("pixel", "adv", "vit", "str", "tex")
@@ -32,6 +44,22 @@ NOT_SIZE = {"_target_", "scale", "name", "label", "defaults"}
 def _cell(text: str) -> str:
     """Text safe inside a markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _prose(text: str) -> str:
+    """A comment's prose as markdown: ``<`` outside code spans escaped (``<stage>`` is a
+    placeholder, not an HTML tag); code spans are kept as they are."""
+    out, pos = [], 0
+    for match in CODE_SPAN.finditer(text):
+        out += [text[pos : match.start()].replace("<", "&lt;"), match.group(0)]
+        pos = match.end()
+    out.append(text[pos:].replace("<", "&lt;"))
+    return "".join(out)
+
+
+def _text(text: str) -> str:
+    """Comment prose safe inside a markdown table cell."""
+    return _cell(_prose(text))
 
 
 def _value(value: Any) -> str:
@@ -128,7 +156,7 @@ def _header_markdown(lines: list[str]) -> str:
             if code:
                 out.append("```bash\n" + "\n".join(code) + "\n```")
                 code = []
-            prose.append(line.strip())
+            prose.append(_prose(line.strip()))
     if prose:
         out.append(" ".join(prose))
     if code:
@@ -228,7 +256,7 @@ def config_groups_table(conf: Path = CONF) -> str:
         first = next((o for o in group_options if o.path.stem == default), group_options[0])
         what = comment or _first_sentence(first.header)
         shown = f"`{default}`" if default else "—"
-        rows.append(f"| `{group}` | {shown} | {names} | {_cell(what)} |")
+        rows.append(f"| `{group}` | {shown} | {names} | {_text(what)} |")
     return "\n".join(rows)
 
 
@@ -238,7 +266,7 @@ def config_top_table(conf: Path = CONF) -> str:
     rows = ["| key | value | description |", "|---|---|---|"]
     for key, value in top.data.items():
         if key != "defaults":
-            rows.append(f"| `{key}` | {_value(value)} | {_cell(top.comments.get(key, ''))} |")
+            rows.append(f"| `{key}` | {_value(value)} | {_text(top.comments.get(key, ''))} |")
     return "\n".join(rows)
 
 
@@ -280,7 +308,7 @@ def config_group_keys(group: str, conf: Path = CONF) -> str:
         for key, value in leaves:
             comment = option.comments.get(key) or parent_comments.get(key, "")
             full = f"{package}.{key}" if package else key
-            rows.append(f"| `{full}` | {_value(value)} | {_cell(comment)} |")
+            rows.append(f"| `{full}` | {_value(value)} | {_text(comment)} |")
         parts.append("\n".join(rows) + "\n")
     return "\n".join(parts)
 
@@ -305,7 +333,7 @@ def loss_table(conf: Path = CONF) -> str:
         weights = " | ".join(_weight(preset, term) for term in LOSS_TERMS)
         normalise = ", ".join(preset.get("normalise") or []) or "—"
         rows.append(
-            f"| {name} | {_cell(option.label)} | {weights} | {preset.get('target', 'hr')} | "
+            f"| {name} | {_text(option.label)} | {weights} | {preset.get('target', 'hr')} | "
             f"{preset.get('features', 'pooled')} | {normalise} |"
         )
     return "\n".join(rows)
@@ -320,7 +348,7 @@ def networks_table(conf: Path = CONF) -> str:
             f"{key}={_value(value).strip('`')}" for key, value in net.items() if key not in NOT_SIZE
         )
         rows.append(
-            f"| `{option.name}` | {_cell(option.label)} | `{net.get('_target_', '')}` | "
+            f"| `{option.name}` | {_text(option.label)} | `{net.get('_target_', '')}` | "
             f"{_cell(sizes)} |"
         )
     return "\n".join(rows)
@@ -351,3 +379,31 @@ def render(markdown: str, conf: Path = CONF) -> str:
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     """mkdocs event: called with each page's markdown before it is rendered."""
     return render(markdown)
+
+
+def record_images(records: Path = RECORDS) -> dict[str, Path]:
+    """Every record image as (its path in the site, relative to the site root) -> its file:
+    ``records/<slug>/<name>.png`` -> ``results/records/<slug>/<name>.png``."""
+    images: dict[str, Path] = {}
+    if not records.is_dir():
+        return images
+    for path in sorted(records.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            images[f"{RECORD_PAGES}/{path.relative_to(records).as_posix()}"] = path
+    return images
+
+
+def on_files(files: Any, config: Any, **kwargs: Any) -> Any:
+    """mkdocs event: add the records' images to the site (see the module docstring)."""
+    from mkdocs.structure.files import File
+
+    for uri, path in record_images().items():
+        if files.get_file_from_path(uri) is None:
+            files.append(File.generated(config, uri, abs_src_path=str(path)))
+    return files
+
+
+def on_serve(server: Any, config: Any, builder: Any, **kwargs: Any) -> Any:
+    """mkdocs event: ``mkdocs serve`` rebuilds when a record changes."""
+    server.watch(str(RECORDS))
+    return server

@@ -4,9 +4,9 @@
     python experiments/render_records.py --check    # exit 1 if anything is out of date
 
 Every folder ``records/<date>-<slug>/`` with a ``record.json`` gets a page
-``docs/results/records/<date>-<slug>.md`` (provenance, protocol, its table, its files, its
-metrics) and a line in ``docs/results/records/index.md``. A Markdown file (README.md or a docs
-page) that holds the marker pair
+``docs/results/records/<date>-<slug>.md`` (provenance, protocol, its table, its figures, its
+files, its metrics) and a line in ``docs/results/records/index.md``. A Markdown file (README.md
+or a docs page) that holds the marker pair
 
     <!-- record-table: <date>-<slug> -->
     <!-- /record-table -->
@@ -29,6 +29,7 @@ PAGES = Path("docs/results/records")
 MARKED = re.compile(
     r"(<!-- record-table: (?P<slug>[\w-]+) -->\n)(?P<body>.*?)(<!-- /record-table -->)", re.S
 )
+IMAGES = (".png", ".jpg", ".jpeg", ".svg")  # shown on the record's page (docs/hooks.py copies them)
 INLINE_METRICS = 20_000  # characters of metrics JSON shown on a record's page; larger: see the file
 
 
@@ -59,6 +60,12 @@ def page(record: dict) -> str:
         out += [f"*{record['note']}*", ""]
     if record.get("table"):
         out += ["## Table", "", render_table(record), ""]
+    images = [f for f in record["files"] if Path(f).suffix.lower() in IMAGES]
+    if images:
+        # docs/hooks.py puts records/<slug>/<f> into the site next to this page
+        out += ["## Figures", ""]
+        for f in images:
+            out += [f"![{f}]({slug}/{f})", "", f"`records/{slug}/{f}`", ""]
     if record["files"]:
         out += ["## Files", "", *[f"- `records/{slug}/{f}`" for f in record["files"]], ""]
     if record.get("config"):

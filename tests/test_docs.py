@@ -1,11 +1,15 @@
-"""The README stays short, no relative link in the README or the documentation is dangling, and
-the generated reference tables (``docs/hooks.py``) cover the configs. No mkdocs build here:
-``make docs`` builds the site with ``--strict``."""
+"""The README stays short, no relative link in the README or the documentation is dangling, the
+generated reference tables (``docs/hooks.py``) cover the configs, and one ``mkdocs build --strict``
+(about 2 s) puts every record's images into the site next to the pages that show them."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -50,9 +54,19 @@ def test_link_parser() -> None:
     assert relative_links(text) == ["x.md", "img/p.png"]
 
 
+def _site_images() -> set[str]:
+    """Where the hook puts the record images, as paths under ``docs/``."""
+    return {os.path.normpath(DOCS / uri) for uri in _hooks().record_images()}
+
+
 @pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(page: Path) -> None:
-    missing = [t for t in relative_links(page.read_text()) if not (page.parent / t).exists()]
+    images = _site_images()
+    missing = [
+        t
+        for t in relative_links(page.read_text())
+        if not (page.parent / t).exists() and os.path.normpath(page.parent / t) not in images
+    ]
     assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
 
 
@@ -75,3 +89,59 @@ def test_every_generated_marker_renders() -> None:
         assert hooks.MARKER.search(out) is None, page
         if hooks.MARKER.search(text):
             assert "|---|" in out, page
+
+
+def test_comment_prose_keeps_placeholders() -> None:
+    """``<stage>`` in a YAML comment is text, not an HTML tag; code spans stay as written."""
+    hooks = _hooks()
+    assert hooks._prose("outputs/<stage>/<date_time> `a <b>`") == (
+        "outputs/&lt;stage>/&lt;date_time> `a <b>`"
+    )
+    rendered = hooks.render("<!-- generated: config-group hydra -->")
+    assert "outputs/&lt;stage>/&lt;date_time>" in rendered
+    assert "outputs//" not in rendered
+
+
+def test_record_images_map_into_the_site(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    (records / "2026-01-01-x" / "sub").mkdir(parents=True)
+    for name in ("figure.png", "sub/b.png", "table.md"):
+        (records / "2026-01-01-x" / name).write_text("x")
+    images = _hooks().record_images(records)
+    assert images == {
+        "results/records/2026-01-01-x/figure.png": records / "2026-01-01-x" / "figure.png",
+        "results/records/2026-01-01-x/sub/b.png": records / "2026-01-01-x" / "sub" / "b.png",
+    }
+
+
+def test_site_builds_strict_with_record_figures(tmp_path: Path) -> None:
+    """The site builds with ``--strict``; every record image is in it, next to the record's page,
+    which shows it; the configuration reference keeps its ``<...>`` placeholders."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("material")
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    shown = 0
+    for folder in sorted((ROOT / "records").iterdir()):
+        record = folder / "record.json"
+        if not record.is_file():
+            continue
+        images = [f for f in json.loads(record.read_text()).get("files", []) if f.endswith(".png")]
+        html = (site / "results" / "records" / folder.name / "index.html").read_text()
+        for name in images:
+            built = site / "results" / "records" / folder.name / name
+            assert built.read_bytes() == (folder / name).read_bytes(), built
+            assert f'src="{name}"' in html, (folder.name, name)
+            shown += 1
+    assert shown >= 1
+    config = (site / "reference" / "config" / "index.html").read_text()
+    assert "outputs/&lt;stage&gt;/&lt;date_time&gt;" in config
