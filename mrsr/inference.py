@@ -458,8 +458,26 @@ def output_image(
             hdr[key] = 0
     if note:
         old = bytes(like["descrip"]).split(b"\0", 1)[0].decode("latin-1", "replace").strip()
-        hdr["descrip"] = ((old + "; " if old else "") + note)[:80].encode("latin-1", "replace")
+        hdr["descrip"] = description(old, note)
     return img
+
+
+DESCRIP_BYTES = 79  # NIfTI's 80-byte field; C readers (nifti1_io) keep 79 and a NUL
+
+
+def description(old: str, note: str) -> bytes:
+    """``old; note`` within :data:`DESCRIP_BYTES`: the tag ``note`` is always kept whole and
+    the user's text ``old`` is shortened (ending in ``...``) to make room."""
+    tag = note.encode("latin-1", "replace")[:DESCRIP_BYTES]
+    text = old.encode("latin-1", "replace")
+    if not text:
+        return tag
+    room = DESCRIP_BYTES - len(tag) - 2
+    if room < 4:
+        return tag
+    if len(text) > room:
+        text = text[: room - 3].rstrip() + b"..."
+    return text + b"; " + tag
 
 
 def write_nifti_atomic(

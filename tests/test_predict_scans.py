@@ -169,11 +169,17 @@ def test_output_keeps_the_header(
         assert np.allclose(nib.load(str(tmp_path / "o.nii.gz")).affine, want, atol=1e-4)
 
 
-def test_description_is_appended_within_80_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n", [0, 10, 66, 67, 79])
+def test_description_keeps_the_tag_within_79_bytes(tmp_path: Path, n: int) -> None:
     like = nib.Nifti1Header()
-    like["descrip"] = b"x" * 78
+    like["descrip"] = b"x" * n
     img = inference.output_image(np.zeros((2, 2, 2)), np.eye(4), like, note="mrsr x2 SR")
-    assert bytes(img.header["descrip"]) == b"x" * 78 + b"; "
+    got = bytes(img.header["descrip"]).rstrip(b"\0")
+    assert got.endswith(b"mrsr x2 SR") and len(got) <= 79
+    if n <= 67:  # fits: the user's text is kept whole
+        assert got == (b"x" * n + b"; " if n else b"") + b"mrsr x2 SR"
+    else:  # shortened, and says so
+        assert got == b"x" * 64 + b"...; mrsr x2 SR"
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16])
