@@ -145,3 +145,22 @@ def test_site_builds_strict_with_record_figures(tmp_path: Path) -> None:
     assert shown >= 1
     config = (site / "reference" / "config" / "index.html").read_text()
     assert "outputs/&lt;stage&gt;/&lt;date_time&gt;" in config
+
+
+def test_citation_file_matches_the_package() -> None:
+    """``CITATION.cff`` has the CFF 1.2.0 keys, the package's version and license, and cites the
+    paper; the software BibTeX of the overview page carries the same version."""
+    tomllib = pytest.importorskip("tomllib")
+    yaml = pytest.importorskip("yaml")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0"
+    assert {"message", "title", "authors"} <= cff.keys()
+    assert cff["version"] == project["version"]
+    assert cff["license"] == project["license"]["text"]
+    paper = cff["preferred-citation"]
+    assert paper["type"] == "conference-paper" and paper["year"] == 2022
+    assert paper["volume"] == 172
+    assert [a["family-names"] for a in paper["authors"]] == ["Mahapatra", "Ge"]
+    assert paper["title"] in (ROOT / "README.md").read_text().replace("\n", " ").replace("*", "")
+    assert f"version = {{{project['version']}}}" in (DOCS / "index.md").read_text()
