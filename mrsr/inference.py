@@ -234,6 +234,35 @@ def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
         raise ConfigError(f"output={out} exists: pass overwrite=true to replace it")
 
 
+# An image is signed (phase, field map, difference image), not a magnitude image, when at least
+# SIGNED_FRACTION of its voxels are negative and its 1st percentile is below -SIGNED_DEPTH times
+# its 99th: a magnitude image's few slightly negative voxels (ringing of a reconstruction or an
+# interpolation, a subtracted noise offset) pass.
+SIGNED_FRACTION = 0.05
+SIGNED_DEPTH = 0.25
+
+
+def check_magnitude(path: Path, data: np.ndarray, sample: int = 1_000_000) -> None:
+    """Refuse, in one line, an image whose negative values carry meaning: the networks are
+    trained on magnitude images (percentiles of at most ``sample`` evenly strided voxels)."""
+    if float(data.min()) >= 0:
+        return
+    flat = data.reshape(-1)
+    flat = flat[:: max(1, flat.size // sample)]
+    negative = float(np.count_nonzero(flat < 0)) / flat.size
+    if negative < SIGNED_FRACTION:
+        return
+    p1, p99 = (float(v) for v in np.percentile(flat, [1, 99]))
+    if p1 >= -SIGNED_DEPTH * abs(p99):
+        return
+    raise DataError(
+        path,
+        f"signed intensities ({negative:.0%} of voxels negative, from {float(data.min()):.4g} to "
+        f"{float(data.max()):.4g}): mrsr super-resolves magnitude images; a phase map, field "
+        "map or difference image is not one: pass the magnitude image",
+    )
+
+
 @dataclass
 class InputScan:
     """What predict reads: the volume in the file's axis order, its geometry and header."""
@@ -277,6 +306,7 @@ def read_input(path: Path, axis: int | str = "auto", volume: int | None = None) 
         data = read_fastmri(path)  # (slices, H, W), unit voxels
         return InputScan(data, np.eye(4), SlicingAxis(0, "fastMRI file: its slices", True), False)
     vol = read_nifti(path, ndims=(2, 3), volume=volume, volume_key="predict.volume")
+    check_magnitude(path, vol.data)
     if vol.data.ndim == 2:
         a, b = vol.zooms[:2]
         return InputScan(
