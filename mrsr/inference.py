@@ -226,8 +226,10 @@ def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
         raise ConfigError(f"input={inp}: file not found")
     if out.exists() and out.resolve() == inp.resolve():
         raise ConfigError(f"output={out} is the input file: choose another output path")
-    if not out.name.endswith((".nii", ".nii.gz")):
-        raise ConfigError(f"output={out}: the output must be a NIfTI file (.nii or .nii.gz)")
+    if not out.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")):
+        raise ConfigError(
+            f"output={out}: the output must be a NIfTI file (.nii or .nii.gz) or a FreeSurfer .mgz"
+        )
     if not out.parent.is_dir():
         raise ConfigError(f"output={out}: folder {out.parent} does not exist")
     if out.exists() and not overwrite:
@@ -459,22 +461,32 @@ def output_image(
     dtype: str = "float32",
     note: str = "",
     resliced: bool = False,
+    mgh: bool = False,
 ) -> Any:
     """A NIfTI image of ``data`` on ``affine`` that keeps what ``like`` (the input's header)
     says: sform/qform codes, units, intent, display range and description (``note`` appended).
 
     ``dtype``: ``float32``, or ``input``: the input's data type (an integer type is written with
     a scl_slope/scl_inter that nibabel fits to the output's range). ``resliced``: the slice axis
-    was re-sampled, so the slice-timing fields no longer apply and are cleared.
+    was re-sampled, so the slice-timing fields no longer apply and are cleared. ``mgh``: a
+    FreeSurfer MGH image instead (:func:`mgh_image`). ``affine`` is in ``like``'s spatial units
+    (an MGH input's: mm); an MGH input written as NIfTI gets scanner-space codes and mm.
     """
     import nibabel as nib
 
     check_output_dtype(dtype)
     data = np.asarray(data, dtype=np.float32)
-    if like is None:
+    if mgh:
+        return mgh_image(data, affine, like, dtype)
+    if not isinstance(like, nib.Nifti1Header):  # none, or an MGH input's header
         img = nib.Nifti1Image(data, affine)
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
+        img.header.set_xyzt_units("mm")
+        if like is not None and dtype == "input":
+            img.header.set_data_dtype(np.dtype(like.get_data_dtype()).newbyteorder("="))
+        if like is not None and note:
+            img.header["descrip"] = description("", note)
         return img
     header = like.copy()
     img = nib.Nifti1Image(data, affine, header=header)
@@ -510,6 +522,45 @@ def description(old: str, note: str) -> bytes:
     return text + b"; " + tag
 
 
+MGH_DTYPES = (np.uint8, np.int16, np.int32, np.float32)  # what the MGH format stores
+
+
+def mgh_image(data: np.ndarray, affine: np.ndarray, like: Any = None, dtype: str = "float32"):
+    """A FreeSurfer MGH image (.mgz) of ``data`` on ``affine`` (in ``like``'s spatial units,
+    converted to the mm that MGH stores); an MGH input's scan parameters (TR, flip angle, TE,
+    TI) are kept. ``dtype="input"`` writes the input's type, rounded and clipped to its range
+    (MGH has no scaling): only the types MGH stores (:data:`MGH_DTYPES`)."""
+    import nibabel as nib
+
+    from mrsr.data.readers import UNIT_MM, spatial_unit
+
+    want = np.dtype(np.float32)
+    if like is not None and dtype == "input":
+        want = np.dtype(like.get_data_dtype()).newbyteorder("=")
+        if want not in [np.dtype(t) for t in MGH_DTYPES]:
+            raise ConfigError(
+                f"output_dtype=input: the input's type {want.name} cannot be stored in a .mgz "
+                "(uint8, int16, int32, float32): write .nii.gz, or keep output_dtype=float32"
+            )
+    if want.kind in "iu":
+        info = np.iinfo(want)
+        data = np.clip(np.rint(data), info.min, info.max)
+    factor = UNIT_MM[spatial_unit(like)] if like is not None else 1.0
+    mm = np.diag([factor, factor, factor, 1.0]) @ np.asarray(affine, dtype=np.float64)
+    img = nib.MGHImage(np.asarray(data).astype(want), mm)
+    if isinstance(like, nib.freesurfer.mghformat.MGHHeader):
+        for key in ("tr", "flip_angle", "te", "ti"):
+            img.header[key] = like[key]
+    return img
+
+
+def is_mgh(path: Path) -> bool:
+    """A FreeSurfer MGH file name (.mgz, .mgh)."""
+    from mrsr.data.readers import MGH_SUFFIXES
+
+    return path.name.lower().endswith(MGH_SUFFIXES)
+
+
 def write_nifti_atomic(
     path: Path,
     data: np.ndarray,
@@ -520,11 +571,13 @@ def write_nifti_atomic(
     resliced: bool = False,
 ) -> None:
     """Save :func:`output_image` to a temporary file in ``path``'s folder, then rename it into
-    place."""
+    place. The format follows ``path``'s extension: NIfTI (.nii, .nii.gz) or MGH (.mgz, .mgh)."""
     import nibabel as nib
 
-    img = output_image(data, affine, like, dtype, note, resliced)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    img = output_image(data, affine, like, dtype, note, resliced, mgh=is_mgh(path))
+    suffix = next(
+        (s for s in (".nii.gz", ".nii", ".mgz", ".mgh") if path.name.lower().endswith(s)), ".nii"
+    )
     atomic_write(path, lambda tmp: nib.save(img, tmp), suffix)
 
 

@@ -107,3 +107,83 @@ def test_a_magnitude_image_with_a_few_negative_voxels_passes(tmp_path: Path) -> 
     for name, data in (("ringing", ringing), ("offset", offset)):
         scan = inference.read_input(_save(tmp_path / f"{name}.nii.gz", data), axis=2)
         assert float(scan.data.min()) < 0
+
+
+# -- NIfTI spatial units ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit,per_mm", [("micron", 1000.0), ("meter", 0.001), ("mm", 1.0)])
+def test_voxel_sizes_are_read_in_mm_and_written_in_the_files_units(
+    tmp_path: Path, unit: str, per_mm: float
+) -> None:
+    affine = np.diag([1.0 * per_mm, 1.0 * per_mm, 4.0 * per_mm, 1.0])
+    affine[:3, 3] = [-20 * per_mm, 5 * per_mm, 3 * per_mm]
+    img = nib.Nifti1Image(phantom((12, 12, 4), seed=2).astype(np.float32), affine)
+    img.header.set_xyzt_units(unit, "sec")
+    inp = tmp_path / "in.nii.gz"
+    nib.save(img, inp)
+    scan = inference.read_input(inp)
+    assert np.allclose(scan.zooms, (1.0, 1.0, 4.0))
+    assert scan.slicing.axis == 2 and "thick" in scan.slicing.reason
+    assert np.allclose(scan.affine, affine)  # in the file's units
+    out = tmp_path / "out.nii.gz"
+    refined = inference.upsampled_affine(scan.affine, 2, scan.inplane)
+    inference.write_nifti_atomic(out, np.zeros((24, 24, 4)), refined, scan.header, note="x")
+    written = nib.load(out)
+    assert written.header.get_xyzt_units() == (unit, "sec")
+    assert np.allclose(written.affine, refined)
+    assert np.allclose(written.header.get_zooms(), np.array([0.5, 0.5, 4.0]) * per_mm)
+
+
+def test_implausible_voxel_sizes_say_the_units(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(phantom((8, 8, 4), seed=2).astype(np.float32), np.diag([2, 2, 4, 1.0]))
+    img.header.set_xyzt_units("meter")
+    nib.save(img, tmp_path / "m.nii.gz")
+    with pytest.raises(DataError, match=r"\(2000.0, 2000.0, 4000.0\) mm \(stored in meters\)"):
+        inference.read_input(tmp_path / "m.nii.gz")
+
+
+# -- FreeSurfer .mgz -------------------------------------------------------------------------
+
+
+def oblique_affine(zooms=(0.5, 0.5, 2.0)) -> np.ndarray:
+    c, s = np.cos(0.4), np.sin(0.4)
+    a = np.eye(4)
+    a[:3, :3] = np.array([[c, 0, -s], [0, 1, 0], [s, 0, c]]) @ np.diag(zooms)
+    a[:3, 3] = [12.0, -30.0, 7.5]
+    return a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_mgz_is_read_and_written_as_mgz_or_nifti(tmp_path: Path, dtype) -> None:
+    vol = phantom((10, 12, 5), seed=4).astype(dtype)
+    inp = tmp_path / "T1.mgz"
+    nib.save(nib.MGHImage(vol, oblique_affine()), inp)
+    scan = inference.read_input(inp)
+    assert np.allclose(scan.zooms, (0.5, 0.5, 2.0), atol=1e-6) and scan.slicing.axis == 2
+    assert np.allclose(scan.affine, oblique_affine(), atol=1e-5)
+    assert np.array_equal(scan.data, vol.astype(np.float32))
+    refined = inference.upsampled_affine(scan.affine, 2, scan.inplane)
+    result = np.repeat(np.repeat(scan.data, 2, 0), 2, 1)
+    for name in ("sr.mgz", "sr.nii.gz"):
+        inference.write_nifti_atomic(tmp_path / name, result, refined, scan.header, "input")
+        out = nib.load(tmp_path / name)
+        assert np.allclose(out.affine, refined, atol=1e-5), name
+        assert np.allclose(out.header.get_zooms()[:3], (0.25, 0.25, 2.0), atol=1e-6)
+        assert np.allclose(out.get_fdata(), result, atol=1e-3 * float(vol.max()))
+        assert np.dtype(out.get_data_dtype()).newbyteorder("=") == np.dtype(dtype)
+    nii = nib.load(tmp_path / "sr.nii.gz").header
+    assert (int(nii["sform_code"]), int(nii["qform_code"])) == (1, 1)
+    assert nii.get_xyzt_units()[0] == "mm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["T1.mgz", "sr.mgz", "sr.nii.gz"]
+
+
+def test_nifti_in_microns_written_as_mgz_is_in_mm(tmp_path: Path) -> None:
+    microns = oblique_affine()
+    microns[:3] *= 1000.0
+    img = nib.Nifti1Image(phantom((8, 8, 4), seed=1), microns)
+    img.header.set_xyzt_units("micron")
+    nib.save(img, tmp_path / "um.nii.gz")
+    scan = inference.read_input(tmp_path / "um.nii.gz")
+    inference.write_nifti_atomic(tmp_path / "o.mgz", scan.data, scan.affine, scan.header)
+    assert np.allclose(nib.load(tmp_path / "o.mgz").affine, oblique_affine(), atol=1e-5)

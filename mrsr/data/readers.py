@@ -18,6 +18,10 @@ from mrsr.errors import DataError
 FASTMRI_RECON_KEYS = ("reconstruction_rss", "reconstruction_esc")
 FASTMRI_ACQUISITIONS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "PDFS"}
 MAX_VOXEL_MM = 100.0
+# Millimetres per NIfTI spatial unit (``xyzt_units``); a file that does not say is in mm.
+UNIT_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
+# FreeSurfer's MGH format (always in mm); anything else nibabel reads is refused.
+MGH_SUFFIXES = (".mgz", ".mgh")
 
 
 @dataclass
@@ -26,8 +30,8 @@ class NiftiVolume:
     header (codes, units, description, data type: what an output written from it keeps)."""
 
     data: np.ndarray  # float32, 3D
-    affine: np.ndarray  # 4x4
-    zooms: tuple[float, float, float]
+    affine: np.ndarray  # 4x4, in the file's spatial units (what an output written from it keeps)
+    zooms: tuple[float, float, float]  # in mm, whatever the file's units (:data:`UNIT_MM`)
     header: object = None  # the file's nibabel header (a copy)
 
 
@@ -122,7 +126,9 @@ def read_nifti(
     volume: int | None = None,
     volume_key: str | None = None,
 ) -> NiftiVolume:
-    """Read a NIfTI file as float32, validating shape, values, affine and voxel sizes.
+    """Read a NIfTI (or FreeSurfer .mgz/.mgh) file as float32, validating shape, values, affine
+    and voxel sizes. Voxel sizes are in mm whatever the file's spatial units (``xyzt_units``:
+    metres, mm, microns; unknown: mm); the affine stays in the file's units.
 
     A 4D file is refused unless ``volume`` picks one of its volumes (``volume_key`` names the
     setting in the message)."""
@@ -136,11 +142,15 @@ def read_nifti(
     except ImageFileError as err:
         if is_dicom(path):
             raise DataError(path, f"is a DICOM file: {DICOM_HINT}") from err
-        raise DataError(path, "not a NIfTI file (unrecognised header or magic bytes)") from err
+        raise DataError(
+            path, "not a NIfTI or MGH file (unrecognised header or magic bytes)"
+        ) from err
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
-        raise DataError(path, f"corrupt or truncated NIfTI header ({err})") from err
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise DataError(path, f"not a NIfTI image ({type(img).__name__})")
+        raise DataError(path, f"corrupt or truncated image header ({err})") from err
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image | nib.MGHImage):
+        raise DataError(
+            path, f"not a NIfTI or MGH image ({type(img).__name__}): pass a .nii, .nii.gz or .mgz"
+        )
     if np.iscomplexobj(np.empty(0, dtype=img.get_data_dtype())):
         raise DataError(path, "complex-valued NIfTI is not supported (expected magnitude)")
     try:
@@ -154,9 +164,13 @@ def read_nifti(
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError(path, "affine is singular or not finite")
-    zooms = tuple(float(z) for z in _raw_pixdim(path, img)[: data.ndim])
+    unit = spatial_unit(img.header)
+    zooms = tuple(float(z) * UNIT_MM[unit] for z in _raw_pixdim(path, img)[: data.ndim])
     if any((not np.isfinite(z)) or z <= 0 or z > MAX_VOXEL_MM for z in zooms):
-        raise DataError(path, f"implausible voxel size {zooms} mm")
+        stored = "" if unit in ("mm", "unknown") else f" (stored in {unit}s)"
+        raise DataError(
+            path, f"implausible voxel size {tuple(round(z, 6) for z in zooms)} mm{stored}"
+        )
     return NiftiVolume(
         data=data.astype(np.float32),
         affine=affine,
@@ -165,10 +179,19 @@ def read_nifti(
     )
 
 
+def spatial_unit(header) -> str:
+    """The spatial unit of a NIfTI header (a key of :data:`UNIT_MM`); MGH files are in mm."""
+    get = getattr(header, "get_xyzt_units", None)
+    unit = get()[0] if get is not None else "mm"
+    return unit if unit in UNIT_MM else "unknown"
+
+
 def _raw_pixdim(path: Path, img) -> np.ndarray:
     """Voxel sizes as stored (nibabel silently replaces zero sizes by 1 when loading)."""
     from nibabel.openers import ImageOpener
 
+    if "pixdim" not in img.header:  # MGH: the stored voxel sizes
+        return np.abs(np.asarray(img.header.get_zooms()[:3], dtype=np.float64))
     try:
         with ImageOpener(str(path)) as fh:
             raw = type(img.header).from_fileobj(fh, check=False)
