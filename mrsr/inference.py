@@ -31,7 +31,7 @@ from mrsr.data.geometry import SlicingAxis, is_square, slicing_axis
 from mrsr.data.resolution import Cutoff, spectral_cutoff
 from mrsr.data.resolution import describe as describe_cutoff
 from mrsr.errors import ConfigError, DataError
-from mrsr.results import atomic_write
+from mrsr.results import atomic_write, check_writable
 
 log = logging.getLogger("mrsr")
 # Normalised intensity (1 = the 99.5th percentile above the minimum) above which the network
@@ -232,6 +232,7 @@ def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
         )
     if not out.parent.is_dir():
         raise ConfigError(f"output={out}: folder {out.parent} does not exist")
+    check_writable(out.parent, "output")  # before any work, not after it
     if out.exists() and not overwrite:
         raise ConfigError(f"output={out} exists: pass overwrite=true to replace it")
 

@@ -53,6 +53,29 @@ def atomic_write(path: Path, write: Callable[[str], None], suffix: str = "") -> 
         os.close(dir_fd)
 
 
+def check_writable(folder: Path, key: str) -> None:
+    """Refuse, in one line that starts with ``key`` (the setting, e.g. ``output``), a folder
+    this process cannot write in, before any work: a temporary file is created and removed in
+    ``folder``, or in the nearest existing folder above it (where it would be created)."""
+    from mrsr.errors import ConfigError
+
+    folder = Path(folder).expanduser()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}: {probe} is not a folder, so {folder} cannot be written")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".mrsr-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise ConfigError(
+            f"{key}: cannot write in {probe} ({err.strerror or err}): choose a folder you can "
+            "write in, or make it writable"
+        ) from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

@@ -133,6 +133,24 @@ def check_value_types(base, cfg, overrides: list[str]) -> str | None:
     return None
 
 
+def check_run_dir(cfg) -> str | None:
+    """Hydra creates the run folder (``hydra.run.dir``) before anything else: one that cannot
+    be written is said in one line instead of Hydra's traceback."""
+    from omegaconf import OmegaConf
+
+    from mrsr.errors import ConfigError
+    from mrsr.results import check_writable
+
+    folder = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
+    if folder is None:
+        return None
+    try:
+        check_writable(Path(str(folder)), "hydra.run.dir (the run folder; or MRSR_OUTPUT_DIR)")
+    except ConfigError as err:
+        return f"mrsr: {err}"
+    return None
+
+
 def check_overrides(argv: list[str]) -> str | None:
     """Compose the config once to turn a bad override (unknown key, wrong type) into one line."""
     if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in argv):
@@ -143,11 +161,14 @@ def check_overrides(argv: list[str]) -> str | None:
     overrides = [a for a in argv if not a.startswith("-")]
     try:
         with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
             groups = [a for a in overrides if "." not in a.split("=", 1)[0]]
             problem = check_value_types(
                 compose(config_name="config", overrides=groups), cfg, overrides
             )
+            if problem:
+                return problem
+            problem = check_run_dir(cfg)
             if problem:
                 return problem
     except Exception as err:  # noqa: BLE001 - any composition failure is the user's override

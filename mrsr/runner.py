@@ -61,6 +61,7 @@ def run_task(cfg: DictConfig) -> float | None:
     try:
         task = get_task(cfg.stage.name)
         log_once()
+        check_run_folders(cfg)
         result = task(cfg)
     except MrsrError as err:
         msg = f"mrsr: {err}"
@@ -78,6 +79,21 @@ def run_task(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()  # one wandb run per job: multirun jobs must not merge
     return result.get("score") if isinstance(result, dict) else None
+
+
+def check_run_folders(cfg: DictConfig) -> None:
+    """The run folder (``paths.output_dir``) and the checkpoint folders (``callbacks.*.dirpath``)
+    can be written: refused in one line before any work, not with a traceback after it."""
+    from omegaconf import OmegaConf
+
+    from mrsr.results import check_writable
+
+    folders = {"paths.output_dir": cfg.paths.output_dir}
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if OmegaConf.is_dict(node) and node.get("dirpath"):
+            folders[f"callbacks.{name}.dirpath"] = node.dirpath
+    for key, folder in folders.items():
+        check_writable(Path(str(folder)), key)
 
 
 def to_log_file(level: int, msg: str) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mrsr import inference
-from mrsr.errors import DataError
+from mrsr.errors import ConfigError, DataError
+from mrsr.results import check_writable
 from tests.conftest import phantom
 
 
@@ -187,3 +188,77 @@ def test_nifti_in_microns_written_as_mgz_is_in_mm(tmp_path: Path) -> None:
     scan = inference.read_input(tmp_path / "um.nii.gz")
     inference.write_nifti_atomic(tmp_path / "o.mgz", scan.data, scan.affine, scan.header)
     assert np.allclose(nib.load(tmp_path / "o.mgz").affine, oblique_affine(), atol=1e-5)
+
+
+# -- outputs that cannot be written ----------------------------------------------------------
+
+
+def _read_only(folder: Path) -> Path:
+    """``folder`` made read-only; skips where that does not stop this process (root)."""
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").write_bytes(b"")
+    except PermissionError:
+        return folder
+    (folder / "probe").unlink()
+    folder.chmod(0o755)
+    pytest.skip("chmod does not stop this user (root) from writing")
+
+
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    inp = _save(tmp_path / "in.nii.gz", phantom((8, 8, 4), seed=1))
+    folder = _read_only(tmp_path / "ro")
+    try:
+        with pytest.raises(
+            ConfigError, match=r"^output: cannot write in .*ro \(Permission denied\)"
+        ):
+            inference.check_paths(inp, folder / "o.nii.gz", False)
+        with pytest.raises(ConfigError, match="paths.output_dir: cannot write in"):
+            check_writable(folder / "run" / "checkpoints", "paths.output_dir")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_check_writable_tries_a_write(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    check_writable(tmp_path / "new" / "run", "paths.output_dir")  # created later: its parent
+    assert sorted(tmp_path.iterdir()) == []  # nothing left behind
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"^output: .*file is not a folder"):
+        check_writable(tmp_path / "file" / "sub", "output")
+
+    def refuse(*args, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    inp = _save(tmp_path / "in.nii.gz", phantom((8, 8, 4), seed=1))
+    with pytest.raises(ConfigError) as err:
+        inference.check_paths(inp, tmp_path / "o.nii.gz", False)
+    assert str(err.value) == (
+        f"output: cannot write in {tmp_path} (Permission denied): choose a folder you can "
+        "write in, or make it writable"
+    )
+
+
+def test_an_unwritable_run_folder_stops_a_training_stage_at_once(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    run = tmp_path / "run"
+    proc = mrsr(
+        "stage=sr",
+        "debug=fast",
+        f"hydra.run.dir={run}",
+        f"paths.output_dir={tmp_path / 'file' / 'run'}",
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    line = f"mrsr: paths.output_dir: {tmp_path / 'file'} is not a folder, so"
+    assert err.strip().splitlines()[-1].startswith(line)
+    assert line in (run / "run.log").read_text()
+    assert not (run / "checkpoints").exists()
+    # Hydra's own run folder: one line, before Hydra's traceback
+    proc = mrsr("stage=sr", f"hydra.run.dir={tmp_path / 'file' / 'run'}")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and err.strip().startswith("mrsr: hydra.run.dir (the run folder")
+    assert len(err.strip().splitlines()) == 1
