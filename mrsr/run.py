@@ -98,6 +98,56 @@ _HYDRA_FLAGS = (
 )
 
 
+def shell_quoted(key: str, value: str) -> str:
+    """``key=value`` with the value quoted for Hydra's override grammar and the whole quoted
+    for a POSIX shell: ``input="'Müller scan.nii.gz'"``; ``'input="it's.nii"'``."""
+    import shlex
+
+    single = "'" + value.replace("\\'", "\\\\'").replace("'", "\\'") + "'"
+    if not set(single) & set('"$`\\!'):
+        return f'{key}="{single}"'
+    double = '"' + value.replace('"', '\\"') + '"'
+    if "'" not in double:
+        return f"'{key}={double}'"
+    if not set(double) & set("$`\\!"):
+        return f'{key}="{double.replace(chr(34), chr(92) + chr(34))}"'
+    return shlex.quote(f"{key}={single}")
+
+
+def check_quoting(argv: list[str]) -> str | None:
+    """A value that Hydra's override grammar reads only in quotes (non-ASCII letters such as
+    ``ü``, spaces next to brackets, ``()[]{}#'~=&``): one line with the quoted form to pass,
+    instead of Hydra's lexer error."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_override(arg)
+            continue
+        except HydraException:
+            pass
+        key, value = arg.split("=", 1)
+        if not value or value[0] in "'\"":
+            continue
+        suggestion = shell_quoted(key, value)
+        try:
+            ok = parser.parse_override(shlex.split(suggestion)[0]).value() == value
+        except HydraException:
+            ok = False
+        if ok:
+            return (
+                f"mrsr: {arg}: Hydra reads a value with non-ASCII letters or any of ()[]{{}}#'~=& "
+                f"only in quotes: pass {suggestion}"
+            )
+    return None
+
+
 def check_value_types(base, cfg, overrides: list[str]) -> str | None:
     """An override must keep the type of the value it replaces (int, float, bool)."""
     from omegaconf import OmegaConf
@@ -188,7 +238,11 @@ def check_overrides(argv: list[str]) -> str | None:
 
 def main() -> None:
     sys.argv[1:] = null_groups_to_deletions(sys.argv[1:])
-    problem = check_group_choices(sys.argv[1:]) or check_overrides(sys.argv[1:])
+    problem = (
+        check_quoting(sys.argv[1:])
+        or check_group_choices(sys.argv[1:])
+        or check_overrides(sys.argv[1:])
+    )
     if problem:
         print(problem, file=sys.stderr)
         raise SystemExit(2)

@@ -4,6 +4,7 @@ FreeSurfer .mgz files, quoting paths, Ctrl-C, long descriptions, run folders, qu
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from mrsr import inference
 from mrsr.errors import ConfigError, DataError
 from mrsr.results import check_writable
+from mrsr.run import check_quoting
 from tests.conftest import phantom
 
 
@@ -262,3 +264,45 @@ def test_an_unwritable_run_folder_stops_a_training_stage_at_once(tmp_path: Path)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and err.strip().startswith("mrsr: hydra.run.dir (the run folder")
     assert len(err.strip().splitlines()) == 1
+
+
+# -- values Hydra reads only in quotes -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Müller scan.nii.gz",
+        "/data/é.nii",
+        "/data/a(1).nii",
+        "/d/it's.nii",
+        "/d/$x ü.nii",
+        "/d/#1.nii",
+    ],
+)
+def test_a_value_hydra_reads_only_in_quotes_gets_the_quoted_form(value: str) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    msg = check_quoting(["stage=predict", f"input={value}"])
+    assert msg is not None and "\n" not in msg
+    assert msg.startswith(f"mrsr: input={value}: Hydra reads a value with non-ASCII letters")
+    suggestion = msg.split(" only in quotes: pass ", 1)[1]
+    (arg,) = shlex.split(suggestion)  # what the shell hands over
+    assert OverridesParser.create().parse_override(arg).value() == value
+    assert check_quoting([arg]) is None
+
+
+def test_plain_and_quoted_values_pass_the_quoting_check() -> None:
+    assert check_quoting(["stage=sr", "input=/data/scan_1.nii.gz", "a.b=[1,2]", "-m"]) is None
+    assert check_quoting(["input='Müller scan.nii.gz'"]) is None
+
+
+def test_the_quoted_path_reaches_the_stage(tmp_path: Path) -> None:
+    path = tmp_path / "Müller scan.nii.gz"
+    proc = mrsr("stage=throughplane", f"input={path}", "output=o.nii.gz")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1
+    suggestion = err.strip().split(" only in quotes: pass ", 1)[1]
+    proc = mrsr("stage=throughplane", *shlex.split(suggestion), "output=o.nii.gz")
+    _, err = proc.communicate(timeout=300)
+    assert err.strip().splitlines()[-1] == f"mrsr: input={path}: file not found"
