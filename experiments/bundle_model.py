@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import mrsr
-from mrsr.stages.sr import export_generator, load_generator
+from mrsr.generators import export_generator, load_generator
 
 MODELS = Path(__file__).resolve().parents[1] / "mrsr" / "assets" / "models"
 

@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 from mrsr.building import build_datamodule
 from mrsr.extractors import load_disent_extractor as load_disent
 from mrsr.extractors import load_vit_extractor as load_vit
+from mrsr.generators import load_generator
 from mrsr.losses.objective import SRObjective
-from mrsr.stages.sr import load_generator
 
 
 def grad_norm_on(x: torch.Tensor):

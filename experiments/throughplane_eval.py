@@ -202,7 +202,7 @@ def evaluate(
     ours, base = score(sr, ref, inplane), score(cubic, ref, inplane)
     per_orientation = {}
     if orientations:  # the same network, each orientation alone (the stage averages both)
-        from mrsr.stages.sr import load_generator
+        from mrsr.generators import load_generator
 
         net = load_generator(str(run_dir / "checkpoints" / "best.ckpt"))
         norm, lo, hi = normalised_scan(thick, geom.axis)

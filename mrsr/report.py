@@ -413,7 +413,7 @@ def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path
 
     from mrsr.building import build_datamodule
     from mrsr.data.degrade import upsample
-    from mrsr.stages.sr import load_generator
+    from mrsr.generators import load_generator
     from mrsr.viz import make_grid
 
     by_folder = {str(r.folder): r for r in runs}

@@ -14,10 +14,10 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from mrsr import report
+from mrsr import generators, report
+from mrsr.checkpoint import sub_state_dict
 from mrsr.labels import unlabelled
 from mrsr.nets import n_params
-from mrsr.stages import sr as sr_stage
 from tests.conftest import phantom, run_labels
 
 MODELS = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir")
@@ -36,7 +36,7 @@ PAPER_PARAMS = {
 @pytest.mark.parametrize("model", MODELS)
 def test_cpu_preset_builds_one_channel_and_any_size(make_cfg, model: str, scale: int) -> None:
     cfg = make_cfg(f"model={model}_small", f"scale={scale}")
-    net = sr_stage.build_generator(cfg.model)
+    net = generators.build_generator(cfg.model)
     assert net.scale == scale and n_params(net) < 0.3e6
     torch.manual_seed(0)
     for h, w in ((13, 17), (8, 8), (31, 6)):  # odd sizes, smaller than a Swin window, thin
@@ -124,16 +124,16 @@ def test_trains_checkpoints_and_predicts(make_cfg, tmp_path: Path, model: str) -
 
     cfg = make_cfg("stage=sr", "experiment=table_demo", f"model={model}_small", "scale=2", *TINY)
     out = Path(cfg.paths.output_dir)
-    before = {k: v.clone() for k, v in sr_stage.build_generator(cfg.model).state_dict().items()}
+    before = {k: v.clone() for k, v in generators.build_generator(cfg.model).state_dict().items()}
     result = train_stage(cfg)
     ckpt = torch.load(result["best"], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
-    raw = sr_stage.sub_state_dict(ckpt["state_dict"], "generator")
+    raw = sub_state_dict(ckpt["state_dict"], "generator")
     # it trained
     assert any(not torch.equal(raw[k], before[k]) for k in before if before[k].is_floating_point())
-    net = sr_stage.load_generator(result["best"], scale=2)
+    net = generators.load_generator(result["best"], scale=2)
     assert type(net).__name__ == cfg.model._target_.rsplit(".", 1)[-1] and not net.training
-    ema = sr_stage.sub_state_dict(ckpt["state_dict"], "ema.module")
+    ema = sub_state_dict(ckpt["state_dict"], "ema.module")
     assert all(torch.equal(v, ema[k]) for k, v in net.state_dict().items())
     row = json.loads((out / "results.json").read_text())[0]
     assert (
@@ -148,8 +148,8 @@ def test_trains_checkpoints_and_predicts(make_cfg, tmp_path: Path, model: str) -
     )
 
     # the bundled-model path: weights and metadata only, read back like any checkpoint
-    bundled = sr_stage.export_generator(result["best"], tmp_path / "bundled.ckpt")
-    again = sr_stage.load_generator(str(bundled), scale=2)
+    bundled = generators.export_generator(result["best"], tmp_path / "bundled.ckpt")
+    again = generators.load_generator(str(bundled), scale=2)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())
     vol = phantom((14, 11, 3), seed=5) + 20.0
     inp, dst = tmp_path / "in.nii.gz", tmp_path / "out.nii.gz"

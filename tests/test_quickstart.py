@@ -19,7 +19,7 @@ from mrsr.data.degrade import degrade, intensity_range, normalise_volume
 from mrsr.data.readers import read_nifti
 from mrsr.data.sources import demo_dir
 from mrsr.errors import ConfigError
-from mrsr.inference import bundled_model
+from mrsr.generators import bundled_model
 from mrsr.metrics import highband_power_log_ratio, ssim
 from mrsr.nets.srresnet import SRResNet
 from mrsr.ops import upsample

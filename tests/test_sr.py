@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mrsr import generators
 from mrsr.building import build_module
+from mrsr.checkpoint import sub_state_dict
 from mrsr.data.types import Sample, SliceMeta
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.feature import FeatureLoss, cosine_distance
@@ -20,7 +22,6 @@ from mrsr.losses.gan import d_loss, g_loss
 from mrsr.nets.discriminator import SRGANDiscriminator
 from mrsr.nets.srresnet import SRResNet
 from mrsr.run import group_options
-from mrsr.stages import sr as sr_stage
 
 PRESETS = tuple(group_options("loss"))  # every file of conf/loss
 SMALL = (
@@ -308,24 +309,24 @@ def test_short_training_beats_bicubic(trained) -> None:
 def test_load_generator_roundtrip_and_refusals(trained, tmp_path: Path) -> None:
     cfg, result = trained
     best = Path(result["best"])
-    net = sr_stage.load_generator(str(best), scale=2)
+    net = generators.load_generator(str(best), scale=2)
     assert not net.training and net.scale == 2
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
-    ema = sr_stage.sub_state_dict(ckpt["state_dict"], "ema.module")
+    ema = sub_state_dict(ckpt["state_dict"], "ema.module")
     assert all(torch.equal(v, ema[k]) for k, v in net.state_dict().items())
     assert net(torch.rand(1, 1, 9, 7)).shape == (1, 1, 18, 14)
     with pytest.raises(CheckpointError, match="not found"):
-        sr_stage.load_generator(str(tmp_path / "missing.ckpt"), scale=2)
+        generators.load_generator(str(tmp_path / "missing.ckpt"), scale=2)
     bad = tmp_path / "corrupt.ckpt"
     bad.write_bytes(best.read_bytes()[:2000])
     with pytest.raises(CheckpointError, match="corrupt"):
-        sr_stage.load_generator(str(bad), scale=2)
+        generators.load_generator(str(bad), scale=2)
     with pytest.raises(CheckpointError, match="x2, expected x4"):
-        sr_stage.load_generator(str(best), scale=4)
+        generators.load_generator(str(best), scale=4)
     other = dict(ckpt, mrsr={**ckpt["mrsr"], "stage": "vit"})
     torch.save(other, tmp_path / "vit.ckpt")
     with pytest.raises(CheckpointError, match="stage-vit"):
-        sr_stage.load_generator(str(tmp_path / "vit.ckpt"), scale=2)
+        generators.load_generator(str(tmp_path / "vit.ckpt"), scale=2)
     evil = dict(
         ckpt,
         mrsr={
@@ -335,4 +336,4 @@ def test_load_generator_roundtrip_and_refusals(trained, tmp_path: Path) -> None:
     )
     torch.save(evil, tmp_path / "evil.ckpt")
     with pytest.raises(CheckpointError, match="not an mrsr.nets network"):
-        sr_stage.load_generator(str(tmp_path / "evil.ckpt"), scale=2)
+        generators.load_generator(str(tmp_path / "evil.ckpt"), scale=2)

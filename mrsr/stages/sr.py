@@ -36,7 +36,6 @@ import statistics
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,10 +43,10 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from mrsr.checkpoint import load_checkpoint, sub_state_dict
 from mrsr.data.acquisition import as_degradation
 from mrsr.errors import CheckpointError, ConfigError
-from mrsr.labels import label_of, name_of, unlabelled
+from mrsr.generators import build_generator, load_trained
+from mrsr.labels import label_of, name_of
 from mrsr.losses.gan import check_gan_loss, d_accuracy, d_loss_fake, d_loss_real, g_loss
 from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
 from mrsr.metrics import SUMMARY, RealismMetrics, SRMetrics
@@ -59,7 +58,7 @@ from mrsr.stages.base import StageModule, plain
 log = logging.getLogger("mrsr")
 
 LR_SCHEDULES = ("constant", "cosine")
-__all__ = ["LOSS_KEYS", "SRModule", "load_generator", "pixel_loss"]
+__all__ = ["LOSS_KEYS", "SRModule", "pixel_loss"]
 
 
 def lr_factor(schedule: str, warmup: int, total: int):
@@ -534,26 +533,6 @@ def _repeat(loader: Iterable) -> Iterator:
 # -- construction from the config ------------------------------------------------------------
 
 
-def check_generator_cfg(model_cfg: Any, where: str) -> None:
-    """Only trainable ``mrsr.nets`` networks may be built (also from checkpoint metadata)."""
-    target = str(model_cfg.get("_target_", "")) if hasattr(model_cfg, "get") else ""
-    if not target.startswith("mrsr.nets."):
-        raise ConfigError(f"{where}: model target {target!r} is not an mrsr.nets network")
-
-
-def build_generator(model_cfg: Any, where: str = "model") -> nn.Module:
-    check_generator_cfg(model_cfg, where)
-    net = instantiate(unlabelled(model_cfg), _convert_="all")
-    if not getattr(net, "trainable", False):
-        name = str(model_cfg["_target_"]).rsplit(".", 1)[-1]
-        raise ConfigError(
-            f"{where}={name} is not trainable: "
-            "stage=sr needs a network (model=srresnet, edsr, swinir, ...) "
-            "(evaluate interpolation baselines with stage=eval model=bicubic)"
-        )
-    return net
-
-
 def _describe(extractor: Any) -> Any:
     """An extractor argument as a hyperparameter: its config, or the class of a given module."""
     return type(extractor).__name__ if isinstance(extractor, nn.Module) else plain(extractor)
@@ -583,8 +562,8 @@ def init_generator(generator: nn.Module, path: str, scale: int) -> dict[str, Any
     """Copy the evaluation generator of the stage-``sr`` checkpoint ``path`` into ``generator``
     (nothing else: no discriminator, optimiser, EMA state or step count). Returns what the start
     was trained with (``updates``, ``loss`` name); a network of another layout is refused."""
-    source = load_generator(path, scale=scale)
-    ours, theirs = generator.state_dict(), source.state_dict()
+    source = load_trained(path, scale=scale)
+    ours, theirs = generator.state_dict(), source.net.state_dict()
     if set(ours) != set(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
         raise CheckpointError(
             path,
@@ -595,60 +574,4 @@ def init_generator(generator: nn.Module, path: str, scale: int) -> dict[str, Any
     log.info(
         "sr.init_from: loaded %d of %d generator tensors from %s", len(theirs), len(ours), path
     )
-    return source.trained_with
-
-
-def load_generator(path: str, scale: int | None = None) -> nn.Module:
-    """The EMA generator (the raw one when EMA was off) of a stage-``sr`` checkpoint, eval mode.
-
-    ``scale`` (if given) must match the checkpoint's; the network's ``scale`` attribute says it.
-    """
-    ckpt = load_checkpoint(path, stage="sr", scale=scale)
-    model_cfg = (ckpt["mrsr"].get("config") or {}).get("model")
-    if not isinstance(model_cfg, dict):
-        raise CheckpointError(path, "no generator config in the checkpoint metadata")
-    try:
-        net = build_generator(model_cfg, where=f"{path}")
-    except ConfigError as err:
-        raise CheckpointError(path, str(err)) from err
-    sd = ckpt["state_dict"]
-    weights = sub_state_dict(sd, "ema.module") or sub_state_dict(sd, "generator")
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(
-            path, f"generator weights do not match its config ({str(err).splitlines()[0]})"
-        ) from err
-    net.training_data = dict(ckpt["mrsr"]["config"].get("data") or {})  # degradation, percentile
-    net.trained_with = {
-        "updates": int(ckpt.get("global_step") or 0),  # what it has learnt from
-        "loss": name_of(ckpt["mrsr"]["config"].get("loss")),
-    }
-    return net.eval()
-
-
-def export_generator(path: str | Path, out: str | Path, **notes: Any) -> Path:
-    """Write the evaluation generator of a stage-``sr`` checkpoint as a small checkpoint
-    (weights and metadata only, no optimiser or discriminator) that :func:`load_generator`
-    and ``stage=predict`` read like any other. ``notes`` are added to the metadata."""
-    import io
-
-    from mrsr.results import atomic_write_bytes
-
-    ckpt = load_checkpoint(path, stage="sr")
-    sd = ckpt["state_dict"]
-    weights = sub_state_dict(sd, "ema.module") or sub_state_dict(sd, "generator")
-    meta = {**ckpt["mrsr"], "exported_from": Path(path).name, **notes}
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "state_dict": {
-                f"generator.{k}": v.detach().contiguous().clone() for k, v in weights.items()
-            },
-            "mrsr": meta,
-        },
-        buf,
-    )
-    out = Path(out)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return {"updates": source.updates, "loss": source.loss}

@@ -11,6 +11,7 @@ from torch import nn
 
 from mrsr.building import build_datamodule, output_dir
 from mrsr.errors import ConfigError
+from mrsr.generators import load_trained
 from mrsr.labels import unlabelled
 from mrsr.metrics import RealismMetrics, SRMetrics
 from mrsr.ops import upsample
@@ -19,12 +20,12 @@ from mrsr.results import print_table, write_results
 log = logging.getLogger("mrsr")
 
 
-def load_model(cfg: DictConfig) -> tuple[nn.Module, str]:
-    """The network to evaluate and its name: a checkpoint's EMA generator or a baseline."""
+def load_model(cfg: DictConfig) -> tuple[nn.Module, str, str | None]:
+    """The network to evaluate, its name and the LR operator it was trained on (None for a
+    baseline): a checkpoint's EMA generator or an interpolation."""
     if cfg.get("ckpt"):
-        from mrsr.stages.sr import load_generator
-
-        return load_generator(cfg.ckpt, scale=int(cfg.scale)), "sr"
+        trained = load_trained(cfg.ckpt, scale=int(cfg.scale))
+        return trained.net, "sr", trained.degradation
     model = instantiate(unlabelled(cfg.model))
     if getattr(model, "trainable", True):
         raise ConfigError(
@@ -32,7 +33,7 @@ def load_model(cfg: DictConfig) -> tuple[nn.Module, str]:
             "pass ckpt=<stage-sr checkpoint>, "
             "or evaluate a baseline with model=bicubic|bilinear|nearest"
         )
-    return model, model.mode
+    return model, model.mode, None
 
 
 # classical baselines scored beside a trained network: bicubic, and zero-filling (sinc), the
@@ -68,12 +69,11 @@ def score(
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    model, name = load_model(cfg)
+    model, name, trained = load_model(cfg)
     dm = build_datamodule(cfg)
     dm.setup("test")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     operator = dm.store.operator
-    trained = getattr(model, "training_data", {}).get("degradation")
     if trained and trained != operator.name:
         log.warning(
             "the checkpoint was trained on %s LR images, evaluated here on %s ones",

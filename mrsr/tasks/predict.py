@@ -1,27 +1,36 @@
-"""``stage=predict``: super-resolve a NIfTI volume (or a fastMRI .h5 file) with a stage-``sr``
-checkpoint (or the bundled model of ``scale``) and write a NIfTI on the new grid.
+"""``stage=predict``: super-resolve one scan or a whole study with a stage-``sr`` checkpoint (or
+the bundled model of ``scale``), each output with a receipt beside it.
 
-Slices are taken along ``predict.axis`` and each is up-sampled in-plane by the checkpoint's
-scale (:func:`mrsr.inference.super_resolve_scan`); the output overlays the input in a viewer
-(:func:`mrsr.inference.upsampled_affine`). Intensities are normalised per volume as in training
-and mapped back to the input's units. The output is written to a temporary file beside it and
-renamed into place only when complete.
+``input=`` is a file, a folder, a glob or a BIDS dataset (:mod:`mrsr.study`); ``output=`` a
+file for one scan, else a folder (for BIDS: a derivatives dataset). Slices are taken along
+``predict.axis`` and each is up-sampled in-plane by the model's scale
+(:func:`mrsr.inference.super_resolve_scan`); the output overlays the input in a viewer
+(:func:`mrsr.inference.upsampled_affine`) and keeps its header and units. Each output is
+written to a temporary file beside it and renamed into place when complete, then its receipt
+(:mod:`mrsr.receipt`). In a batch, scans with a finished receipt are skipped, a failing scan is
+reported and the others go on, and the run ends with a summary (exit status 2 if any failed).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
+import mrsr
+from mrsr.data.degrade import normalise_with_range
 from mrsr.data.geometry import mm
-from mrsr.errors import ConfigError
+from mrsr.errors import ConfigError, MrsrError, user_error
+from mrsr.generators import TrainedGenerator, model_for
 from mrsr.inference import (
+    SliceProgress,
     acquired_input,
-    bundled_model,
     check_consistency,
     check_from_acquired,
     check_output_dtype,
@@ -31,85 +40,231 @@ from mrsr.inference import (
     upsampled_affine,
     write_nifti_atomic,
 )
+from mrsr.receipt import (
+    NOISE_FLOOR,
+    NOISE_MARGIN,
+    Receipt,
+    command_line,
+    consistency_error,
+    intensity_findings,
+    noise_estimate,
+    read_receipt,
+    write_receipt,
+)
 from mrsr.results import device_label
+from mrsr.study import Scan, Study, check_suffixes, plan, source_reference
+from mrsr.study import write_dataset_description as describe_derivatives
 
 log = logging.getLogger("mrsr")
 
 
-def predict(cfg: DictConfig) -> dict:
-    """Super-resolve ``cfg.input`` into ``cfg.output`` with the EMA generator of ``cfg.ckpt``
-    (default: the bundled quick-start model of ``cfg.scale``)."""
-    from mrsr.stages.sr import load_generator
+@dataclass(frozen=True)
+class Settings:
+    """``predict.*`` checked once for the whole run."""
 
-    inp, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
-    check_paths(inp, out, bool(cfg.get("overwrite", False)))
-    p = cfg.predict
-    dtype = check_output_dtype(p.get("output_dtype", "float32"), "predict.output_dtype")
-    consistency = check_consistency(p.get("consistency", "none"))
-    from_acquired = check_from_acquired(p.get("from_acquired", "auto"))
-    scan = read_input(
-        inp, p.get("axis", "auto"), None if p.get("volume") is None else int(p.volume)
-    )
-    if cfg.get("ckpt") in (None, ""):
-        ckpt = bundled_model(int(cfg.get("scale", 2)))
-        log.info(
-            "no ckpt given: using the bundled x%s quick-start model (%s)",
-            cfg.get("scale", 2),
-            ckpt.name,
+    axis: int | str
+    volume: int | None
+    dtype: str
+    consistency: str
+    from_acquired: str
+    batch_size: int
+    tile: int | None
+    overlap: int
+    device: torch.device
+
+    @classmethod
+    def of(cls, p: DictConfig) -> Settings:
+        return cls(
+            axis=p.get("axis", "auto"),
+            volume=None if p.get("volume") is None else int(p.volume),
+            dtype=check_output_dtype(p.get("output_dtype", "float32"), "predict.output_dtype"),
+            consistency=check_consistency(p.get("consistency", "none")),
+            from_acquired=check_from_acquired(p.get("from_acquired", "auto")),
+            batch_size=int(p.batch_size),
+            tile=None if p.get("tile") in (None, 0) else int(p.tile),
+            overlap=int(p.overlap),
+            device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
         )
-    else:
-        ckpt = Path(str(cfg.ckpt))
-    net = load_generator(str(ckpt))
-    scale = int(net.scale)
-    if scale == 1:
+
+    def recorded(self) -> dict[str, Any]:
+        return {
+            "axis": self.axis,
+            "volume": self.volume,
+            "output_dtype": self.dtype,
+            "consistency": self.consistency,
+            "from_acquired": self.from_acquired,
+            "batch_size": self.batch_size,
+            "tile": self.tile,
+            "overlap": self.overlap,
+        }
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Super-resolve every scan ``cfg.input`` names (see the module docstring)."""
+    settings = Settings.of(cfg.predict)
+    overwrite = bool(cfg.get("overwrite", False))
+    scale = int(cfg.get("scale", 2))
+    study = plan(cfg.input, cfg.get("output"), scale, check_suffixes(cfg.predict.get("suffix")))
+    if not study.batch:
+        check_paths(study.scans[0].input, study.scans[0].output, overwrite)
+    model = load_model(cfg.get("ckpt"), scale)
+    if model.scale != scale and study.kind == "bids":
+        study = plan(cfg.input, cfg.get("output"), model.scale, check_suffixes(cfg.predict.suffix))
+    if not study.batch:
+        return predict_scan(model, study.scans[0], settings, study)
+    return predict_study(model, study, settings, overwrite)
+
+
+def load_model(ckpt: object, scale: int) -> TrainedGenerator:
+    """The model to run, said in the log: ``ckpt``, or the bundled model of ``scale``."""
+    model = model_for(None if ckpt in (None, "") else str(ckpt), scale)
+    if model.scale == 1:
         raise ConfigError(
-            f"ckpt={ckpt} is a through-plane network (scale 1, from stage=throughplane): it was "
-            "trained on one scan's slice profile; run stage=throughplane on the new scan instead"
+            f"ckpt={model.path} is a through-plane network (scale 1, from stage=throughplane): "
+            "it was trained on one scan's slice profile; run stage=throughplane on the new scan "
+            "instead"
         )
-    trained = getattr(net, "training_data", {})
     log.info(
-        "model trained on %s LR images (nominal operator %s; docs: guide/data.md, LR operators)",
-        trained.get("degradation") or "bicubic",
-        trained.get("nominal") or "bicubic",
+        "%s, x%d; model trained on %s LR images (nominal operator %s; docs: guide/data.md, "
+        "LR operators)",
+        model.name,
+        model.scale,
+        model.degradation,
+        model.nominal,
     )
-    scan, cutoffs = acquired_input(scan, from_acquired, inp)
-    data, axis, is_2d = scan.data, scan.slicing.axis, scan.is_2d
-    zooms_out = scan.zooms_after(scale)
+    return model
+
+
+def predict_study(
+    model: TrainedGenerator, study: Study, settings: Settings, overwrite: bool
+) -> dict:
+    """Every scan of a batch; finished ones skipped, failures reported, a summary at the end."""
+    n = len(study.scans)
+    log.info("%s input: %d scan(s) -> %s", study.kind, n, _common_folder(study))
+    describe_derivatives(study, mrsr.__version__)
+    done: list[str] = []
+    skipped: list[str] = []
+    failed: list[tuple[str, str]] = []
+    with SliceProgress("super-resolving scans", n) as bar:
+        for i, scan in enumerate(study.scans, 1):
+            why = finished(scan, model, overwrite)
+            if why:
+                log.info("[%d/%d] %s: skipped (%s)", i, n, scan.input.name, why)
+                skipped.append(str(scan.output))
+                bar.advance(1)
+                continue
+            try:
+                if not overwrite and scan.output.exists():
+                    raise ConfigError(
+                        f"output={scan.output} exists without a finished receipt: "
+                        "pass overwrite=true to replace it"
+                    )
+                predict_scan(model, scan, settings, study, progress=False)
+                done.append(str(scan.output))
+                log.info("[%d/%d] %s: done", i, n, scan.input.name)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - one scan's failure must not stop the rest
+                cause = user_error(err)
+                line = str(cause) if cause is not None else f"{type(err).__name__}: {err}"
+                if cause is None:
+                    log.exception("[%d/%d] %s: failed", i, n, scan.input.name)
+                log.error("[%d/%d] %s: failed: %s", i, n, scan.input.name, line)
+                failed.append((str(scan.input), line))
+            bar.advance(1)
+    log.info(
+        "summary: %d done, %d skipped (finished before), %d failed, of %d scan(s)",
+        len(done),
+        len(skipped),
+        len(failed),
+        n,
+    )
+    for path, line in failed:
+        log.info("  failed: %s: %s", path, line)
+    if failed:
+        raise MrsrError(
+            f"{len(failed)} of {n} scan(s) failed (first: {Path(failed[0][0]).name}: "
+            f"{failed[0][1]}); the others are written; see the summary in run.log"
+        )
+    return {"done": done, "skipped": skipped, "failed": failed, "scans": n, "kind": study.kind}
+
+
+def finished(scan: Scan, model: TrainedGenerator, overwrite: bool) -> str | None:
+    """Why ``scan`` needs no work (its output and a finished receipt from this model exist), or
+    None."""
+    if overwrite or not scan.output.exists():
+        return None
+    receipt = read_receipt(scan.receipt)
+    if receipt is None or receipt.get("status") != "done":
+        return None
+    made_by = (receipt.get("model") or {}).get("sha256")
+    if made_by != model.sha256():
+        return None
+    return f"finished {receipt.get('finished', '')}".strip()
+
+
+def _common_folder(study: Study) -> str:
+    if study.derivatives is not None:
+        return str(study.derivatives)
+    parents = {s.output.parent for s in study.scans}
+    return str(parents.pop()) if len(parents) == 1 else f"{len(parents)} folders"
+
+
+def predict_scan(
+    model: TrainedGenerator,
+    scan: Scan,
+    settings: Settings,
+    study: Study,
+    progress: bool = True,
+) -> dict:
+    """Super-resolve one scan into ``scan.output`` and write its receipt."""
+    receipt = Receipt()
+    inp, out, scale = scan.input, scan.output, model.scale
+    scan.output.parent.mkdir(parents=True, exist_ok=True)
+    image = read_input(inp, settings.axis, settings.volume)
+    image, cutoffs = acquired_input(image, settings.from_acquired, inp)
+    data, axis, is_2d = image.data, image.slicing.axis, image.is_2d
+    zooms_out = image.zooms_after(scale)
     log.info(
         "%s: voxels %s mm; slicing axis %d (%s); output voxels %s mm",
         inp.name,
-        mm(scan.zooms[1:] if is_2d else scan.zooms),
+        mm(image.zooms[1:] if is_2d else image.zooms),
         axis,
-        scan.slicing.reason,
+        image.slicing.reason,
         mm(zooms_out[1:] if is_2d else zooms_out),
     )
-    if not scan.slicing.square:
-        log.warning(
-            "%s: the in-plane voxels of slices along axis %d are not square (%s mm); "
-            "the network treats them as square",
-            inp.name,
-            axis,
-            mm(tuple(z for a, z in enumerate(scan.zooms) if a != axis)),
+    if not image.slicing.square:
+        receipt.warn(
+            f"the in-plane voxels of slices along axis {axis} are not square "
+            f"({mm(tuple(z for a, z in enumerate(image.zooms) if a != axis))} mm); "
+            "the network treats them as square"
         )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tile = None if p.get("tile") in (None, 0) else int(p.tile)
     result, seconds = super_resolve_scan(
-        net, scan, scale, int(p.batch_size), tile, int(p.overlap), device, consistency
+        model.net,
+        image,
+        scale,
+        settings.batch_size,
+        settings.tile,
+        settings.overlap,
+        settings.device,
+        settings.consistency,
+        percentile=model.percentile,
+        progress=progress,
     )
     write_nifti_atomic(
         out,
         result,
-        upsampled_affine(scan.affine, scale, scan.inplane),
-        scan.header,
-        dtype,
+        upsampled_affine(image.affine, scale, image.inplane),
+        image.header,
+        settings.dtype,
         f"mrsr x{scale} SR",
     )
-    n = data.shape[axis]
     written = (
-        np.dtype(scan.header.get_data_dtype()).name
-        if dtype == "input" and scan.header is not None
+        np.dtype(image.header.get_data_dtype()).name
+        if settings.dtype == "input" and image.header is not None
         else "float32"
     )
+    n = data.shape[axis]
     log.info(
         "%s %s -> %s %s (%s): x%d in-plane, slicing axis %d, %d slice(s) on %s in %.2f s "
         "(%.1f slices/s)",
@@ -121,21 +276,115 @@ def predict(cfg: DictConfig) -> dict:
         scale,
         axis,
         n,
-        device_label(device),
+        device_label(settings.device),
         seconds,
         n / max(seconds, 1e-9),
     )
+    checks = check_scan(model, image, result, cutoffs, receipt)
+    receipt.add(
+        input=source_reference(study, inp),
+        output=str(out),
+        version=mrsr.__version__,
+        command=command_line(),
+        model={
+            "name": model.name,
+            "path": str(model.path),
+            "sha256": model.sha256(),
+            "scale": scale,
+            "trained_on": model.degradation,
+            "nominal_operator": model.nominal,
+            "operator": model.operator,
+            "updates": model.updates,
+            "loss": model.loss,
+        },
+        scale=scale,
+        slicing_axis=axis,
+        slicing_axis_reason=image.slicing.reason,
+        input_image={
+            "shape": list(data.shape[1:] if is_2d else data.shape),
+            "voxel_mm": list(image.zooms[1:] if is_2d else image.zooms),
+            "dtype": str(np.dtype(data.dtype).name)
+            if image.header is None
+            else np.dtype(image.header.get_data_dtype()).name,
+        },
+        output_image={
+            "shape": list(result.shape),
+            "voxel_mm": list(zooms_out[1:] if is_2d else zooms_out),
+            "dtype": written,
+        },
+        settings=settings.recorded(),
+        checks=checks,
+        network_seconds=round(seconds, 3),
+        device=device_label(settings.device),
+    )
+    for said in receipt.warnings:
+        log.warning("%s: %s", inp.name, said)
+    written_receipt = receipt.finish()
+    write_receipt(scan.receipt, written_receipt)
+    log.info("%s: receipt %s (%s)", out.name, scan.receipt.name, written_receipt["trust"])
     return {
         "output": str(out),
+        "receipt": str(scan.receipt),
         "shape": list(result.shape),
         "scale": scale,
         "seconds": seconds,
-        "ckpt": str(ckpt),
+        "ckpt": str(model.path),
         "axis": axis,
-        "axis_reason": scan.slicing.reason,
+        "axis_reason": image.slicing.reason,
         "voxel_mm": list(zooms_out),
-        "consistency": consistency,
-        "trained_on": trained.get("degradation") or "bicubic",
+        "consistency": settings.consistency,
+        "trained_on": model.degradation,
         "cutoff": [c.fraction for c in cutoffs],
         "interpolated": any(c.interpolated for c in cutoffs),
+        "trust": written_receipt["trust"],
+        "warnings": written_receipt["warnings"],
+    }
+
+
+def check_scan(
+    model: TrainedGenerator, image: Any, result: np.ndarray, cutoffs: list, receipt: Receipt
+) -> dict[str, Any]:
+    """The receipt's checks of one scan (:mod:`mrsr.receipt`); failures become warnings."""
+    t0 = time.perf_counter()
+    axis, scale = image.slicing.axis, model.scale
+    norm, lo, hi = normalise_with_range(image.data, model.percentile)
+    slices = np.moveaxis(norm, axis, 0)  # a 2D input is one slice along axis 0
+    noise = noise_estimate(slices)
+    limit = max(NOISE_MARGIN * model.max_training_noise, NOISE_FLOOR)
+    if noise["sigma"] is not None and noise["sigma"] > limit:
+        receipt.warn(
+            f"noise about {100 * noise['sigma']:.1f}% of the robust range, above the "
+            f"{100 * model.max_training_noise:.1f}% the model was trained with: expect "
+            "smoothed detail or amplified noise"
+        )
+    facts, said = intensity_findings(image.data, lo, hi)
+    receipt.warn(*said)
+    interpolated = any(c.interpolated for c in cutoffs)
+    if interpolated:
+        receipt.warn(
+            "the input looks interpolated (its spectrum ends at "
+            + " and ".join(f"{c.fraction:.2f}" for c in cutoffs)
+            + " of Nyquist): super-resolving it sharpens an interpolation; "
+            "predict.from_acquired=true removes a whole zero-filling factor"
+        )
+    sr = (result - np.float32(lo)) / np.float32(hi - lo)
+    sr_slices = sr[None] if image.is_2d else np.moveaxis(sr, axis, 0)
+    pick = np.unique(np.linspace(0, slices.shape[0] - 1, min(slices.shape[0], 64)).astype(int))
+    error = consistency_error(sr_slices[pick], slices[pick], scale, model.nominal)
+    return {
+        "noise": {**noise, "training_max": model.max_training_noise, "limit": limit},
+        "resolution": {
+            "cutoff_fraction_of_nyquist": [round(c.fraction, 4) for c in cutoffs],
+            "interpolated": interpolated,
+            "checked": bool(cutoffs),
+        },
+        "intensities": facts,
+        "consistency": {
+            "operator": model.nominal,
+            "relative_error": round(error, 5),
+            "slices": int(len(pick)),
+            "meaning": "the output degraded again by the operator, against the input "
+            "(relative L2, normalised units)",
+        },
+        "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -1,0 +1,276 @@
+"""What a predict run works on: the scans an ``input=`` names and where each output goes.
+
+``input=`` is a file, a list of files, a folder (its images, not its sub-folders), a glob
+(``scans/*_T1w.nii.gz``; quote patterns with brackets) or the root of a BIDS dataset (a folder
+with ``dataset_description.json``: every ``sub-*/[ses-*/]anat`` image, optionally only some
+suffixes, e.g. ``T1w``). ``output=`` is a file for one input, else a folder; for BIDS it
+defaults to ``<root>/derivatives/mrsr`` and becomes a BIDS derivatives dataset whose file names
+keep the input's entities plus ``res-x<scale>`` (``sub-01_ses-1_res-x2_T1w.nii.gz``). Every
+output gets a receipt beside it: the same name with ``.json``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrsr.errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".h5", ".hdf5")
+# BIDS entity order (the specification's table); ``res`` is placed by it.
+BIDS_ENTITIES = (
+    "sub",
+    "ses",
+    "sample",
+    "task",
+    "tracksys",
+    "acq",
+    "nuc",
+    "voi",
+    "ce",
+    "trc",
+    "stain",
+    "rec",
+    "dir",
+    "run",
+    "mod",
+    "echo",
+    "flip",
+    "inv",
+    "mt",
+    "part",
+    "proc",
+    "hemi",
+    "space",
+    "split",
+    "recording",
+    "chunk",
+    "seg",
+    "res",
+    "den",
+    "label",
+    "desc",
+)
+DERIVATIVES_NAME = "mrsr"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One input and where its output and receipt go."""
+
+    input: Path
+    output: Path
+
+    @property
+    def receipt(self) -> Path:
+        return receipt_path(self.output)
+
+
+@dataclass(frozen=True)
+class Study:
+    """The scans of one predict run. ``kind``: file | files | folder | glob | bids."""
+
+    kind: str
+    scans: tuple[Scan, ...]
+    derivatives: Path | None = None  # the BIDS derivatives root (kind == "bids")
+    source: Path | None = None  # the BIDS dataset root
+
+    @property
+    def batch(self) -> bool:
+        return self.kind != "file"
+
+
+def image_stem(path: Path) -> str:
+    """The file name without its image extension (``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``)."""
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def image_suffix(path: Path) -> str:
+    name = path.name
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), path.suffix)
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
+
+
+def receipt_path(output: Path) -> Path:
+    """The receipt beside an output: ``scan_x2.nii.gz`` -> ``scan_x2.json``."""
+    return output.with_name(image_stem(output) + ".json")
+
+
+def output_suffix(inp: Path) -> str:
+    """Outputs keep the input's format; fastMRI files become NIfTI."""
+    suffix = image_suffix(inp)
+    return ".nii.gz" if suffix in (".h5", ".hdf5") else suffix
+
+
+def is_bids_root(path: Path) -> bool:
+    return path.is_dir() and (path / "dataset_description.json").is_file()
+
+
+def bids_name(inp: Path, scale: int) -> str:
+    """``inp``'s BIDS file name with ``res-x<scale>`` among its entities (in BIDS order)."""
+    stem = image_stem(inp)
+    *pairs, suffix = stem.split("_")
+    entities = [p.split("-", 1) for p in pairs if "-" in p]
+    if len(entities) != len(pairs) or not entities or entities[0][0] != "sub":
+        raise ConfigError(f"{inp}: not a BIDS file name (sub-<label>_..._<suffix>)")
+    entities = [e for e in entities if e[0] != "res"] + [["res", f"x{scale}"]]
+    rank = {k: i for i, k in enumerate(BIDS_ENTITIES)}
+    entities.sort(key=lambda e: rank.get(e[0], len(rank)))
+    return "_".join(f"{k}-{v}" for k, v in entities) + f"_{suffix}" + output_suffix(inp)
+
+
+def bids_images(root: Path, suffixes: Sequence[str] = ()) -> list[Path]:
+    """The anatomical images of a BIDS dataset (``sub-*/[ses-*/]anat``), optionally only the
+    given suffixes (``T1w``, ``T2w``, ...)."""
+    found = sorted(
+        p
+        for pattern in ("sub-*/anat/sub-*", "sub-*/ses-*/anat/sub-*")
+        for p in root.glob(pattern)
+        if is_image(p)
+    )
+    if suffixes:
+        wanted = set(suffixes)
+        found = [p for p in found if image_stem(p).rsplit("_", 1)[-1] in wanted]
+    return found
+
+
+def as_list(value: object) -> list[str]:
+    """A config value that may be one string or a list of them."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [v for v in value.split(",") if v] if "," in value else [value]
+    if isinstance(value, Iterable):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def plan(inputs: object, output: object, scale: int, suffixes: Sequence[str] = ()) -> Study:
+    """The scans ``input=`` names and their outputs (see the module docstring); refused in one
+    line when nothing matches or the output cannot be told."""
+    given = as_list(inputs)
+    if not given:
+        raise ConfigError("input=<scan, folder, glob or BIDS root> is needed")
+    out = None if output in (None, "") else Path(str(output)).expanduser()
+    if len(given) > 1:
+        files = [Path(g).expanduser() for g in given]
+        return _into_folder("files", files, out, "input=[...]")
+    text = given[0]
+    path = Path(text).expanduser()
+    if is_bids_root(path):
+        return _bids(path, out, scale, suffixes)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if is_image(p))
+        if not files:
+            from mrsr.data.readers import DICOM_HINT, is_dicom
+
+            if any(is_dicom(f) for f in sorted(path.iterdir())[:20] if f.is_file()):
+                raise DataError(path, f"is a folder of DICOM files: {DICOM_HINT}")
+            raise ConfigError(
+                f"input={text}: no images in this folder "
+                f"({', '.join(IMAGE_SUFFIXES)}; sub-folders are not searched)"
+            )
+        return _into_folder("folder", files, out, f"input={text}")
+    if glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(str(path)) if is_image(Path(p)))
+        if not files:
+            raise ConfigError(f"input={text}: the pattern matches no image")
+        return _into_folder("glob", files, out, f"input={text}")
+    if out is None:
+        raise ConfigError("output=<file.nii.gz or folder> is needed")
+    if out.is_dir() or str(output).endswith(("/", "\\")):
+        out = out / (image_stem(path) + output_suffix(path))
+    return Study("file", (Scan(path, out),))
+
+
+def _into_folder(kind: str, files: list[Path], out: Path | None, what: str) -> Study:
+    if out is None:
+        raise ConfigError(f"{what} names several scans: pass output=<folder>")
+    if out.name.endswith(IMAGE_SUFFIXES):
+        raise ConfigError(f"{what} names several scans: output={out} must be a folder")
+    names = [image_stem(f) for f in files]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{what}: two inputs would write the same output ({twice[0]})")
+    scans = tuple(Scan(f, out / (image_stem(f) + output_suffix(f))) for f in files)
+    return Study(kind, scans)
+
+
+def _bids(root: Path, out: Path | None, scale: int, suffixes: Sequence[str]) -> Study:
+    files = bids_images(root, suffixes)
+    if not files:
+        which = f" with suffix {', '.join(suffixes)}" if suffixes else ""
+        raise ConfigError(f"input={root}: a BIDS dataset without anatomical images{which}")
+    target = out or root / "derivatives" / DERIVATIVES_NAME
+    scans = tuple(Scan(f, target / f.parent.relative_to(root) / bids_name(f, scale)) for f in files)
+    return Study("bids", scans, derivatives=target, source=root)
+
+
+def write_dataset_description(study: Study, version: str) -> None:
+    """The derivatives dataset's ``dataset_description.json`` (kept when it exists). The source
+    dataset is linked as ``raw`` (receipts cite inputs as ``bids:raw:<path>``) when the
+    derivatives sit in its ``derivatives/`` folder."""
+    if study.derivatives is None:
+        return
+    path = study.derivatives / "dataset_description.json"
+    if path.exists():
+        return
+    from mrsr.results import atomic_write_text
+
+    name = "mrsr super-resolution"
+    source = study.source
+    if source is not None:
+        try:
+            described = json.loads((source / "dataset_description.json").read_text())
+            name += " of " + str(described["Name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    description: dict = {
+        "Name": name,
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {
+                "Name": "mrsr",
+                "Version": version,
+                "Description": "in-plane MR super-resolution (stage=predict)",
+            }
+        ],
+    }
+    if source is not None and study.derivatives == source / "derivatives" / DERIVATIVES_NAME:
+        description["DatasetLinks"] = {"raw": "../.."}
+    atomic_write_text(path, json.dumps(description, indent=2) + "\n")
+
+
+def source_reference(study: Study, inp: Path) -> str:
+    """How a receipt names its input: ``bids:raw:<path in the dataset>`` inside a linked BIDS
+    dataset, else the path."""
+    if (
+        study.source is not None
+        and study.derivatives == study.source / "derivatives" / DERIVATIVES_NAME
+    ):
+        return "bids:raw:" + inp.relative_to(study.source).as_posix()
+    return str(inp)
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def check_suffixes(value: object) -> list[str]:
+    """``predict.suffix``: BIDS suffixes (``T1w``, ``[T1w,T2w]``), refused when not a label."""
+    found = as_list(value)
+    for s in found:
+        if not _LABEL.match(s):
+            raise ConfigError(f"predict.suffix={s}: a BIDS suffix is letters and digits (T1w)")
+    return found
