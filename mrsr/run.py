@@ -43,12 +43,31 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
+
+
+def interrupted() -> None:
+    """Ctrl-C: one line (also in the run's log file), exit status 130. Outputs are written to
+    a temporary file and renamed when complete, so none is left half-written."""
+    from mrsr.runner import to_log_file
+
+    to_log_file(40, "mrsr: interrupted")  # logging.ERROR
+    print("mrsr: interrupted", file=sys.stderr)
+    raise SystemExit(INTERRUPTED) from None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://mrsr.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from mrsr.runner import run_task
 
     try:
         return run_task(cfg)
+    except KeyboardInterrupt:
+        interrupted()
+    except SystemExit as err:
+        if isinstance(err.__context__, KeyboardInterrupt):  # Lightning's exit(1) after Ctrl-C
+            interrupted()
+        raise
     except Exception as err:
         # An expected error wrapped by Hydra's instantiate (e.g. a bad scale for a model).
         from mrsr.errors import user_error
@@ -237,6 +256,14 @@ def check_overrides(argv: list[str]) -> str | None:
 
 
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:  # before the run started (composing, imports)
+        print("mrsr: interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+
+
+def _main() -> None:
     sys.argv[1:] = null_groups_to_deletions(sys.argv[1:])
     problem = (
         check_quoting(sys.argv[1:])
