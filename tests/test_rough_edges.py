@@ -340,3 +340,58 @@ def test_ctrl_c_is_one_line_status_130_and_leaves_no_output(tmp_path: Path) -> N
     assert err.strip().splitlines() == ["mrsr: interrupted"]
     assert "mrsr: interrupted" in (run / "run.log").read_text()
     assert [p.name for p in folder.iterdir()] == ["in.nii.gz"]  # no output, no temporary file
+
+
+# -- a quiet stage=throughplane log ----------------------------------------------------------
+
+LIGHTNING_LINES = (
+    "GPU available",
+    "TPU available",
+    "Seed set to",
+    "Loading `train_dataloader`",
+    "| Name",
+    "`Trainer.fit` stopped",
+)
+
+
+def test_throughplane_log_has_no_lightning_chatter(tmp_path: Path) -> None:
+    inp = _save(
+        tmp_path / "thick.nii.gz", phantom((64, 64, 16), seed=1) + 10, np.diag([1, 1, 4, 1.0])
+    )
+    run = tmp_path / "run"
+    proc = mrsr(
+        "stage=throughplane",
+        f"input={inp}",
+        f"output={tmp_path / 'iso.nii.gz'}",
+        f"hydra.run.dir={run}",
+        "trainer.max_steps=2",
+        "stage.module.generator.n_blocks=1",
+        "stage.module.generator.n_feats=8",
+        "throughplane.patch_size=32",
+        "throughplane.batch_size=4",
+        "~logger",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    log = (run / "run.log").read_text()
+    assert "thick.nii.gz -> iso.nii.gz" in log and "step 2: val PSNR" in log
+    for line in LIGHTNING_LINES:
+        assert line not in log + out + err, line
+
+
+def test_quiet_lightning_keeps_warnings_and_restores_levels(caplog) -> None:
+    import logging
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    from mrsr.tasks.throughplane import quiet_lightning
+
+    name = "lightning.pytorch.utilities.rank_zero"
+    before = logging.getLogger(name).level
+    with caplog.at_level(logging.INFO), quiet_lightning():
+        rank_zero_info("GPU available: False")
+        logging.getLogger(name).warning("something that matters")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "something that matters" in messages and "GPU available: False" not in messages
+    assert logging.getLogger(name).level == before

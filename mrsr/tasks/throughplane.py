@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from omegaconf import DictConfig
 from mrsr.building import build_module, build_trainer, output_dir
 from mrsr.data.acquisition import Described
 from mrsr.errors import ConfigError
-from mrsr.inference import check_output_dtype, check_paths, write_nifti_atomic
+from mrsr.inference import check_magnitude, check_output_dtype, check_paths, write_nifti_atomic
 from mrsr.isotropic.estimate import ProfileFit, estimate_profile
 from mrsr.isotropic.geometry import ThickGeometry, grid_affine, thick_geometry
 from mrsr.isotropic.pairs import SelfPairsDataModule
@@ -49,6 +51,29 @@ HELD_OUT_NOTE = (
     "profile, not a measure of the through-plane gain"
 )
 RECORD = "throughplane.json"
+# Lightning's info lines (devices, "Seed set to", "Loading `train_dataloader` ...", the model
+# summary, "`Trainer.fit` stopped") say nothing about a one-scan run; its warnings still show.
+LIGHTNING_CHATTER = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.fabric.utilities.seed",
+    "lightning.pytorch.callbacks.model_summary",
+    "lightning.pytorch.accelerators.cuda",
+)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's loggers in :data:`LIGHTNING_CHATTER` at WARNING while the block runs."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_CHATTER]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def choose_profile(
@@ -114,6 +139,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         volume=None if tp.get("volume") is None else int(tp.volume),
         volume_key="throughplane.volume",
     )
+    check_magnitude(inp, vol.data)
     geom = thick_geometry(
         vol.zooms, vol.data.shape, None if tp.get("axis") is None else int(tp.axis)
     )
@@ -161,13 +187,15 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
             )
 
     run_dir = output_dir(cfg)
-    trainer = build_trainer(cfg)
+    with quiet_lightning():
+        trainer = build_trainer(cfg)
     if trainer.world_size > 1:
         raise ConfigError(
             "stage=throughplane trains on one scan on one device: "
             "use trainer=default or trainer=gpu"
         )
-    L.seed_everything(int(cfg.seed), workers=True)
+    with quiet_lightning():
+        L.seed_everything(int(cfg.seed), workers=True)
     dm = SelfPairsDataModule(
         norm,
         geom.voxel,
@@ -187,7 +215,8 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         "profile_source": source,
         **asdict(geom),
     }
-    trainer.fit(module, datamodule=dm)
+    with quiet_lightning():
+        trainer.fit(module, datamodule=dm)
     held = {
         k: float(v)
         for k, v in trainer.callback_metrics.items()
