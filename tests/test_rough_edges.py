@@ -395,3 +395,65 @@ def test_quiet_lightning_keeps_warnings_and_restores_levels(caplog) -> None:
     messages = [r.getMessage() for r in caplog.records]
     assert "something that matters" in messages and "GPU available: False" not in messages
     assert logging.getLogger(name).level == before
+
+
+# -- stage=predict end to end ----------------------------------------------------------------
+
+
+@pytest.fixture
+def sr_ckpt(make_cfg, tmp_path: Path) -> Path:
+    from tests.test_predict import save_sr_checkpoint
+
+    return save_sr_checkpoint(make_cfg, tmp_path / "sr.ckpt")
+
+
+def _predict(make_cfg, ckpt: Path, inp: Path, out: Path, *extra: str) -> None:
+    from mrsr.tasks.predict import predict
+
+    predict(make_cfg("stage=predict", f"ckpt={ckpt}", f"input={inp}", f"output={out}", *extra))
+
+
+def test_predict_mgz_to_mgz_and_to_nifti(make_cfg, sr_ckpt: Path, tmp_path: Path) -> None:
+    inp = tmp_path / "T1.mgz"
+    nib.save(nib.MGHImage(phantom((12, 12, 5), seed=4) + 10, oblique_affine()), inp)
+    want = inference.upsampled_affine(oblique_affine(), 2, (0, 1))
+    for name in ("sr.mgz", "sr.nii.gz"):
+        _predict(make_cfg, sr_ckpt, inp, tmp_path / name)
+        out = nib.load(tmp_path / name)
+        assert isinstance(out, nib.MGHImage if name.endswith(".mgz") else nib.Nifti1Image)
+        assert out.shape == (24, 24, 5) and np.allclose(out.affine, want, atol=1e-4)
+        assert np.allclose(out.header.get_zooms()[:3], (0.25, 0.25, 2.0), atol=1e-6)
+
+
+def test_predict_keeps_a_files_units(make_cfg, sr_ckpt: Path, tmp_path: Path) -> None:
+    microns = oblique_affine((1.0, 1.0, 4.0))
+    microns[:3] *= 1000.0
+    img = nib.Nifti1Image(phantom((12, 12, 4), seed=2) + 10, microns)
+    img.header.set_xyzt_units("micron", "sec")
+    nib.save(img, tmp_path / "um.nii.gz")
+    _predict(make_cfg, sr_ckpt, tmp_path / "um.nii.gz", tmp_path / "o.nii.gz")  # axis: auto
+    out = nib.load(tmp_path / "o.nii.gz")
+    assert out.header.get_xyzt_units() == ("micron", "sec")
+    assert np.allclose(out.affine, inference.upsampled_affine(microns, 2, (0, 1)), atol=1e-3)
+    assert np.allclose(out.header.get_zooms(), (500.0, 500.0, 4000.0), atol=1e-3)
+
+
+def test_predict_refuses_a_phase_map_from_the_command_line(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    phase = _save(tmp_path / "phase.nii.gz", rng.uniform(-np.pi, np.pi, (16, 16, 8)))
+    run = tmp_path / "run"
+    proc = mrsr(
+        "stage=predict",
+        f"input={phase}",
+        f"output={tmp_path / 'o.nii.gz'}",
+        f"hydra.run.dir={run}",
+        "predict.axis=2",
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    (line,) = err.strip().splitlines()
+    assert (
+        line.startswith(f"mrsr: {phase}: signed intensities")
+        and line in (run / "run.log").read_text()
+    )
+    assert not (tmp_path / "o.nii.gz").exists()
