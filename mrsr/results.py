@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -74,6 +75,15 @@ def check_writable(folder: Path, key: str) -> None:
             f"{key}: cannot write in {probe} ({err.strerror or err}): choose a folder you can "
             "write in, or make it writable"
         ) from None
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove what an :func:`atomic_write` of ``path`` killed before its rename left behind
+    (``.<name>.*.tmp*`` beside it); returns the removed files."""
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -43,6 +43,7 @@ from mrsr.inference import (
 from mrsr.receipt import (
     NOISE_FLOOR,
     NOISE_MARGIN,
+    RECEIPT_FORMAT,
     Receipt,
     command_line,
     consistency_error,
@@ -51,7 +52,7 @@ from mrsr.receipt import (
     read_receipt,
     write_receipt,
 )
-from mrsr.results import device_label
+from mrsr.results import device_label, remove_stale_temporaries
 from mrsr.study import Scan, Study, check_suffixes, plan, source_reference
 from mrsr.study import write_dataset_description as describe_derivatives
 
@@ -154,7 +155,7 @@ def predict_study(
                 bar.advance(1)
                 continue
             try:
-                if not overwrite and scan.output.exists():
+                if not overwrite and scan.output.exists() and read_receipt(scan.receipt) is None:
                     raise ConfigError(
                         f"output={scan.output} exists without a finished receipt: "
                         "pass overwrite=true to replace it"
@@ -170,7 +171,7 @@ def predict_study(
                 if cause is None:
                     log.exception("[%d/%d] %s: failed", i, n, scan.input.name)
                 log.error("[%d/%d] %s: failed: %s", i, n, scan.input.name, line)
-                failed.append((str(scan.input), line))
+                failed.append((str(scan.input), line.replace(f"{scan.input}: ", "")))
             bar.advance(1)
     log.info(
         "summary: %d done, %d skipped (finished before), %d failed, of %d scan(s)",
@@ -221,6 +222,9 @@ def predict_scan(
     receipt = Receipt()
     inp, out, scale = scan.input, scan.output, model.scale
     scan.output.parent.mkdir(parents=True, exist_ok=True)
+    for path in (scan.output, scan.receipt):
+        for tmp in remove_stale_temporaries(path):
+            log.info("%s: removed %s, left by an interrupted run", inp.name, tmp.name)
     image = read_input(inp, settings.axis, settings.volume)
     image, cutoffs = acquired_input(image, settings.from_acquired, inp)
     data, axis, is_2d = image.data, image.slicing.axis, image.is_2d
@@ -251,6 +255,8 @@ def predict_scan(
         percentile=model.percentile,
         progress=progress,
     )
+    # a receipt that says "writing" first: a rerun then knows a left-over output is its own
+    write_receipt(scan.receipt, {"mrsr_receipt": RECEIPT_FORMAT, "status": "writing"})
     write_nifti_atomic(
         out,
         result,
