@@ -97,3 +97,51 @@ def test_the_scan_sees_imports_inside_functions() -> None:
     names = imported(PACKAGE / "tasks" / "probe.py", text)
     assert reaches(names, "mrsr.tasks") == ["mrsr.tasks", "mrsr.tasks.predict", "mrsr.tasks.train"]
     assert reaches(names, "mrsr.run") == ["mrsr.run"]
+
+
+INFERENCE = ("tasks/predict.py", "generators.py", "inference.py", "study.py", "receipt.py")
+
+
+def module_path(name: str) -> Path | None:
+    """The source file of an ``mrsr`` module name (None outside the package or for a name that
+    is an attribute, e.g. ``mrsr.inference.upsampled_affine``)."""
+    parts = name.split(".")
+    if parts[0] != "mrsr" or len(parts) < 2:
+        return None
+    rel = Path(*parts[1:])
+    for candidate in (PACKAGE / rel.with_suffix(".py"), PACKAGE / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def closure(paths: list[Path]) -> set[str]:
+    """Every module reached from ``paths`` through ``mrsr`` modules (imports inside functions
+    included), and the outside modules they name."""
+    seen: set[Path] = set()
+    names: set[str] = set()
+    todo = list(paths)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported(path):
+            names.add(name)
+            found = module_path(name)
+            if found is not None:
+                todo.append(found)
+    return names
+
+
+def test_inference_never_imports_lightning_or_a_stage() -> None:
+    """Predicting loads a generator through ``mrsr.generators``: nothing it reaches imports
+    Lightning, a LightningModule (``mrsr.stages``) or the training code."""
+    names = closure(modules(*INFERENCE))
+    assert "mrsr.generators" in names and "mrsr.inference" in names  # the scan sees the chain
+    found = [
+        n
+        for target in ("lightning", "mrsr.stages", "mrsr.training", "mrsr.building")
+        for n in reaches(names, target)
+    ]
+    assert not found, f"inference reaches {found}"
