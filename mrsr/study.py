@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mrsr.errors import ConfigError, DataError
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".h5", ".hdf5")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".h5", ".hdf5")
 # BIDS entity order (the specification's table); ``res`` is placed by it.
 BIDS_ENTITIES = (
     "sub",
@@ -204,6 +204,11 @@ def _into_folder(kind: str, files: list[Path], out: Path | None, what: str) -> S
     if twice:
         raise ConfigError(f"{what}: two inputs would write the same output ({twice[0]})")
     scans = tuple(Scan(f, out / (image_stem(f) + output_suffix(f))) for f in files)
+    if any(s.output.resolve() == s.input.resolve() for s in scans):
+        raise ConfigError(
+            f"{what}: output={out} is the inputs' own folder and the outputs keep their names: "
+            "choose another output folder"
+        )
     return Study(kind, scans)
 
 

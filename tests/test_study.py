@@ -306,3 +306,22 @@ def test_a_failure_in_the_middle_leaves_every_other_output_right(make_cfg, tmp_p
             np.asarray(nib.load(str(tmp_path / "out" / inp.name)).dataobj),
             np.asarray(nib.load(str(alone)).dataobj),
         )
+
+
+def test_a_batch_refuses_its_input_folder_and_an_unwritable_output_before_any_work(
+    make_cfg, tmp_path: Path
+) -> None:
+    src = tmp_path / "scans"
+    scan(src / "a.nii.gz", 13)
+    with pytest.raises(ConfigError, match="is the inputs' own folder"):
+        run_predict(make_cfg, src, src)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user can write in read-only folders (root)")
+        with pytest.raises(ConfigError, match="output: cannot write in"):
+            run_predict(make_cfg, src, locked / "out")
+    finally:
+        locked.chmod(0o700)

@@ -52,7 +52,7 @@ from mrsr.receipt import (
     read_receipt,
     write_receipt,
 )
-from mrsr.results import device_label, remove_stale_temporaries
+from mrsr.results import check_writable, device_label, remove_stale_temporaries
 from mrsr.study import Scan, Study, check_suffixes, plan, source_reference
 from mrsr.study import write_dataset_description as describe_derivatives
 
@@ -142,6 +142,8 @@ def predict_study(
     """Every scan of a batch; finished ones skipped, failures reported, a summary at the end."""
     n = len(study.scans)
     log.info("%s input: %d scan(s) -> %s", study.kind, n, _common_folder(study))
+    for folder in sorted({s.output.parent for s in study.scans}):
+        check_writable(folder, "output")  # before any work, not after it
     describe_derivatives(study, mrsr.__version__)
     done: list[str] = []
     skipped: list[str] = []
