@@ -42,14 +42,19 @@ BRIGHT_LIMIT = 3.0  # normalised intensity: mrsr.inference.PASSTHROUGH_LIMIT
 BRIGHT_FRACTION = 1e-3
 NEGATIVE_FRACTION = 1e-3
 FOREGROUND = 0.1  # normalised intensity of the anatomy the noise is measured in
-MAX_SLICES = 64
+MAX_SLICES = 32
+CONSISTENCY_SLICES = 16  # slices a check reads (evenly spaced): a volume-level figure, fast
+MAX_VOXELS = 2_000_000  # voxels the intensity fractions are counted on (evenly strided)
+
+
+def sampled_indices(n: int, most: int = MAX_SLICES) -> list[int]:
+    """At most ``most`` evenly spaced indices of ``range(n)``."""
+    return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int)).tolist()
 
 
 def sampled_slices(slices: np.ndarray, max_slices: int = MAX_SLICES) -> np.ndarray:
     """At most ``max_slices`` evenly spaced slices of (n, h, w)."""
-    n = slices.shape[0]
-    pick = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
-    return np.asarray(slices[pick], dtype=np.float32)
+    return np.asarray(slices[sampled_indices(slices.shape[0], max_slices)], dtype=np.float32)
 
 
 def background_noise(slices: np.ndarray, top: float = 0.3, bins: int = 300) -> float:
@@ -106,16 +111,16 @@ def noise_estimate(slices: np.ndarray) -> dict[str, Any]:
 def intensity_findings(data: np.ndarray, lo: float, hi: float) -> tuple[dict, list[str]]:
     """Facts about the input's intensities (its own units and normalised by the robust
     range ``lo``..``hi``) and the ones a user should read, in plain words."""
-    flat = np.asarray(data, dtype=np.float32).ravel()
+    whole = np.asarray(data).ravel()
+    flat = whole[:: max(1, whole.size // MAX_VOXELS)].astype(np.float32)
     span = max(hi - lo, 1e-12)
     negative = float((flat < 0).mean())
-    bright = float(((flat - lo) / span > BRIGHT_LIMIT).mean())
-    foreground = float(((flat - lo) / span > FOREGROUND).mean())
-    sample = flat[:: max(1, flat.size // 200_000)]
-    distinct = int(np.unique(sample).size)
+    bright = float((flat > lo + BRIGHT_LIMIT * span).mean())
+    foreground = float((flat > lo + FOREGROUND * span).mean())
+    distinct = int(np.unique(flat[:: max(1, flat.size // 200_000)]).size)
     facts = {
-        "min": float(flat.min()),
-        "max": float(flat.max()),
+        "min": float(whole.min()),
+        "max": float(whole.max()),
         "robust_range": [float(lo), float(hi)],
         "negative_fraction": negative,
         "above_3x_robust_max_fraction": bright,

@@ -41,6 +41,7 @@ from mrsr.inference import (
     write_nifti_atomic,
 )
 from mrsr.receipt import (
+    CONSISTENCY_SLICES,
     NOISE_FLOOR,
     NOISE_MARGIN,
     RECEIPT_FORMAT,
@@ -50,6 +51,7 @@ from mrsr.receipt import (
     intensity_findings,
     noise_estimate,
     read_receipt,
+    sampled_indices,
     write_receipt,
 )
 from mrsr.results import check_writable, device_label, remove_stale_temporaries
@@ -257,16 +259,21 @@ def predict_scan(
         percentile=model.percentile,
         progress=progress,
     )
-    # a receipt that says "writing" first: a rerun then knows a left-over output is its own
+    # a receipt that says "writing" first: a rerun after a kill knows a left-over output is
+    # its own; removed again when the write fails here
     write_receipt(scan.receipt, {"mrsr_receipt": RECEIPT_FORMAT, "status": "writing"})
-    write_nifti_atomic(
-        out,
-        result,
-        upsampled_affine(image.affine, scale, image.inplane),
-        image.header,
-        settings.dtype,
-        f"mrsr x{scale} SR",
-    )
+    try:
+        write_nifti_atomic(
+            out,
+            result,
+            upsampled_affine(image.affine, scale, image.inplane),
+            image.header,
+            settings.dtype,
+            f"mrsr x{scale} SR",
+        )
+    except BaseException:
+        scan.receipt.unlink(missing_ok=True)
+        raise
     written = (
         np.dtype(image.header.get_data_dtype()).name
         if settings.dtype == "input" and image.header is not None
@@ -375,10 +382,10 @@ def check_scan(
             + " of Nyquist): super-resolving it sharpens an interpolation; "
             "predict.from_acquired=true removes a whole zero-filling factor"
         )
-    sr = (result - np.float32(lo)) / np.float32(hi - lo)
-    sr_slices = sr[None] if image.is_2d else np.moveaxis(sr, axis, 0)
-    pick = np.unique(np.linspace(0, slices.shape[0] - 1, min(slices.shape[0], 64)).astype(int))
-    error = consistency_error(sr_slices[pick], slices[pick], scale, model.nominal)
+    pick = sampled_indices(slices.shape[0], CONSISTENCY_SLICES)
+    sr_slices = result[None] if image.is_2d else np.moveaxis(result, axis, 0)
+    sr = (sr_slices[pick] - np.float32(lo)) / np.float32(hi - lo)
+    error = consistency_error(sr, slices[pick], scale, model.nominal)
     return {
         "noise": {**noise, "training_max": model.max_training_noise, "limit": limit},
         "resolution": {
@@ -390,7 +397,7 @@ def check_scan(
         "consistency": {
             "operator": model.nominal,
             "relative_error": round(error, 5),
-            "slices": int(len(pick)),
+            "slices": len(pick),
             "meaning": "the output degraded again by the operator, against the input "
             "(relative L2, normalised units)",
         },
