@@ -102,8 +102,8 @@ def sr_limited(
     limit: float,
     tile: int | None = None,
     overlap: int = 16,
-    box: tuple[int, int, int, int] | None = None,
-    margin: int | None = None,
+    window: tuple[int, int, int, int] | None = None,
+    radius: int | None = None,
 ) -> Tensor:
     """``net`` on ``x`` with outliers held back, plus what was held back, up-sampled locally.
 
@@ -116,15 +116,15 @@ def sr_limited(
     added back bilinearly (non-negative, within one input pixel). Nothing is lost: without the
     network both parts sum to the input.
 
-    With ``margin`` given, the network only runs on ``box`` plus ``margin`` LR pixels and the
-    rest is its skip path (:func:`sr_cropped`; ``box=None``: no network pass at all).
+    With ``radius`` given, the network only runs on the LR ``window`` and the output is its
+    skip path outside (:func:`sr_cropped`; ``window=None``: no network pass at all).
     """
     x = x.float()
 
     def sr(image: Tensor) -> Tensor:
-        if margin is None:
+        if radius is None:
             return sr_tiled(net, image, scale, tile, overlap)
-        return sr_cropped(net, image, scale, box, margin, tile, overlap)
+        return sr_cropped(net, image, scale, window, radius, tile, overlap)
 
     if not bool((x > limit).any()):  # the usual case: nothing to hold back
         return sr(x)
@@ -155,6 +155,9 @@ FOREGROUND_WINDOW = 5
 # LR pixels kept from the network around the foreground box beyond the receptive field
 # (a dim rim just below the threshold still gets the network's output).
 FOREGROUND_PAD = 4
+# On a CPU the network takes at most this many LR pixels at once (measured best on a 2-core
+# CPU: larger batches spill the caches and page-fault fresh allocations).
+CPU_PIXELS = 1 << 16
 
 
 def foreground_boxes(
@@ -174,21 +177,6 @@ def foreground_boxes(
         else:
             boxes.append((int(ri[0]), int(ri[-1]) + 1, int(ci[0]), int(ci[-1]) + 1))
     return boxes
-
-
-def union_box(
-    boxes: list[tuple[int, int, int, int] | None],
-) -> tuple[int, int, int, int] | None:
-    """The smallest box holding every box of ``boxes`` (None: none)."""
-    real = [b for b in boxes if b is not None]
-    if not real:
-        return None
-    return (
-        min(b[0] for b in real),
-        max(b[1] for b in real),
-        min(b[2] for b in real),
-        max(b[3] for b in real),
-    )
 
 
 # Modules whose output at a pixel depends on the same pixel of their input only, and the
@@ -249,28 +237,61 @@ def background(net: nn.Module, x: Tensor, scale: int) -> Tensor:
     return upsample(x.float(), scale, "bicubic")
 
 
+# Crops are rounded up to a multiple of this many LR pixels: a few distinct shapes, so that
+# the convolution backends (oneDNN, cuDNN) reuse their plans from slice to slice.
+CROP_MULTIPLE = 16
+
+
+def _span(lo: int, hi: int, margin: int, n: int, multiple: int) -> tuple[int, int]:
+    """``[lo - margin, hi + margin)`` within ``[0, n)``, grown to a multiple of ``multiple``."""
+    start, stop = max(lo - margin, 0), min(hi + margin, n)
+    size = min(-(-(stop - start) // multiple) * multiple, n)
+    stop = min(start + size, n)
+    return stop - size, stop
+
+
+def crop_window(
+    box: tuple[int, int, int, int] | None,
+    margin: int,
+    shape: tuple[int, int],
+    multiple: int = CROP_MULTIPLE,
+) -> tuple[int, int, int, int] | None:
+    """The LR window ``(top, bottom, left, right)`` the network runs on for a foreground
+    ``box``: the box plus ``margin`` on each side, within the image of ``shape``, its sides
+    rounded up to a multiple of ``multiple`` (None for no box)."""
+    if box is None:
+        return None
+    top, bottom = _span(box[0], box[1], margin, shape[0], multiple)
+    left, right = _span(box[2], box[3], margin, shape[1], multiple)
+    return top, bottom, left, right
+
+
 def sr_cropped(
     net: nn.Module,
     x: Tensor,
     scale: int,
-    box: tuple[int, int, int, int] | None,
-    margin: int,
+    window: tuple[int, int, int, int] | None,
+    radius: int,
     tile: int | None = None,
     overlap: int = 16,
 ) -> Tensor:
-    """``net(x)`` inside ``box`` (LR, end exclusive), computed on the box plus ``margin`` LR
-    pixels (at least the network's :func:`receptive_radius`: inside the box the result is then
-    that of the whole image up to float rounding); outside it, :func:`background`. The skip
-    path is taken from the whole image, so a skip with a wider reach (zero-filling) is exact
-    too. ``box=None``: :func:`background` only, no network pass."""
+    """``net(x)`` computed on the LR ``window`` only (:func:`crop_window`) and kept where it is
+    that of the whole image up to float rounding: the window less ``radius`` (at least the
+    network's :func:`receptive_radius`) on each side that is not the image's border. Elsewhere
+    the output is :func:`background`. The skip path is always that of the whole image, so a
+    skip with a wider reach (zero-filling) is exact too. ``window=None``: :func:`background`
+    only, no network pass."""
     h, w = x.shape[-2:]
-    if box is None:
+    if window is None:
         return background(net, x, scale)
-    top, bottom, left, right = box
-    t0, b0 = max(top - margin, 0), min(bottom + margin, h)
-    l0, r0 = max(left - margin, 0), min(right + margin, w)
-    if (t0, b0, l0, r0) == (0, h, 0, w):
+    if tuple(window) == (0, h, 0, w):
         return sr_tiled(net, x, scale, tile, overlap)
+    t0, b0, l0, r0 = window
+    top, bottom = (t0 + radius if t0 > 0 else 0), (b0 - radius if b0 < h else h)
+    left, right = (l0 + radius if l0 > 0 else 0), (r0 - radius if r0 < w else w)
+    out = background(net, x, scale)
+    if bottom <= top or right <= left:
+        return out
     crop = x[..., t0:b0, l0:r0]
     s = scale
     inside = (
@@ -279,13 +300,51 @@ def sr_cropped(
         slice((left - l0) * s, (right - l0) * s),
     )
     y = sr_tiled(net, crop, scale, tile, overlap)[inside]
-    out = background(net, x, scale)
     region = (..., slice(top * s, bottom * s), slice(left * s, right * s))
     skip = skip_of(net)
     if skip is None:
         out[region] = y
     else:  # the network's residual on the crop added to the skip of the whole image
         out[region] += y - skip(crop.float()).float()[inside]
+    return out
+
+
+def sr_foreground(
+    net: nn.Module,
+    x: Tensor,
+    scale: int,
+    limit: float,
+    radius: int,
+    tile: int | None = None,
+    overlap: int = 16,
+    max_pixels: int | None = None,
+    pad: int = FOREGROUND_PAD,
+) -> Tensor:
+    """:func:`sr_limited` of the images of ``x`` with the network run on each one's foreground
+    box (:func:`foreground_boxes`) plus ``radius + pad`` LR pixels (:func:`crop_window`; images
+    with the same window go together); images without foreground get the skip path only.
+    ``max_pixels``: the network takes at most this many LR pixels at once (keeps a CPU's
+    activations in its caches and out of fresh allocations)."""
+    shape = (x.shape[-2], x.shape[-1])
+    groups: dict[tuple[int, int, int, int] | None, list[int]] = {}
+    for j, box in enumerate(foreground_boxes(x)):
+        groups.setdefault(crop_window(box, radius + pad, shape), []).append(j)
+    if len(groups) == 1 and max_pixels is None:
+        window = next(iter(groups))
+        return sr_limited(net, x, scale, limit, tile, overlap, window, radius)
+    out = x.new_empty(
+        (x.shape[0], x.shape[1], x.shape[2] * scale, x.shape[3] * scale), dtype=torch.float32
+    )
+    for window, index in groups.items():
+        area = (
+            shape[0] * shape[1]
+            if window is None
+            else (window[1] - window[0]) * (window[3] - window[2])
+        )
+        step = len(index) if max_pixels is None else max(1, max_pixels // area)
+        for k in range(0, len(index), step):
+            part = index[k : k + step]
+            out[part] = sr_limited(net, x[part], scale, limit, tile, overlap, window, radius)
     return out
 
 
@@ -354,13 +413,14 @@ def super_resolve_volume(
 
     ``crop_background``: the network runs only on each slice's foreground box
     (:func:`foreground_boxes`) plus its :func:`receptive_radius` and :data:`FOREGROUND_PAD`
-    (on a CPU slice by slice, each with its own box; on a GPU on the batch's common box);
+    (slices with the same crop window together; on a CPU at most :data:`CPU_PIXELS` at once);
     elsewhere, and on slices without foreground, the output is the network's skip path
     (:func:`sr_cropped`: inside the boxes the output is that of the whole slice up to float
     rounding). Networks without a known local receptive field are run on whole slices.
     ``channels_last`` (default: on a CPU) runs the network in channels-last memory format
     (oneDNN's fast convolutions; float rounding differs from the default format). Both off give
-    the whole-slice result of earlier versions bit for bit."""
+    the whole-slice result of earlier versions bit for bit (channels-last alone also takes the
+    slices of a batch :data:`CPU_PIXELS` at a time on a CPU)."""
     check_consistency(consistency)
     device = device or torch.device("cpu")
     limit = PASSTHROUGH_LIMIT if limit is None else limit
@@ -368,8 +428,7 @@ def super_resolve_volume(
     out = np.empty((n, h * scale, w * scale), dtype=np.float32)
     net = net.eval().to(device)
     radius = receptive_radius(net) if crop_background else None
-    margin = None if radius is None else radius + FOREGROUND_PAD
-    per_slice = device.type == "cpu"
+    max_pixels = CPU_PIXELS if device.type == "cpu" else None
     fmt = (
         torch.channels_last
         if (device.type == "cpu" if channels_last is None else channels_last)
@@ -377,6 +436,8 @@ def super_resolve_volume(
     )
     if fmt is not None:
         net.to(memory_format=fmt)
+    seen: list[int] = []  # LR pixels the network was run on
+    hook = net.register_forward_pre_hook(lambda _, a: seen.append(a[0][:, 0].numel()))
     try:
         with SliceProgress(description, n, progress) as bar, torch.inference_mode():
             for i in range(0, n, batch_size):
@@ -388,35 +449,31 @@ def super_resolve_volume(
                 with torch.autocast(
                     device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
                 ):
-                    if margin is None:
-                        y = sr_limited(net, x, scale, limit, tile, overlap)
-                    else:
-                        boxes = foreground_boxes(x)
-                        groups = (
-                            [[j] for j in range(len(x))] if per_slice else [list(range(len(x)))]
-                        )
+                    if radius is None and (max_pixels is None or fmt is None):
+                        y = sr_limited(net, x, scale, limit, tile, overlap)  # as before
+                    elif radius is None:  # whole slices, at most max_pixels at once
+                        step = max(1, max_pixels // (h * w))
                         y = torch.cat(
                             [
-                                sr_limited(
-                                    net,
-                                    x[g],
-                                    scale,
-                                    limit,
-                                    tile,
-                                    overlap,
-                                    union_box([boxes[j] for j in g]),
-                                    margin,
-                                )
-                                for g in groups
+                                sr_limited(net, x[k : k + step], scale, limit, tile, overlap)
+                                for k in range(0, len(x), step)
                             ]
                         )
+                    else:
+                        y = sr_foreground(net, x, scale, limit, radius, tile, overlap, max_pixels)
                 if consistency == "kspace":
                     y = kspace_consistent(y.float(), x.float(), scale)
                 out[i : i + x.shape[0]] = y[:, 0].clamp(min=0).cpu().numpy()
                 bar.advance(x.shape[0])
     finally:
+        hook.remove()
         if fmt is not None:
             net.to(memory_format=torch.contiguous_format)
+    if radius is not None:
+        (log.info if progress else log.debug)(
+            "background cropping: the network ran on %.1f%% of the slices' pixels",
+            100.0 * sum(seen) / max(out[:, ::scale, ::scale].size, 1),
+        )
     return out
 
 
@@ -547,6 +604,7 @@ def super_resolve_scan(
     consistency: str = "none",
     percentile: float = 99.5,
     progress: bool = True,
+    crop_background: bool = True,
 ) -> tuple[np.ndarray, float]:
     """Every slice of ``scan`` along its slicing axis super-resolved in-plane by ``scale``
     (:func:`super_resolve_volume`), normalised as the network was trained (``percentile``:
@@ -567,6 +625,7 @@ def super_resolve_scan(
         device,
         progress=progress,
         consistency=consistency,
+        crop_background=crop_background,
     )
     seconds = time.perf_counter() - t0
     result = np.moveaxis(sr, 0, axis) * np.float32(hi - lo) + np.float32(lo)

@@ -74,6 +74,7 @@ class Settings:
     tile: int | None
     overlap: int
     device: torch.device
+    crop_background: bool = True
 
     @classmethod
     def of(cls, p: DictConfig) -> Settings:
@@ -87,6 +88,7 @@ class Settings:
             tile=None if p.get("tile") in (None, 0) else int(p.tile),
             overlap=int(p.overlap),
             device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+            crop_background=bool(p.get("crop_background", True)),
         )
 
     def recorded(self) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class Settings:
             "batch_size": self.batch_size,
             "tile": self.tile,
             "overlap": self.overlap,
+            "crop_background": self.crop_background,
         }
 
 
@@ -258,6 +261,7 @@ def predict_scan(
         settings.consistency,
         percentile=model.percentile,
         progress=progress,
+        crop_background=settings.crop_background,
     )
     # a receipt that says "writing" first: a rerun after a kill knows a left-over output is
     # its own; removed again when the write fails here
