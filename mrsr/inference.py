@@ -437,7 +437,10 @@ def super_resolve_volume(
     if fmt is not None:
         net.to(memory_format=fmt)
     seen: list[int] = []  # LR pixels the network was run on
-    hook = net.register_forward_pre_hook(lambda _, a: seen.append(a[0][:, 0].numel()))
+    try:
+        hook = net.register_forward_pre_hook(lambda _, a: seen.append(a[0][:, 0].numel()))
+    except (AttributeError, RuntimeError):  # a scripted network takes no hooks
+        hook = None
     try:
         with SliceProgress(description, n, progress) as bar, torch.inference_mode():
             for i in range(0, n, batch_size):
@@ -466,10 +469,11 @@ def super_resolve_volume(
                 out[i : i + x.shape[0]] = y[:, 0].clamp(min=0).cpu().numpy()
                 bar.advance(x.shape[0])
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
         if fmt is not None:
             net.to(memory_format=torch.contiguous_format)
-    if radius is not None:
+    if radius is not None and hook is not None:
         (log.info if progress else log.debug)(
             "background cropping: the network ran on %.1f%% of the slices' pixels",
             100.0 * sum(seen) / max(out[:, ::scale, ::scale].size, 1),
