@@ -20,6 +20,7 @@ from mrsr.inference import (
     crop_window,
     foreground_boxes,
     receptive_radius,
+    sr_foreground,
     sr_limited,
     super_resolve_volume,
 )
@@ -109,6 +110,23 @@ def test_crop_equals_whole_slice_inside_the_box(net: torch.nn.Module) -> None:
         )
 
 
+def test_batched_windows_as_on_a_gpu(net: torch.nn.Module) -> None:
+    """Without a pixel budget (a GPU's path) the slices of a batch go through the network
+    grouped by window, with the same result inside the boxes."""
+    x = torch.from_numpy(head(n=6))[:, None]
+    radius = receptive_radius(net)
+    assert radius is not None
+    with torch.inference_mode(), counted(net) as shapes:
+        grouped = sr_foreground(net, x, 2, PASSTHROUGH_LIMIT, radius)
+        whole = sr_limited(net, x, 2, PASSTHROUGH_LIMIT)
+    assert max(s[0] for s in shapes) > 1  # batched
+    for k, box in enumerate(foreground_boxes(x)[:-1]):
+        t, b, left, r = (2 * v for v in box)
+        torch.testing.assert_close(
+            grouped[k, :, t:b, left:r], whole[k, :, t:b, left:r], atol=1e-5, rtol=0
+        )
+
+
 def test_empty_slices_are_interpolated_only(net: torch.nn.Module) -> None:
     slices = np.zeros((3, 40, 48), np.float32)
     slices[1, 20, 20] = 0.5  # a lone voxel: not anatomy
@@ -191,3 +209,33 @@ def test_psnr_of_a_demo_volume_is_unchanged(net: torch.nn.Module) -> None:
     # background: within the demo's own field of view it is far smaller
     own = (..., slice(80, 240), slice(44, 276))
     assert abs(psnr(crop, own) - psnr(full, own)) < 0.002
+
+
+def test_predict_switch(make_cfg, tmp_path: Path) -> None:
+    """``predict.crop_background`` reaches the slice loop and the receipt; both settings give
+    the same output on the anatomy."""
+    import json
+
+    import nibabel as nib
+
+    from mrsr.tasks import predict as predict_mod
+
+    vol = np.zeros((96, 112, 3), np.float32)
+    vol[..., :] = 400 * head(n=2, h=96, w=112)[0][..., None]
+    inp = tmp_path / "in.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(inp))
+    out = {}
+    for crop in ("true", "false"):
+        path = tmp_path / f"out_{crop}.nii.gz"
+        cfg = make_cfg(
+            "stage=predict", f"input={inp}", f"output={path}", f"predict.crop_background={crop}"
+        )
+        predict_mod.predict(cfg)
+        out[crop] = np.asanyarray(nib.load(str(path)).dataobj)
+        receipt = json.loads(path.with_name(f"out_{crop}.json").read_text())
+        assert receipt["settings"]["crop_background"] is (crop == "true")
+    box = foreground_boxes(torch.from_numpy(vol[None, None, ..., 0] / 400))[0]
+    t, b, left, r = (2 * v for v in box)
+    np.testing.assert_allclose(
+        out["true"][t:b, left:r], out["false"][t:b, left:r], atol=1e-5 * 400, rtol=0
+    )
