@@ -232,11 +232,12 @@ def check_overrides(argv: list[str]) -> str | None:
         with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
             groups = [a for a in overrides if "." not in a.split("=", 1)[0]]
-            problem = check_value_types(
-                compose(config_name="config", overrides=groups), cfg, overrides
-            )
-            if problem:
-                return problem
+            if len(groups) < len(overrides):  # only dotted keys have a type to keep
+                problem = check_value_types(
+                    compose(config_name="config", overrides=groups), cfg, overrides
+                )
+                if problem:
+                    return problem
             problem = check_run_dir(cfg)
             if problem:
                 return problem

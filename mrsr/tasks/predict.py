@@ -109,13 +109,13 @@ def predict(cfg: DictConfig) -> dict:
     """Super-resolve every scan ``cfg.input`` names (see the module docstring)."""
     settings = Settings.of(cfg.predict)
     overwrite = bool(cfg.get("overwrite", False))
-    scale = int(cfg.get("scale", 2))
-    study = plan(cfg.input, cfg.get("output"), scale, check_suffixes(cfg.predict.get("suffix")))
-    if not study.batch:
+    suffixes = check_suffixes(cfg.predict.get("suffix"))
+    study = plan(cfg.input, cfg.get("output"), int(cfg.get("scale", 2)), suffixes)
+    if not study.batch:  # refused before the model is loaded
         check_paths(study.scans[0].input, study.scans[0].output, overwrite)
-    model = load_model(cfg.get("ckpt"), scale)
-    if model.scale != scale and study.kind == "bids":
-        study = plan(cfg.input, cfg.get("output"), model.scale, check_suffixes(cfg.predict.suffix))
+    model = load_model(cfg.get("ckpt"), int(cfg.get("scale", 2)))
+    if study.kind == "bids":  # BIDS names carry the model's own scale (res-x<scale>)
+        study = plan(cfg.input, cfg.get("output"), model.scale, suffixes)
     if not study.batch:
         return predict_scan(model, study.scans[0], settings, study)
     return predict_study(model, study, settings, overwrite)
