@@ -69,6 +69,16 @@ class Scan:
     def receipt(self) -> Path:
         return receipt_path(self.output)
 
+    def check_receipt(self) -> None:
+        """Refuse a file at the receipt's path that is not an mrsr receipt (a user's JSON)."""
+        from mrsr.receipt import read_receipt
+
+        if self.receipt.exists() and read_receipt(self.receipt) is None:
+            raise ConfigError(
+                f"{self.receipt} exists and is not an mrsr receipt; the receipt of "
+                f"output={self.output} goes there: choose another output name"
+            )
+
 
 @dataclass(frozen=True)
 class Study:
@@ -163,7 +173,7 @@ def plan(inputs: object, output: object, scale: int, suffixes: Sequence[str] = (
     if not given:
         raise ConfigError("input=<scan, folder, glob or BIDS root> is needed")
     out = None if output in (None, "") else Path(str(output)).expanduser()
-    if len(given) > 1:
+    if len(given) > 1 or not isinstance(inputs, str):  # a list, even of one, is a batch
         files = [Path(g).expanduser() for g in given]
         return _into_folder("files", files, out, "input=[...]")
     text = given[0]
@@ -260,13 +270,13 @@ def write_dataset_description(study: Study, version: str) -> None:
 
 def source_reference(study: Study, inp: Path) -> str:
     """How a receipt names its input: ``bids:raw:<path in the dataset>`` inside a linked BIDS
-    dataset, else the path."""
+    dataset, else its absolute path."""
     if (
         study.source is not None
         and study.derivatives == study.source / "derivatives" / DERIVATIVES_NAME
     ):
         return "bids:raw:" + inp.relative_to(study.source).as_posix()
-    return str(inp)
+    return str(inp.absolute())
 
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")

@@ -325,3 +325,16 @@ def test_a_batch_refuses_its_input_folder_and_an_unwritable_output_before_any_wo
             run_predict(make_cfg, src, locked / "out")
     finally:
         locked.chmod(0o700)
+
+
+def test_a_users_json_at_the_receipts_path_is_never_replaced(make_cfg, tmp_path: Path) -> None:
+    a = scan(tmp_path / "a.nii.gz", 14)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.json").write_text('{"RepetitionTime": 2.0}')
+    with pytest.raises(ConfigError, match=r"a.json exists and is not an mrsr receipt"):
+        run_predict(make_cfg, a, out / "a.nii.gz")
+    with pytest.raises(MrsrError, match="1 of 1 scan"):
+        run_predict(make_cfg, f"[{a}]", out)
+    assert (out / "a.json").read_text() == '{"RepetitionTime": 2.0}'
+    assert not (out / "a.nii.gz").exists()

@@ -113,6 +113,7 @@ def predict(cfg: DictConfig) -> dict:
     study = plan(cfg.input, cfg.get("output"), int(cfg.get("scale", 2)), suffixes)
     if not study.batch:  # refused before the model is loaded
         check_paths(study.scans[0].input, study.scans[0].output, overwrite)
+        study.scans[0].check_receipt()
     model = load_model(cfg.get("ckpt"), int(cfg.get("scale", 2)))
     if study.kind == "bids":  # BIDS names carry the model's own scale (res-x<scale>)
         study = plan(cfg.input, cfg.get("output"), model.scale, suffixes)
@@ -162,6 +163,7 @@ def predict_study(
                 bar.advance(1)
                 continue
             try:
+                scan.check_receipt()
                 if not overwrite and scan.output.exists() and read_receipt(scan.receipt) is None:
                     raise ConfigError(
                         f"output={scan.output} exists without a finished receipt: "
@@ -302,7 +304,7 @@ def predict_scan(
     checks = check_scan(model, image, result, cutoffs, receipt)
     receipt.add(
         input=source_reference(study, inp),
-        output=str(out),
+        output=str(out.absolute()),
         version=mrsr.__version__,
         command=command_line(),
         model={
