@@ -45,6 +45,9 @@ def restore_across(
             device,
             progress,
             f"restoring slices across the thick axis ({n + 1}/{len(planes)})",
+            # whole slices, as the through-plane records were measured; cropping the
+            # background here is left to a measurement of its own
+            crop_background=False,
         )
         out += np.moveaxis(restored, 0, plane_axis)
     return out / len(planes)
