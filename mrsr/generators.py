@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,9 @@ class TrainedGenerator:
         """The largest LR noise level (fraction of the robust maximum) in its training operator."""
         return max_noise(self.operator)
 
+    @cached_property
     def sha256(self) -> str:
-        """The checkpoint file's sha256 (hex)."""
+        """The checkpoint file's sha256 (hex), read once."""
         return file_sha256(self.path)
 
 

@@ -5,7 +5,7 @@ package version and model (with the checkpoint's sha256) made the output, the op
 model was trained on, the scale, slicing axis and why, the input's voxel sizes and type, and
 three checks of the input against what the model knows, each in plain words when it fails:
 
-- **noise**: the input's noise level (:func:`noise_level`, a fraction of its robust range, the
+- **noise**: the input's noise level (:func:`noise_estimate`, a fraction of its robust range, the
   unit of the training operators' ``noise``) against the largest the model was trained on;
 - **resolution**: the spectral cut-off of each in-plane axis
   (:func:`mrsr.data.resolution.spectral_cutoff`); an input whose spectrum ends early is already
@@ -14,7 +14,7 @@ three checks of the input against what the model knows, each in plain words when
   label maps;
 
 and one check of the output: its **consistency** with the input (the output degraded again by
-the model's nominal operator, against the input; relative L2 error over the volume).
+the model's nominal operator, against the input; relative L2 error over evenly spaced slices).
 ``trust`` is ``within training conditions`` when no check fails, else ``outside training
 conditions`` with the reasons in ``warnings``.
 """
@@ -32,16 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrsr.inference import PASSTHROUGH_LIMIT
+
 RECEIPT_FORMAT = 1
 # An input noise level above this multiple of the training maximum is called out.
 NOISE_MARGIN = 1.5
 # The Immerkaer noise estimate reads this level on noise-free anatomy at 1 mm (texture, not
 # noise): below it an input is not called noisy whatever the training range.
 NOISE_FLOOR = 0.02
-BRIGHT_LIMIT = 3.0  # normalised intensity: mrsr.inference.PASSTHROUGH_LIMIT
+BRIGHT_LIMIT = PASSTHROUGH_LIMIT  # normalised intensity above which voxels bypass the network
 BRIGHT_FRACTION = 1e-3
 NEGATIVE_FRACTION = 1e-3
-FOREGROUND = 0.1  # normalised intensity of the anatomy the noise is measured in
+ANATOMY = 0.1  # normalised intensity of the anatomy (noise read inside, foreground fraction)
 MAX_SLICES = 32
 CONSISTENCY_SLICES = 16  # slices a check reads (evenly spaced): a volume-level figure, fast
 MAX_VOXELS = 2_000_000  # voxels the intensity fractions are counted on (evenly strided)
@@ -77,14 +79,14 @@ def foreground_noise(slices: np.ndarray) -> float:
     """An upper bound of the noise level of normalised ``slices`` read in the anatomy:
     Immerkaer's second-difference filter (which cancels planes and ramps; white noise of std
     ``s`` gives std ``6 s``), its median absolute response over the anatomy's interior (every
-    3x3 neighbour above :data:`FOREGROUND`) divided by 6 x 0.6745. Texture counts as noise, so
+    3x3 neighbour above :data:`ANATOMY`) divided by 6 x 0.6745. Texture counts as noise, so
     noise-free 1 mm anatomy reads 0.003-0.03 and its LR images up to about 0.07."""
     x = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
     if x.shape[-1] < 3 or x.shape[-2] < 3:
         return float("nan")
     kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
     response = torch.nn.functional.conv2d(x, kernel[None, None])
-    inside = -torch.nn.functional.max_pool2d(-x, 3, stride=1) > FOREGROUND
+    inside = -torch.nn.functional.max_pool2d(-x, 3, stride=1) > ANATOMY
     values = response[inside].abs()
     if values.numel() < 100:
         return float("nan")
@@ -104,7 +106,7 @@ def noise_estimate(slices: np.ndarray) -> dict[str, Any]:
         "background": None if not np.isfinite(bg) else round(bg, 5),
         "foreground_upper_bound": None if not np.isfinite(fg) else round(fg, 5),
         "read_in": "background" if np.isfinite(bg) and bg <= fg else "foreground (upper bound)",
-        "unit": "fraction of the robust range (99.5th percentile above the minimum)",
+        "unit": "fraction of the robust range (the normalisation percentile above the minimum)",
     }
 
 
@@ -116,7 +118,7 @@ def intensity_findings(data: np.ndarray, lo: float, hi: float) -> tuple[dict, li
     span = max(hi - lo, 1e-12)
     negative = float((flat < 0).mean())
     bright = float((flat > lo + BRIGHT_LIMIT * span).mean())
-    foreground = float((flat > lo + FOREGROUND * span).mean())
+    foreground = float((flat > lo + ANATOMY * span).mean())
     distinct = int(np.unique(flat[:: max(1, flat.size // 200_000)]).size)
     facts = {
         "min": float(whole.min()),

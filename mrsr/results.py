@@ -77,12 +77,21 @@ def check_writable(folder: Path, key: str) -> None:
         ) from None
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
+def remove_stale_temporaries(path: Path, idle: float = 60.0) -> list[Path]:
     """Remove what an :func:`atomic_write` of ``path`` killed before its rename left behind
-    (``.<name>.*.tmp*`` beside it); returns the removed files."""
-    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"))
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
+    (``.<name>.*.tmp*`` beside it, unmodified for ``idle`` seconds: a write in progress
+    elsewhere keeps touching its file); returns the removed files."""
+    import time
+
+    now = time.time()
+    stale = []
+    for tmp in sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp*")):
+        try:
+            if now - tmp.stat().st_mtime >= idle:
+                tmp.unlink()
+                stale.append(tmp)
+        except FileNotFoundError:  # renamed or removed meanwhile
+            pass
     return stale
 
 

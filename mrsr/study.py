@@ -88,28 +88,29 @@ class Study:
     scans: tuple[Scan, ...]
     derivatives: Path | None = None  # the BIDS derivatives root (kind == "bids")
     source: Path | None = None  # the BIDS dataset root
+    left_out: tuple[str, ...] = ()  # BIDS files that are not taken, and why
 
     @property
     def batch(self) -> bool:
         return self.kind != "file"
 
 
+def image_suffix(path: Path) -> str:
+    """The image extension as written (``.nii.gz``, ``.NII``, ...; any case)."""
+    name = path.name
+    n = next((len(s) for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
+    return name[-n:] if n else path.suffix
+
+
 def image_stem(path: Path) -> str:
     """The file name without its image extension (``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``)."""
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def image_suffix(path: Path) -> str:
-    name = path.name
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), path.suffix)
+    suffix = image_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
 
 
 def is_image(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
+    name = path.name
+    return path.is_file() and name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
 def receipt_path(output: Path) -> Path:
@@ -120,47 +121,75 @@ def receipt_path(output: Path) -> Path:
 def output_suffix(inp: Path) -> str:
     """Outputs keep the input's format; fastMRI files become NIfTI."""
     suffix = image_suffix(inp)
-    return ".nii.gz" if suffix in (".h5", ".hdf5") else suffix
+    return ".nii.gz" if suffix.lower() in (".h5", ".hdf5") else suffix
 
 
 def is_bids_root(path: Path) -> bool:
     return path.is_dir() and (path / "dataset_description.json").is_file()
 
 
+def bids_entities(inp: Path) -> tuple[list[list[str]], str] | None:
+    """The ``[key, label]`` entities and the suffix of a BIDS file name (None if it is not
+    one: ``sub-<label>_[<key>-<label>_...]<suffix>``)."""
+    *pairs, suffix = image_stem(inp).split("_")
+    entities = [p.split("-", 1) for p in pairs]
+    if not entities or any(len(e) != 2 for e in entities) or entities[0][0] != "sub":
+        return None
+    return entities, suffix
+
+
 def bids_name(inp: Path, scale: int) -> str:
-    """``inp``'s BIDS file name with ``res-x<scale>`` among its entities (in BIDS order)."""
-    stem = image_stem(inp)
-    *pairs, suffix = stem.split("_")
-    entities = [p.split("-", 1) for p in pairs if "-" in p]
-    if len(entities) != len(pairs) or not entities or entities[0][0] != "sub":
+    """``inp``'s BIDS file name with ``res-x<scale>`` among its entities (in BIDS order); an
+    input's own ``res-<label>`` becomes ``res-<label>x<scale>``."""
+    parsed = bids_entities(inp)
+    if parsed is None:
         raise ConfigError(f"{inp}: not a BIDS file name (sub-<label>_..._<suffix>)")
-    entities = [e for e in entities if e[0] != "res"] + [["res", f"x{scale}"]]
+    entities, suffix = parsed
+    own = next((v for k, v in entities if k == "res"), "")
+    entities = [e for e in entities if e[0] != "res"] + [["res", f"{own}x{scale}"]]
     rank = {k: i for i, k in enumerate(BIDS_ENTITIES)}
     entities.sort(key=lambda e: rank.get(e[0], len(rank)))
     return "_".join(f"{k}-{v}" for k, v in entities) + f"_{suffix}" + output_suffix(inp)
 
 
-def bids_images(root: Path, suffixes: Sequence[str] = ()) -> list[Path]:
-    """The anatomical images of a BIDS dataset (``sub-*/[ses-*/]anat``), optionally only the
-    given suffixes (``T1w``, ``T2w``, ...)."""
-    found = sorted(
+# Anatomical files that are not magnitude MR images: masks, segmentations, and the phase, real
+# or imaginary parts of complex data (``part-``).
+NOT_MAGNITUDE_SUFFIXES = ("mask", "defacemask", "dseg", "probseg")
+NOT_MAGNITUDE_PARTS = ("phase", "real", "imag")
+
+
+def bids_images(root: Path, suffixes: Sequence[str] = ()) -> tuple[list[Path], list[str]]:
+    """The magnitude images of a BIDS dataset's ``sub-*/[ses-*/]anat`` folders (only the
+    ``suffixes`` given, e.g. ``T1w``, if any), and why each other image file there was left
+    out (not a BIDS name, a mask or segmentation, a phase/real/imaginary part)."""
+    found, left_out = [], []
+    candidates = sorted(
         p
-        for pattern in ("sub-*/anat/sub-*", "sub-*/ses-*/anat/sub-*")
+        for pattern in ("sub-*/anat/*", "sub-*/ses-*/anat/*")
         for p in root.glob(pattern)
         if is_image(p)
     )
-    if suffixes:
-        wanted = set(suffixes)
-        found = [p for p in found if image_stem(p).rsplit("_", 1)[-1] in wanted]
-    return found
+    for p in candidates:
+        parsed = bids_entities(p)
+        if parsed is None:
+            left_out.append(f"{p.relative_to(root)}: not a BIDS file name")
+            continue
+        entities, suffix = parsed
+        part = next((v for k, v in entities if k == "part"), "mag")
+        if suffix in NOT_MAGNITUDE_SUFFIXES or part in NOT_MAGNITUDE_PARTS:
+            left_out.append(f"{p.relative_to(root)}: not a magnitude image ({suffix}, part-{part})")
+        elif not suffixes or suffix in suffixes:
+            found.append(p)
+    return found, left_out
 
 
 def as_list(value: object) -> list[str]:
-    """A config value that may be one string or a list of them."""
+    """A config value that may be one string or a list of them (a string is never split: a
+    path may hold commas)."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
-        return [v for v in value.split(",") if v] if "," in value else [value]
+        return [value]
     if isinstance(value, Iterable):
         return [str(v) for v in value]
     return [str(value)]
@@ -180,6 +209,8 @@ def plan(inputs: object, output: object, scale: int, suffixes: Sequence[str] = (
     path = Path(text).expanduser()
     if is_bids_root(path):
         return _bids(path, out, scale, suffixes)
+    if path.is_file() or path.is_symlink():  # before patterns: a name may hold [ ] * ?
+        return _one_file(path, out, output)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if is_image(p))
         if not files:
@@ -197,6 +228,10 @@ def plan(inputs: object, output: object, scale: int, suffixes: Sequence[str] = (
         if not files:
             raise ConfigError(f"input={text}: the pattern matches no image")
         return _into_folder("glob", files, out, f"input={text}")
+    return _one_file(path, out, output)  # a missing file is refused with the output checks
+
+
+def _one_file(path: Path, out: Path | None, output: object) -> Study:
     if out is None:
         raise ConfigError("output=<file.nii.gz or folder> is needed")
     if out.is_dir() or str(output).endswith(("/", "\\")):
@@ -223,13 +258,23 @@ def _into_folder(kind: str, files: list[Path], out: Path | None, what: str) -> S
 
 
 def _bids(root: Path, out: Path | None, scale: int, suffixes: Sequence[str]) -> Study:
-    files = bids_images(root, suffixes)
+    files, left_out = bids_images(root, suffixes)
     if not files:
         which = f" with suffix {', '.join(suffixes)}" if suffixes else ""
         raise ConfigError(f"input={root}: a BIDS dataset without anatomical images{which}")
     target = out or root / "derivatives" / DERIVATIVES_NAME
+    inside = target.resolve().is_relative_to(root.resolve())
+    if inside and not target.resolve().is_relative_to((root / "derivatives").resolve()):
+        raise ConfigError(
+            f"output={target} is inside the raw dataset {root}: put derivatives under "
+            f"{root / 'derivatives'} or outside it (default: derivatives/{DERIVATIVES_NAME})"
+        )
     scans = tuple(Scan(f, target / f.parent.relative_to(root) / bids_name(f, scale)) for f in files)
-    return Study("bids", scans, derivatives=target, source=root)
+    names = [s.output for s in scans]
+    twice = sorted({str(n) for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"input={root}: two inputs would write the same output ({twice[0]})")
+    return Study("bids", scans, derivatives=target, source=root, left_out=tuple(left_out))
 
 
 def write_dataset_description(study: Study, version: str) -> None:

@@ -160,7 +160,7 @@ def test_a_file_into_a_folder_and_an_existing_output_in_a_batch(make_cfg, tmp_pa
     user = tmp_path / "user"
     user.mkdir()
     (user / "a.nii.gz").write_bytes(b"the user's own file")
-    with pytest.raises(MrsrError, match="exists without a finished receipt"):
+    with pytest.raises(MrsrError, match="exists without a receipt of ours"):
         run_predict(make_cfg, f"[{a},{scan(tmp_path / 'in' / 'b.nii.gz', 7)}]", user)
     assert (user / "a.nii.gz").read_bytes() == b"the user's own file"
     assert (user / "b.nii.gz").exists()
@@ -278,6 +278,8 @@ def test_a_batch_killed_midway_resumes_without_losing_or_redoing_work(tmp_path: 
     proc.wait()
     before = finished()
     assert 2 <= len(before) < 8, "killed mid-batch"
+    for tmp in out.glob(".*"):  # what the kill left, found by a rerun a minute later
+        os.utime(tmp, (time.time() - 120, time.time() - 120))
     kept = before + [p.with_name(p.stem + ".nii.gz") for p in before]
     stamps = {p: p.stat().st_mtime_ns for p in kept}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -338,3 +340,106 @@ def test_a_users_json_at_the_receipts_path_is_never_replaced(make_cfg, tmp_path:
         run_predict(make_cfg, f"[{a}]", out)
     assert (out / "a.json").read_text() == '{"RepetitionTime": 2.0}'
     assert not (out / "a.nii.gz").exists()
+
+
+def test_resume_redoes_nothing_made_differently_without_being_asked(
+    make_cfg, tmp_path: Path
+) -> None:
+    """A finished output is skipped only when the same model made it with the same settings from
+    the same, unchanged input; otherwise the scan is refused in one line until overwrite=true."""
+    a_dir, b_dir, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    a = scan(a_dir / "s1.nii.gz", 15)
+    scan(b_dir / "s1.nii.gz", 16)
+    run_predict(make_cfg, a_dir, out)
+    first = (out / "s1.nii.gz").read_bytes()
+    with pytest.raises(MrsrError, match="made from other predict settings"):
+        run_predict(make_cfg, a_dir, out, "predict.consistency=kspace")
+    with pytest.raises(MrsrError, match="made from another input"):
+        run_predict(make_cfg, b_dir, out)
+    os.utime(a, ns=(time.time_ns(), time.time_ns()))
+    with pytest.raises(MrsrError, match="made from the input as it was"):
+        run_predict(make_cfg, a_dir, out)
+    assert (out / "s1.nii.gz").read_bytes() == first
+    result = run_predict(make_cfg, b_dir, out, "overwrite=true")
+    assert result["done"] == [str(out / "s1.nii.gz")]
+    assert json.loads((out / "s1.json").read_text())["input"] == str(
+        (b_dir / "s1.nii.gz").absolute()
+    )
+
+
+def test_bids_names_that_would_collide_and_files_that_are_not_magnitude_images(
+    make_cfg, tmp_path: Path, caplog
+) -> None:
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "r", "BIDSVersion": "1.9.0"}')
+    anat = root / "sub-01" / "anat"
+    scan(anat / "sub-01_space-MNI_res-1_T1w.nii.gz", 17)
+    scan(anat / "sub-01_space-MNI_res-2_T1w.nii.gz", 18)
+    scan(anat / "sub-01_T1w_defacemask.nii.gz", 19)  # not a BIDS name
+    scan(anat / "sub-01_part-phase_T2w.nii.gz", 20)
+    scan(anat / "sub-01_dseg.nii.gz", 21)
+    with caplog.at_level(logging.INFO, logger="mrsr"):
+        result = run_predict(make_cfg, root)
+    assert not result["failed"]
+    deriv = root / "derivatives" / "mrsr" / "sub-01" / "anat"
+    assert sorted(p.name for p in deriv.glob("*.nii.gz")) == [
+        "sub-01_space-MNI_res-1x2_T1w.nii.gz",
+        "sub-01_space-MNI_res-2x2_T1w.nii.gz",
+    ]
+    assert caplog.text.count("left out: ") == 3
+    sidecar = json.loads((deriv / "sub-01_space-MNI_res-1x2_T1w.json").read_text())
+    assert sidecar["Sources"] == ["bids:raw:sub-01/anat/sub-01_space-MNI_res-1_T1w.nii.gz"]
+    assert sidecar["Resolution"].startswith("res-x2: in-plane voxel size divided by 2")
+    with pytest.raises(ConfigError, match="is inside the raw dataset"):
+        run_predict(make_cfg, root, root / "sr")
+
+
+def test_a_file_name_with_brackets_or_commas_is_a_file(make_cfg, tmp_path: Path) -> None:
+    odd = scan(tmp_path / "Doe,John" / "scan[1].nii.gz", 22)
+    result = run_predict(make_cfg, f"'{odd}'", tmp_path / "o.nii.gz")
+    assert result["output"] == str(tmp_path / "o.nii.gz")
+    upper = scan(tmp_path / "UP" / "SCAN.NII.GZ", 23)
+    found = plan(str(upper.parent), str(tmp_path / "o2"), 2)
+    assert [s.output.name for s in found.scans] == ["SCAN.NII.GZ"]
+
+
+def test_the_receipt_of_an_input_whose_zero_filling_was_removed(make_cfg, tmp_path: Path) -> None:
+    """from_acquired=true: the receipt states the file and the acquired matrix, and does not
+    call the input interpolated any more."""
+    import torch
+
+    from mrsr.ops import zerofill_upsample
+
+    vol = phantom((40, 48, 4), seed=24)
+    x = torch.from_numpy(np.moveaxis(vol, 2, 0))[:, None].double()
+    big = np.moveaxis(zerofill_upsample(x, 2)[:, 0].numpy(), 0, 2).astype(np.float32)
+    nib.save(nib.Nifti1Image(np.abs(big), np.eye(4)), str(tmp_path / "zf.nii.gz"))
+    run_predict(
+        make_cfg, tmp_path / "zf.nii.gz", tmp_path / "zf_x2.nii.gz", "predict.from_acquired=true"
+    )
+    receipt = json.loads((tmp_path / "zf_x2.json").read_text())
+    assert receipt["input_image"]["shape"] == [80, 96, 4]
+    assert receipt["acquired_matrix"]["shape"] == [40, 48, 4]
+    assert receipt["acquired_matrix"]["voxel_mm"] == [2.0, 2.0, 1.0]
+    assert receipt["checks"]["resolution"]["zero_filling_removed"] is True
+    assert not any("interpolated" in w for w in receipt["warnings"])
+
+
+def test_cropping_is_off_under_kspace_consistency() -> None:
+    """The k-space projection is global: with it the network runs on whole slices, so the
+    anatomy is the same as without cropping."""
+    import torch
+
+    from mrsr.generators import load_generator
+    from mrsr.inference import super_resolve_volume
+
+    rng = np.random.default_rng(2)
+    vol = phantom((6, 64, 64), seed=25) / 1000.0
+    vol = np.pad(vol, ((0, 0), (24, 24), (24, 24)))
+    noisy = np.abs(vol + rng.normal(0, 0.03, vol.shape)).astype(np.float32)
+    net = load_generator(bundled_model(2))
+    kw = {"progress": False, "consistency": "kspace", "device": torch.device("cpu")}
+    on = super_resolve_volume(net, noisy, 2, crop_background=True, **kw)
+    off = super_resolve_volume(net, noisy, 2, crop_background=False, **kw)
+    np.testing.assert_array_equal(on, off)

@@ -29,6 +29,7 @@ from mrsr.data.geometry import mm
 from mrsr.errors import ConfigError, MrsrError, user_error
 from mrsr.generators import TrainedGenerator, model_for
 from mrsr.inference import (
+    InputScan,
     SliceProgress,
     acquired_input,
     check_consistency,
@@ -154,24 +155,19 @@ def predict_study(
     done: list[str] = []
     skipped: list[str] = []
     failed: list[tuple[str, str]] = []
+    for why in study.left_out:
+        log.info("left out: %s", why)
     with SliceProgress("super-resolving scans", n) as bar:
         for i, scan in enumerate(study.scans, 1):
-            why = finished(scan, model, overwrite)
-            if why:
-                log.info("[%d/%d] %s: skipped (%s)", i, n, scan.input.name, why)
-                skipped.append(str(scan.output))
-                bar.advance(1)
-                continue
             try:
-                scan.check_receipt()
-                if not overwrite and scan.output.exists() and read_receipt(scan.receipt) is None:
-                    raise ConfigError(
-                        f"output={scan.output} exists without a finished receipt: "
-                        "pass overwrite=true to replace it"
-                    )
-                predict_scan(model, scan, settings, study, progress=False)
-                done.append(str(scan.output))
-                log.info("[%d/%d] %s: done", i, n, scan.input.name)
+                why = finished(scan, model, settings, study, overwrite)
+                if why:
+                    log.info("[%d/%d] %s: skipped (%s)", i, n, scan.input.name, why)
+                    skipped.append(str(scan.output))
+                else:
+                    predict_scan(model, scan, settings, study, progress=False)
+                    done.append(str(scan.output))
+                    log.info("[%d/%d] %s: done", i, n, scan.input.name)
             except KeyboardInterrupt:
                 raise
             except Exception as err:  # noqa: BLE001 - one scan's failure must not stop the rest
@@ -199,18 +195,46 @@ def predict_study(
     return {"done": done, "skipped": skipped, "failed": failed, "scans": n, "kind": study.kind}
 
 
-def finished(scan: Scan, model: TrainedGenerator, overwrite: bool) -> str | None:
-    """Why ``scan`` needs no work (its output and a finished receipt from this model exist), or
-    None."""
-    if overwrite or not scan.output.exists():
+def finished(
+    scan: Scan, model: TrainedGenerator, settings: Settings, study: Study, overwrite: bool
+) -> str | None:
+    """Why ``scan`` needs no work: its output and a finished receipt exist, made by this model
+    with these settings from this input as it is now. None: do it (nothing there, our own
+    interrupted work, or ``overwrite``). An output this run must not replace (no receipt of
+    ours, or one made differently) is refused in one line."""
+    scan.check_receipt()
+    if overwrite or not (scan.output.exists() or scan.receipt.exists()):
         return None
     receipt = read_receipt(scan.receipt)
-    if receipt is None or receipt.get("status") != "done":
-        return None
-    made_by = (receipt.get("model") or {}).get("sha256")
-    if made_by != model.sha256():
-        return None
+    if receipt is None:
+        raise ConfigError(
+            f"output={scan.output} exists without a receipt of ours: pass overwrite=true to "
+            "replace it"
+        )
+    if receipt.get("status") != "done" or not scan.output.exists():
+        return None  # killed while writing: ours to redo
+    differs = [
+        what
+        for what, same in (
+            ("another model", (receipt.get("model") or {}).get("sha256") == model.sha256),
+            ("another input", receipt.get("input") == source_reference(study, scan.input)),
+            ("the input as it was", receipt.get("input_file") == file_fingerprint(scan.input)),
+            ("other predict settings", receipt.get("settings") == settings.recorded()),
+        )
+        if not same
+    ]
+    if differs:
+        raise ConfigError(
+            f"output={scan.output} was made from {' and '.join(differs)} (its receipt says "
+            "so): pass overwrite=true to redo it, or another output folder"
+        )
     return f"finished {receipt.get('finished', '')}".strip()
+
+
+def file_fingerprint(path: Path) -> dict[str, int]:
+    """What tells a changed input file (its size and modification time)."""
+    st = path.stat()
+    return {"bytes": st.st_size, "modified_ns": st.st_mtime_ns}
 
 
 def _common_folder(study: Study) -> str:
@@ -234,8 +258,10 @@ def predict_scan(
     for path in (scan.output, scan.receipt):
         for tmp in remove_stale_temporaries(path):
             log.info("%s: removed %s, left by an interrupted run", inp.name, tmp.name)
-    image = read_input(inp, settings.axis, settings.volume)
-    image, cutoffs = acquired_input(image, settings.from_acquired, inp)
+    fingerprint = file_fingerprint(inp)
+    on_disk = read_input(inp, settings.axis, settings.volume)
+    image, cutoffs = acquired_input(on_disk, settings.from_acquired, inp)
+    removed = image is not on_disk  # the acquired matrix replaced a zero-filled input
     data, axis, is_2d = image.data, image.slicing.axis, image.is_2d
     zooms_out = image.zooms_after(scale)
     log.info(
@@ -301,16 +327,27 @@ def predict_scan(
         seconds,
         n / max(seconds, 1e-9),
     )
-    checks = check_scan(model, image, result, cutoffs, receipt)
+    checks = check_scan(model, image, result, cutoffs, receipt, removed)
+    described = {
+        "input_image": image_facts(on_disk),
+        **({"acquired_matrix": image_facts(image)} if removed else {}),
+    }
+    if study.kind == "bids":  # the sidecar fields BIDS derivatives expect
+        described["Sources"] = [source_reference(study, inp)]
+        described["Resolution"] = (
+            f"res-x{scale}: in-plane voxel size divided by {scale} "
+            f"({mm(zooms_out[1:] if is_2d else zooms_out)} mm), mrsr super-resolution"
+        )
     receipt.add(
         input=source_reference(study, inp),
+        input_file=fingerprint,
         output=str(out.absolute()),
         version=mrsr.__version__,
         command=command_line(),
         model={
             "name": model.name,
             "path": str(model.path),
-            "sha256": model.sha256(),
+            "sha256": model.sha256,
             "scale": scale,
             "trained_on": model.degradation,
             "nominal_operator": model.nominal,
@@ -321,13 +358,7 @@ def predict_scan(
         scale=scale,
         slicing_axis=axis,
         slicing_axis_reason=image.slicing.reason,
-        input_image={
-            "shape": list(data.shape[1:] if is_2d else data.shape),
-            "voxel_mm": list(image.zooms[1:] if is_2d else image.zooms),
-            "dtype": str(np.dtype(data.dtype).name)
-            if image.header is None
-            else np.dtype(image.header.get_data_dtype()).name,
-        },
+        **described,
         output_image={
             "shape": list(result.shape),
             "voxel_mm": list(zooms_out[1:] if is_2d else zooms_out),
@@ -362,10 +393,28 @@ def predict_scan(
     }
 
 
+def image_facts(image: InputScan) -> dict[str, Any]:
+    """Shape, voxel sizes (mm) and data type of a scan as the receipt states them."""
+    is_2d = image.is_2d
+    return {
+        "shape": list(image.data.shape[1:] if is_2d else image.data.shape),
+        "voxel_mm": list(image.zooms[1:] if is_2d else image.zooms),
+        "dtype": np.dtype(image.data.dtype).name
+        if image.header is None
+        else np.dtype(image.header.get_data_dtype()).name,
+    }
+
+
 def check_scan(
-    model: TrainedGenerator, image: Any, result: np.ndarray, cutoffs: list, receipt: Receipt
+    model: TrainedGenerator,
+    image: InputScan,
+    result: np.ndarray,
+    cutoffs: list,
+    receipt: Receipt,
+    removed: bool = False,
 ) -> dict[str, Any]:
-    """The receipt's checks of one scan (:mod:`mrsr.receipt`); failures become warnings."""
+    """The receipt's checks of one scan (:mod:`mrsr.receipt`); failures become warnings.
+    ``removed``: the zero-filling of an interpolated input was removed (not said again)."""
     t0 = time.perf_counter()
     axis, scale = image.slicing.axis, model.scale
     norm, lo, hi = normalise_with_range(image.data, model.percentile)
@@ -381,7 +430,7 @@ def check_scan(
     facts, said = intensity_findings(image.data, lo, hi)
     receipt.warn(*said)
     interpolated = any(c.interpolated for c in cutoffs)
-    if interpolated:
+    if interpolated and not removed:
         receipt.warn(
             "the input looks interpolated (its spectrum ends at "
             + " and ".join(f"{c.fraction:.2f}" for c in cutoffs)
@@ -393,10 +442,16 @@ def check_scan(
     sr = (sr_slices[pick] - np.float32(lo)) / np.float32(hi - lo)
     error = consistency_error(sr, slices[pick], scale, model.nominal)
     return {
-        "noise": {**noise, "training_max": model.max_training_noise, "limit": limit},
+        "noise": {
+            **noise,
+            "percentile": model.percentile,
+            "training_max": model.max_training_noise,
+            "limit": limit,
+        },
         "resolution": {
             "cutoff_fraction_of_nyquist": [round(c.fraction, 4) for c in cutoffs],
             "interpolated": interpolated,
+            "zero_filling_removed": removed,
             "checked": bool(cutoffs),
         },
         "intensities": facts,
