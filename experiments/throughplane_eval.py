@@ -230,6 +230,8 @@ def evaluate(
         "seconds_total": seconds,
         "seconds_train": record["train_seconds"],
         "seconds_apply": record["apply_seconds"],
+        "seconds_estimate": record.get("estimate_seconds"),
+        "steps": record.get("steps"),
         "device": record["device"],
         "gain_db_by_orientation": per_orientation,
         "simulated_with": f"{true_profile} ({operator} operator)",

@@ -467,6 +467,10 @@ def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
         run("loss.target=dc")
     with pytest.raises(ConfigError, match="one device"):
         run("trainer=ddp_cpu")
+    with pytest.raises(ConfigError, match="throughplane.precision=fp8"):
+        run("throughplane.precision=fp8")
+    with pytest.raises(ConfigError, match="throughplane.orientations=3"):
+        run("throughplane.orientations=3")
     stamp = path.stat().st_mtime_ns
     (tmp_path / "taken.nii.gz").write_bytes(b"keep")
     with pytest.raises(MrsrError, match="overwrite=true"):
@@ -536,3 +540,41 @@ def test_output_keeps_the_header_and_picks_one_volume_of_a_4d_file(
     assert h.get_data_dtype() == np.int16
     # volume 1, not volume 0
     assert abs(float(res.get_fdata().mean()) - float(frames[1].mean())) < 10
+
+
+def test_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch) -> None:
+    """``throughplane.precision=auto``: bfloat16 autocast where the CPU has it natively (several
+    times faster there), else the trainer's precision; a GPU keeps the trainer's; set values
+    are taken as they are."""
+    from omegaconf import OmegaConf
+
+    auto = OmegaConf.create({"precision": "auto"})
+    monkeypatch.setattr(tp_module, "cpu_has_bf16", lambda: True)
+    assert tp_module.choose_precision(auto, "32-true", cuda=False) == "bf16-mixed"
+    assert tp_module.choose_precision(auto, "32-true", cuda=True) == "32-true"
+    monkeypatch.setattr(tp_module, "cpu_has_bf16", lambda: False)
+    assert tp_module.choose_precision(auto, "32-true", cuda=False) == "32-true"
+    fixed = OmegaConf.create({"precision": "bf16-mixed"})
+    assert tp_module.choose_precision(fixed, "32-true", cuda=False) == "bf16-mixed"
+
+
+def test_restore_in_bf16_and_on_the_foreground_stays_close_to_float32() -> None:
+    """Applying the network under bfloat16 autocast and only on the foreground box changes the
+    restored slices by little more than bfloat16 rounding (the skip path stays float32)."""
+    torch.manual_seed(0)
+    net = SRResNet(scale=1, n_blocks=2, n_feats=8, batch_norm=False, residual_bicubic=True)
+    fine = np.zeros((24, 20, 22), dtype=np.float32)
+    fine[4:20, 5:15, 6:18] = np.random.default_rng(0).random((16, 10, 12))
+    ref = restore.restore_across(net, fine, 4, None, torch.device("cpu"), progress=False)
+    fast = restore.restore_across(
+        net,
+        fine,
+        4,
+        None,
+        torch.device("cpu"),
+        progress=False,
+        crop_background=True,
+        bf16=True,
+    )
+    assert fast.dtype == np.float32 and fast.shape == ref.shape
+    assert np.abs(fast - ref).max() < 0.02 and np.abs(fast - ref).mean() < 2e-3

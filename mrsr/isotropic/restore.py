@@ -28,10 +28,14 @@ def restore_across(
     device: torch.device,
     progress: bool = True,
     planes: tuple[int, ...] = (2, 1),
+    crop_background: bool = False,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Apply the same-size network to every slice across the thick axis (axis 0 of ``fine``),
     thick axis on the image height, in the orientations of ``planes`` (2: slices at fixed
-    index of axis 2, i.e. (thick, axis-1) images; 1: at fixed axis 1); the mean of them."""
+    index of axis 2, i.e. (thick, axis-1) images; 1: at fixed axis 1); the mean of them.
+    ``crop_background`` and ``bf16`` (bfloat16 autocast on a CPU): as in
+    :func:`~mrsr.inference.super_resolve_volume`."""
     out = np.zeros_like(fine)
     for n, plane_axis in enumerate(planes):
         slices = np.ascontiguousarray(np.moveaxis(fine, plane_axis, 0))  # (n, thick, other)
@@ -45,9 +49,8 @@ def restore_across(
             device,
             progress,
             f"restoring slices across the thick axis ({n + 1}/{len(planes)})",
-            # whole slices, as the through-plane records were measured; cropping the
-            # background here is left to a measurement of its own
-            crop_background=False,
+            crop_background=crop_background,
+            cpu_bf16=bf16,
         )
         out += np.moveaxis(restored, 0, plane_axis)
     return out / len(planes)
@@ -158,6 +161,9 @@ def restore_scan(
     batch_size: int,
     tile: int | None,
     device: torch.device,
+    planes: tuple[int, ...] = (2, 1),
+    crop_background: bool = False,
+    bf16: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The scan (``norm, lo, hi`` from :func:`normalised_scan`) on ``out_grid`` along the thick
     axis, in the file's axis order and units, as :func:`make_isotropic`; and the
@@ -165,7 +171,9 @@ def restore_scan(
     and the check's baseline)."""
     # once: restored, and the check's baseline
     interpolated = cubic_along(norm, 0, geom.fine_grid())
-    sr = restore_across(net, interpolated, batch_size, tile, device)
+    sr = restore_across(
+        net, interpolated, batch_size, tile, device, True, planes, crop_background, bf16
+    )
     check = self_check(sr, interpolated, norm, geom, profile)
     del interpolated
     return to_output(sr, lo, hi, geom, out_grid), check
