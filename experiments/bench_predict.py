@@ -2,8 +2,9 @@
 
 For each input NIfTI (default: the demo seg3d T1; ``--crop`` takes a central crop first, e.g.
 ``180,216,181`` for the 1 mm brain of issue 33), each thread count (``--threads``, default 1
-and 2) and background cropping off and on (``predict.crop_background``): the wall time of the
-whole command (``python -m mrsr.run stage=predict ...`` in a subprocess with
+and 2), background cropping off and on (``predict.crop_background``) and, on a CPU that
+computes bfloat16 natively, cropping with the network in bfloat16 (``predict.cpu_bf16``): the
+wall time of the whole command (``python -m mrsr.run stage=predict ...`` in a subprocess with
 ``OMP_NUM_THREADS``; start-up, imports, model load, reading, normalisation, the network,
 writing), the SR time predict logs (the slice loop: foreground boxes, network, interpolation),
 the share of the slices' LR pixels the network ran on (its log), and the achieved FLOP/s: the
@@ -35,6 +36,7 @@ import torch
 from _bench import device_name, record_folder
 from torch.utils.flop_counter import FlopCounterMode
 
+from mrsr.inference import cpu_has_bf16
 from mrsr.records import write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,12 +92,12 @@ def run_predict(
     path: Path,
     folder: Path,
     threads: int | None,
-    crop: bool | None,
+    overrides: list[str] | None,
     scale: int,
     code: Path | None = None,
 ) -> dict[str, float]:
     """One ``stage=predict`` in a subprocess: wall, SR seconds and the network's pixel share.
-    ``crop=None``: the code's default settings; ``code``: a checkout of the package to run."""
+    ``overrides=None``: the code's default settings; ``code``: a checkout of the package."""
     env = dict(os.environ)
     if code is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")])
@@ -111,7 +113,7 @@ def run_predict(
         f"output={folder / 'sr.nii.gz'}",
         f"scale={scale}",
         "overwrite=true",
-    ] + ([] if crop is None else [f"predict.crop_background={str(crop).lower()}"])
+    ] + (overrides or [])
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -186,15 +188,25 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         for given in args.input:
             path, shape = cropped(Path(given), args.crop, folder)
             for threads in [*args.threads, *([None] if gpu else [])]:
-                variants: list[tuple[str, bool | None, Path | None]] = [
-                    ("off", False, None),
-                    ("on", True, None),
+                variants: list[tuple[str, bool | None, bool, Path | None]] = [
+                    ("off", False, False, None),
+                    ("on", True, False, None),
                 ]
+                if threads is not None and cpu_has_bf16():  # bfloat16 where it is native
+                    variants.append(("on, bf16", True, True, None))
                 if base is not None:
-                    variants.insert(0, (f"baseline {args.baseline}", None, base))
-                for label, crop, code in variants:
+                    variants.insert(0, (f"baseline {args.baseline}", None, False, base))
+                for label, crop, bf16, code in variants:
+                    overrides = (
+                        None
+                        if crop is None
+                        else [
+                            f"predict.crop_background={str(crop).lower()}",
+                            f"predict.cpu_bf16={str(bf16).lower()}",
+                        ]
+                    )
                     runs = [
-                        run_predict(path, folder, threads, crop, args.scale, code)
+                        run_predict(path, folder, threads, overrides, args.scale, code)
                         for _ in range(args.repeats)
                     ]
                     best = {k: min(r[k] for r in runs) for k in ("wall_s", "sr_s")}
@@ -211,18 +223,24 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
                         "code": "baseline" if code is not None else "this",
                         "baseline_commit": args.baseline if code is not None else None,
                         "crop_background": crop,
+                        "cpu_bf16": bf16,
                         "wall_s": round(best["wall_s"], 2),
                         "sr_s": round(best["sr_s"], 2),
                         "other_s": round(best["wall_s"] - best["sr_s"], 2),
                         "network_share": round(share, 3),
                         "gflops": round(gflops, 1),
                         "peak_gflops": None if threads is None else round(peaks[threads], 1),
-                        "of_peak": None if threads is None else round(gflops / peaks[threads], 3),
+                        # against the float32 peak: not stated for bfloat16
+                        "of_peak": None
+                        if threads is None or bf16
+                        else round(gflops / peaks[threads], 3),
                         "wall_runs_s": [round(r["wall_s"], 2) for r in runs],
                     }
                     rows.append(row)
                     where = "GPU" if threads is None else f"{threads} thread(s)"
-                    peak = "" if threads is None else f" ({100 * row['of_peak']:.0f}% of peak)"
+                    peak = (
+                        "" if row["of_peak"] is None else f" ({100 * row['of_peak']:.0f}% of peak)"
+                    )
                     print(
                         f"{row['input']} {tuple(shape)} {where}, {label}: wall "
                         f"{row['wall_s']:.2f} s, SR {row['sr_s']:.2f} s, "
@@ -237,7 +255,8 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     for row in rows:
         if row["threads"] is not None:
             row["peak_gflops"] = round(peaks[row["threads"]], 1)
-            row["of_peak"] = round(row["gflops"] / peaks[row["threads"]], 3)
+            if not row["cpu_bf16"]:
+                row["of_peak"] = round(row["gflops"] / peaks[row["threads"]], 3)
     result = {
         "benchmark": "predict",
         "device": device_name(torch.device("cpu")),
@@ -274,6 +293,7 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
                     f"baseline {r['baseline_commit']}"
                     if r["code"] == "baseline"
                     else ("on" if r["crop_background"] else "off")
+                    + (", bf16" if r.get("cpu_bf16") else "")
                 ),
                 f"{r['wall_s']:.1f}",
                 f"{r['sr_s']:.1f}",

@@ -502,6 +502,16 @@ def cpu_has_bf16() -> bool:
 
 
 CONSISTENCY = ("none", "kspace")
+CPU_BF16 = ("auto", "true", "false")
+
+
+def check_cpu_bf16(value: object, key: str = "predict.cpu_bf16") -> bool:
+    """Whether to run the network in bfloat16 on a CPU: ``auto`` where the CPU computes it
+    natively (:func:`cpu_has_bf16`), ``true``, ``false``; else a one-line refusal."""
+    mode = str(value).lower()
+    if mode not in CPU_BF16:
+        raise ConfigError(f"{key}={value} must be one of {', '.join(CPU_BF16)}")
+    return cpu_has_bf16() if mode == "auto" else mode == "true"
 
 
 def check_consistency(value: object, key: str = "predict.consistency") -> str:
@@ -629,6 +639,7 @@ def super_resolve_scan(
     percentile: float = 99.5,
     progress: bool = True,
     crop_background: bool = True,
+    cpu_bf16: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Every slice of ``scan`` along its slicing axis super-resolved in-plane by ``scale``
     (:func:`super_resolve_volume`), normalised as the network was trained (``percentile``:
@@ -650,6 +661,7 @@ def super_resolve_scan(
         progress=progress,
         consistency=consistency,
         crop_background=crop_background,
+        cpu_bf16=cpu_bf16,
     )
     seconds = time.perf_counter() - t0
     result = np.moveaxis(sr, 0, axis) * np.float32(hi - lo) + np.float32(lo)

@@ -443,3 +443,21 @@ def test_cropping_is_off_under_kspace_consistency() -> None:
     on = super_resolve_volume(net, noisy, 2, crop_background=True, **kw)
     off = super_resolve_volume(net, noisy, 2, crop_background=False, **kw)
     np.testing.assert_array_equal(on, off)
+
+
+def test_cpu_bf16_is_checked_recorded_and_close_to_float32(make_cfg, tmp_path: Path) -> None:
+    """``predict.cpu_bf16``: a bad value is refused before any work; the receipt says which
+    precision ran; bfloat16 stays within a small fraction of the float32 output."""
+    inp = scan(tmp_path / "t1.nii.gz", 26, shape=(48, 40, 4))
+    with pytest.raises(ConfigError, match=r"predict.cpu_bf16=maybe must be one of auto, true"):
+        run_predict(make_cfg, inp, tmp_path / "x.nii.gz", "predict.cpu_bf16=maybe")
+    outs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / f"bf16_{flag}.nii.gz"
+        run_predict(make_cfg, inp, out, f"predict.cpu_bf16={flag}")
+        receipt = json.loads(out.with_name(f"bf16_{flag}.json").read_text())
+        assert receipt["precision"] == ("bfloat16" if flag == "true" else "float32")
+        assert receipt["settings"]["cpu_bf16"] == flag
+        outs[flag] = np.asarray(nib.load(str(out)).dataobj)
+    err = np.abs(outs["true"] - outs["false"]).max() / np.abs(outs["false"]).max()
+    assert 0 < err < 0.02, err

@@ -33,6 +33,7 @@ from mrsr.inference import (
     SliceProgress,
     acquired_input,
     check_consistency,
+    check_cpu_bf16,
     check_from_acquired,
     check_output_dtype,
     check_paths,
@@ -76,6 +77,7 @@ class Settings:
     overlap: int
     device: torch.device
     crop_background: bool = True
+    cpu_bf16: str = "false"  # as given (auto | true | false)
 
     @classmethod
     def of(cls, p: DictConfig) -> Settings:
@@ -90,7 +92,16 @@ class Settings:
             overlap=int(p.overlap),
             device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
             crop_background=bool(p.get("crop_background", True)),
+            cpu_bf16=str(p.get("cpu_bf16", "false")).lower(),
         )
+
+    def __post_init__(self) -> None:
+        check_cpu_bf16(self.cpu_bf16)  # a bad value is refused before any work
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the network runs in bfloat16 here (always on a GPU; on a CPU as asked)."""
+        return self.device.type == "cuda" or check_cpu_bf16(self.cpu_bf16)
 
     def recorded(self) -> dict[str, Any]:
         return {
@@ -103,6 +114,7 @@ class Settings:
             "tile": self.tile,
             "overlap": self.overlap,
             "crop_background": self.crop_background,
+            "cpu_bf16": self.cpu_bf16,
         }
 
 
@@ -290,6 +302,7 @@ def predict_scan(
         percentile=model.percentile,
         progress=progress,
         crop_background=settings.crop_background,
+        cpu_bf16=settings.bf16,
     )
     # a receipt that says "writing" first: a rerun after a kill knows a left-over output is
     # its own; removed again when the write fails here
@@ -313,7 +326,7 @@ def predict_scan(
     )
     n = data.shape[axis]
     log.info(
-        "%s %s -> %s %s (%s): x%d in-plane, slicing axis %d, %d slice(s) on %s in %.2f s "
+        "%s %s -> %s %s (%s): x%d in-plane, slicing axis %d, %d slice(s) on %s (%s) in %.2f s "
         "(%.1f slices/s)",
         inp.name,
         tuple(data.shape[1:]) if is_2d else tuple(data.shape),
@@ -324,6 +337,7 @@ def predict_scan(
         axis,
         n,
         device_label(settings.device),
+        "bfloat16" if settings.bf16 else "float32",
         seconds,
         n / max(seconds, 1e-9),
     )
@@ -367,6 +381,7 @@ def predict_scan(
         settings=settings.recorded(),
         checks=checks,
         network_seconds=round(seconds, 3),
+        precision="bfloat16" if settings.bf16 else "float32",
         device=device_label(settings.device),
     )
     for said in receipt.warnings:
