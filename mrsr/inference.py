@@ -640,14 +640,16 @@ def super_resolve_scan(
     progress: bool = True,
     crop_background: bool = True,
     cpu_bf16: bool = False,
+    normalised: tuple[np.ndarray, float, float] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Every slice of ``scan`` along its slicing axis super-resolved in-plane by ``scale``
     (:func:`super_resolve_volume`), normalised as the network was trained (``percentile``:
     :attr:`mrsr.generators.TrainedGenerator.percentile`) and mapped back to the input's units,
     in the file's axis order (a 2D input gives a 2D image); and the seconds spent
-    super-resolving."""
+    super-resolving. ``normalised``: ``normalise_with_range(scan.data, percentile)`` when the
+    caller has it already."""
     axis = scan.slicing.axis
-    norm, lo, hi = normalise_with_range(scan.data, percentile)
+    norm, lo, hi = normalised or normalise_with_range(scan.data, percentile)
     slices = np.moveaxis(norm, axis, 0)
     t0 = time.perf_counter()
     sr = super_resolve_volume(

@@ -94,6 +94,15 @@ class Study:
     def batch(self) -> bool:
         return self.kind != "file"
 
+    @property
+    def linked(self) -> bool:
+        """The derivatives sit in the source dataset's ``derivatives/mrsr``: receipts cite
+        inputs as ``bids:raw:<path>``."""
+        return (
+            self.source is not None
+            and self.derivatives == self.source / "derivatives" / DERIVATIVES_NAME
+        )
+
 
 def image_suffix(path: Path) -> str:
     """The image extension as written (``.nii.gz``, ``.NII``, ...; any case)."""
@@ -308,7 +317,7 @@ def write_dataset_description(study: Study, version: str) -> None:
             }
         ],
     }
-    if source is not None and study.derivatives == source / "derivatives" / DERIVATIVES_NAME:
+    if study.linked:
         description["DatasetLinks"] = {"raw": "../.."}
     atomic_write_text(path, json.dumps(description, indent=2) + "\n")
 
@@ -316,10 +325,7 @@ def write_dataset_description(study: Study, version: str) -> None:
 def source_reference(study: Study, inp: Path) -> str:
     """How a receipt names its input: ``bids:raw:<path in the dataset>`` inside a linked BIDS
     dataset, else its absolute path."""
-    if (
-        study.source is not None
-        and study.derivatives == study.source / "derivatives" / DERIVATIVES_NAME
-    ):
+    if study.linked:
         return "bids:raw:" + inp.relative_to(study.source).as_posix()
     return str(inp.absolute())
 

@@ -78,9 +78,13 @@ class Settings:
     device: torch.device
     crop_background: bool = True
     cpu_bf16: str = "false"  # as given (auto | true | false)
+    bf16: bool = False  # whether the network runs in bfloat16 here (always on a GPU)
 
     @classmethod
     def of(cls, p: DictConfig) -> Settings:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cpu_bf16 = str(p.get("cpu_bf16", "false")).lower()
+        native = check_cpu_bf16(cpu_bf16)  # a bad value is refused before any work
         return cls(
             axis=p.get("axis", "auto"),
             volume=None if p.get("volume") is None else int(p.volume),
@@ -90,18 +94,11 @@ class Settings:
             batch_size=int(p.batch_size),
             tile=None if p.get("tile") in (None, 0) else int(p.tile),
             overlap=int(p.overlap),
-            device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+            device=device,
             crop_background=bool(p.get("crop_background", True)),
-            cpu_bf16=str(p.get("cpu_bf16", "false")).lower(),
+            cpu_bf16=cpu_bf16,
+            bf16=device.type == "cuda" or native,
         )
-
-    def __post_init__(self) -> None:
-        check_cpu_bf16(self.cpu_bf16)  # a bad value is refused before any work
-
-    @property
-    def bf16(self) -> bool:
-        """Whether the network runs in bfloat16 here (always on a GPU; on a CPU as asked)."""
-        return self.device.type == "cuda" or check_cpu_bf16(self.cpu_bf16)
 
     def recorded(self) -> dict[str, Any]:
         return {
@@ -290,6 +287,7 @@ def predict_scan(
             f"({mm(tuple(z for a, z in enumerate(image.zooms) if a != axis))} mm); "
             "the network treats them as square"
         )
+    normalised = normalise_with_range(image.data, model.percentile)  # once, for both uses
     result, seconds = super_resolve_scan(
         model.net,
         image,
@@ -303,6 +301,7 @@ def predict_scan(
         progress=progress,
         crop_background=settings.crop_background,
         cpu_bf16=settings.bf16,
+        normalised=normalised,
     )
     # a receipt that says "writing" first: a rerun after a kill knows a left-over output is
     # its own; removed again when the write fails here
@@ -341,7 +340,7 @@ def predict_scan(
         seconds,
         n / max(seconds, 1e-9),
     )
-    checks = check_scan(model, image, result, cutoffs, receipt, removed)
+    checks = check_scan(model, image, normalised, result, cutoffs, receipt, removed)
     described = {
         "input_image": image_facts(on_disk),
         **({"acquired_matrix": image_facts(image)} if removed else {}),
@@ -423,16 +422,18 @@ def image_facts(image: InputScan) -> dict[str, Any]:
 def check_scan(
     model: TrainedGenerator,
     image: InputScan,
+    normalised: tuple[np.ndarray, float, float],
     result: np.ndarray,
     cutoffs: list,
     receipt: Receipt,
     removed: bool = False,
 ) -> dict[str, Any]:
-    """The receipt's checks of one scan (:mod:`mrsr.receipt`); failures become warnings.
-    ``removed``: the zero-filling of an interpolated input was removed (not said again)."""
+    """The receipt's checks of one scan (:mod:`mrsr.receipt`; ``normalised``: the scan as the
+    network saw it, and its range); failures become warnings. ``removed``: the zero-filling of
+    an interpolated input was removed (not said again)."""
     t0 = time.perf_counter()
     axis, scale = image.slicing.axis, model.scale
-    norm, lo, hi = normalise_with_range(image.data, model.percentile)
+    norm, lo, hi = normalised
     slices = np.moveaxis(norm, axis, 0)  # a 2D input is one slice along axis 0
     noise = noise_estimate(slices)
     limit = max(NOISE_MARGIN * model.max_training_noise, NOISE_FLOOR)
