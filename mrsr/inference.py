@@ -317,7 +317,7 @@ def sr_foreground(
     x: Tensor,
     scale: int,
     limit: float,
-    radius: int,
+    radius: int | None,
     tile: int | None = None,
     overlap: int = 16,
     max_pixels: int | None = None,
@@ -326,12 +326,16 @@ def sr_foreground(
     """:func:`sr_limited` of the images of ``x`` with the network run on each one's foreground
     box (:func:`foreground_boxes`) plus ``radius + pad`` LR pixels (:func:`crop_window`; images
     with the same window go together); images without foreground get the skip path only.
-    ``max_pixels``: the network takes at most this many LR pixels at once (keeps a CPU's
-    activations in its caches and out of fresh allocations)."""
+    ``radius=None``: whole images (no cropping). ``max_pixels``: the network takes at most this
+    many LR pixels at once (keeps a CPU's activations in its caches and out of fresh
+    allocations)."""
     shape = (x.shape[-2], x.shape[-1])
     groups: dict[tuple[int, int, int, int] | None, list[int]] = {}
-    for j, box in enumerate(foreground_boxes(x)):
-        groups.setdefault(crop_window(box, radius + pad, shape), []).append(j)
+    if radius is None:
+        groups[(0, shape[0], 0, shape[1])] = list(range(len(x)))
+    else:
+        for j, box in enumerate(foreground_boxes(x)):
+            groups.setdefault(crop_window(box, radius + pad, shape), []).append(j)
     if len(groups) == 1 and max_pixels is None:
         window = next(iter(groups))
         return sr_limited(net, x, scale, limit, tile, overlap, window, radius)
@@ -436,12 +440,14 @@ def super_resolve_volume(
     # the k-space projection is global: the background's skip path would leak into the anatomy
     cropped = crop_background and consistency == "none"
     radius = receptive_radius(net) if cropped else None
-    max_pixels = CPU_PIXELS if device.type == "cpu" else None
     fmt = (
         torch.channels_last
         if (device.type == "cpu" if channels_last is None else channels_last)
         else None
     )
+    # whole slices in float32's default format go through as one batch, as before
+    cpu = device.type == "cpu" and (radius is not None or fmt is not None)
+    max_pixels = CPU_PIXELS if cpu else None
     if fmt is not None:
         net.to(memory_format=fmt)
     seen: list[int] = []  # LR pixels the network was run on
@@ -462,18 +468,7 @@ def super_resolve_volume(
                     dtype=torch.bfloat16,
                     enabled=device.type == "cuda" or (device.type == "cpu" and cpu_bf16),
                 ):
-                    if radius is None and (max_pixels is None or fmt is None):
-                        y = sr_limited(net, x, scale, limit, tile, overlap)  # as before
-                    elif radius is None:  # whole slices, at most max_pixels at once
-                        step = max(1, max_pixels // (h * w))
-                        y = torch.cat(
-                            [
-                                sr_limited(net, x[k : k + step], scale, limit, tile, overlap)
-                                for k in range(0, len(x), step)
-                            ]
-                        )
-                    else:
-                        y = sr_foreground(net, x, scale, limit, radius, tile, overlap, max_pixels)
+                    y = sr_foreground(net, x, scale, limit, radius, tile, overlap, max_pixels)
                 if consistency == "kspace":
                     y = kspace_consistent(y.float(), x.float(), scale)
                 out[i : i + x.shape[0]] = y[:, 0].float().clamp(min=0).cpu().numpy()
