@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,17 +254,23 @@ def _into_folder(kind: str, files: list[Path], out: Path | None, what: str) -> S
         raise ConfigError(f"{what} names several scans: pass output=<folder>")
     if out.name.endswith(IMAGE_SUFFIXES):
         raise ConfigError(f"{what} names several scans: output={out} must be a folder")
-    names = [image_stem(f) for f in files]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"{what}: two inputs would write the same output ({twice[0]})")
     scans = tuple(Scan(f, out / (image_stem(f) + output_suffix(f))) for f in files)
+    one_output_each(scans, what)
     if any(s.output.resolve() == s.input.resolve() for s in scans):
         raise ConfigError(
             f"{what}: output={out} is the inputs' own folder and the outputs keep their names: "
             "choose another output folder"
         )
     return Study(kind, scans)
+
+
+def one_output_each(scans: Sequence[Scan], what: str) -> None:
+    """Refuse two inputs that would write the same output or receipt (``a.nii`` and
+    ``a.nii.gz`` share ``a.json``)."""
+    counts = Counter(s.receipt for s in scans)
+    twice = sorted(str(p.with_suffix("")) for p, n in counts.items() if n > 1)
+    if twice:
+        raise ConfigError(f"{what}: two inputs would write the same output ({twice[0]})")
 
 
 def _bids(root: Path, out: Path | None, scale: int, suffixes: Sequence[str]) -> Study:
@@ -279,10 +286,7 @@ def _bids(root: Path, out: Path | None, scale: int, suffixes: Sequence[str]) -> 
             f"{root / 'derivatives'} or outside it (default: derivatives/{DERIVATIVES_NAME})"
         )
     scans = tuple(Scan(f, target / f.parent.relative_to(root) / bids_name(f, scale)) for f in files)
-    names = [s.output for s in scans]
-    twice = sorted({str(n) for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"input={root}: two inputs would write the same output ({twice[0]})")
+    one_output_each(scans, f"input={root}")
     return Study("bids", scans, derivatives=target, source=root, left_out=tuple(left_out))
 
 

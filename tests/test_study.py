@@ -528,3 +528,13 @@ def test_noise_estimate_on_multi_coil_images_errs_high_not_low() -> None:
             true = sigma / (hi - lo)
             assert true <= found["sigma"] <= found["foreground_upper_bound"] + 1e-9, (coils, sigma)
             assert found["sigma"] < 3 * true + 0.02, (coils, sigma, found)
+
+
+def test_two_bids_inputs_that_would_share_a_receipt_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "r", "BIDSVersion": "1.9.0"}')
+    scan(root / "sub-01" / "anat" / "sub-01_T1w.nii", 27)
+    scan(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz", 28)  # the same receipt name
+    with pytest.raises(ConfigError, match="two inputs would write the same output"):
+        plan(str(root), None, 2)
