@@ -207,6 +207,6 @@ def export_generator(path: str | Path, out: str | Path, **notes: Any) -> Path:
     return out
 
 
-def model_for(ckpt: str | Path | None, scale: int) -> TrainedGenerator:
+def model_for(ckpt: object, scale: int) -> TrainedGenerator:
     """The model ``ckpt`` names, or the bundled one of ``scale`` when ``ckpt`` is empty."""
     return load_trained(bundled_model(scale) if ckpt in (None, "") else Path(str(ckpt)))

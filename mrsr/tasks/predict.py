@@ -120,21 +120,19 @@ def predict(cfg: DictConfig) -> dict:
     settings = Settings.of(cfg.predict)
     overwrite = bool(cfg.get("overwrite", False))
     suffixes = check_suffixes(cfg.predict.get("suffix"))
-    study = plan(cfg.input, cfg.get("output"), int(cfg.get("scale", 2)), suffixes)
-    if not study.batch:  # refused before the model is loaded
+    model = load_model(cfg.get("ckpt"), int(cfg.get("scale", 2)))
+    # BIDS names carry the model's own scale (res-x<scale>)
+    study = plan(cfg.input, cfg.get("output"), model.scale, suffixes)
+    if not study.batch:
         check_paths(study.scans[0].input, study.scans[0].output, overwrite)
         study.scans[0].check_receipt()
-    model = load_model(cfg.get("ckpt"), int(cfg.get("scale", 2)))
-    if study.kind == "bids":  # BIDS names carry the model's own scale (res-x<scale>)
-        study = plan(cfg.input, cfg.get("output"), model.scale, suffixes)
-    if not study.batch:
         return predict_scan(model, study.scans[0], settings, study)
     return predict_study(model, study, settings, overwrite)
 
 
 def load_model(ckpt: object, scale: int) -> TrainedGenerator:
     """The model to run, said in the log: ``ckpt``, or the bundled model of ``scale``."""
-    model = model_for(None if ckpt in (None, "") else str(ckpt), scale)
+    model = model_for(ckpt, scale)
     if model.scale == 1:
         raise ConfigError(
             f"ckpt={model.path} is a through-plane network (scale 1, from stage=throughplane): "
