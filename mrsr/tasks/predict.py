@@ -120,12 +120,15 @@ def predict(cfg: DictConfig) -> dict:
     settings = Settings.of(cfg.predict)
     overwrite = bool(cfg.get("overwrite", False))
     suffixes = check_suffixes(cfg.predict.get("suffix"))
-    model = load_model(cfg.get("ckpt"), int(cfg.get("scale", 2)))
-    # BIDS names carry the model's own scale (res-x<scale>)
-    study = plan(cfg.input, cfg.get("output"), model.scale, suffixes)
-    if not study.batch:
+    scale = int(cfg.get("scale", 2))
+    study = plan(cfg.input, cfg.get("output"), scale, suffixes)
+    if not study.batch:  # refused before the model is loaded
         check_paths(study.scans[0].input, study.scans[0].output, overwrite)
         study.scans[0].check_receipt()
+    model = load_model(cfg.get("ckpt"), scale)
+    if study.kind == "bids" and model.scale != scale:  # BIDS names carry res-x<scale>
+        study = plan(cfg.input, cfg.get("output"), model.scale, suffixes)
+    if not study.batch:
         return predict_scan(model, study.scans[0], settings, study)
     return predict_study(model, study, settings, overwrite)
 
