@@ -86,6 +86,9 @@ def summarise(row: dict, setting: str, overrides: list[str], case: str, threads:
         "sr_psnr": round(float(row["sr_psnr"]), 3),
         "cubic_psnr": round(float(row["cubic_psnr"]), 3),
         "held_out_gain_db": round(float(row["held_out_gain_db"]), 3),
+        "bandlimited_gain_db": None
+        if row.get("bandlimited_gain_db") is None
+        else round(float(row["bandlimited_gain_db"]), 3),
         "steps": row.get("steps"),
     }
 
@@ -162,7 +165,7 @@ def main() -> None:
                         f"{name:<10} {case:<48} wall {r['wall_s']:6.1f} s (estimate "
                         f"{r['estimate_s']:.1f}, training {r['training_s']:.1f}, applying "
                         f"{r['applying_s']:.1f}, other {r['other_s']:.1f}); gain "
-                        f"{r['gain_db']:+.2f} dB",
+                        f"{r['gain_db']:+.2f} dB (ideal low-pass {r['bandlimited_gain_db']:+.2f})",
                         flush=True,
                     )
     names = list(dict.fromkeys(r["setting"] for r in rows))

@@ -192,6 +192,21 @@ class Receipt:
         }
 
 
+def image_facts(shape: tuple[int, ...], zooms: tuple[float, ...], dtype: Any) -> dict[str, Any]:
+    """Shape, voxel sizes (mm) and stored data type of an image as a receipt states them."""
+    return {
+        "shape": [int(n) for n in shape],
+        "voxel_mm": [float(z) for z in zooms],
+        "dtype": np.dtype(dtype).name,
+    }
+
+
+def file_fingerprint(path: Path) -> dict[str, int]:
+    """What tells a changed input file (its size and modification time)."""
+    st = path.stat()
+    return {"bytes": st.st_size, "modified_ns": st.st_mtime_ns}
+
+
 def command_line() -> str:
     """How this process was started, as a shell line (``python -m mrsr.run ...``)."""
     argv = list(sys.argv)

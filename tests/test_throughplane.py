@@ -16,16 +16,16 @@ from nibabel.affines import apply_affine
 from mrsr.data.readers import read_nifti
 from mrsr.errors import ConfigError, DataError, MrsrError
 from mrsr.isotropic import restore
-from mrsr.isotropic.estimate import estimate_profile, highband_ratio
+from mrsr.isotropic.estimate import ProfileFit, estimate_profile, highband_ratio
 from mrsr.isotropic.geometry import grid_affine, resampled_grid, thick_geometry
 from mrsr.isotropic.operators import along, cubic_along, spline_matrix, thick_sampling
 from mrsr.isotropic.pairs import SelfPairsDataModule, degrade_rows
-from mrsr.isotropic.profile import slice_profile
-from mrsr.isotropic.restore import HIGHBAND_LIMIT
+from mrsr.isotropic.profile import SliceProfile, slice_profile
+from mrsr.isotropic.restore import HIGHBAND_LIMIT, thick_consistency
 from mrsr.nets.srresnet import SRResNet
 from mrsr.tasks import throughplane as tp_module
 from mrsr.tasks.predict import predict
-from mrsr.tasks.throughplane import throughplane
+from mrsr.tasks.throughplane import throughplane, training_profiles
 from tests.test_predict import rotated_affine, write_volume
 
 DEMO = Path(__file__).resolve().parents[1] / "mrsr" / "assets" / "demo"
@@ -166,6 +166,86 @@ def test_self_pairs_hold_out_slices() -> None:
         vol, 1.0, 3.0, slice_profile("gaussian", 3.0), steps=5, batch_size=4, patch_size=16
     )
     assert dm.held_out == [11]
+
+
+def test_self_pairs_with_two_profiles() -> None:
+    """Pairs made with a Gaussian and a boxcar: each slice with each, drawn equally often; the
+    held-out slices are degraded with the first profile only."""
+    vol = np.random.default_rng(0).random((20, 32, 24)).astype(np.float32)
+    gauss, box = slice_profile("gaussian", 3.0), slice_profile("boxcar", 3.5)
+    one = SelfPairsDataModule(vol, 1.0, 3.0, gauss, steps=5, batch_size=4, patch_size=16)
+    two = SelfPairsDataModule(vol, 1.0, 3.0, [gauss, box], steps=5, batch_size=4, patch_size=16)
+    n = len(one.train_pairs.targets)
+    assert len(two.train_pairs.targets) == 2 * n and two.train_pairs.source[:n] == (
+        one.train_pairs.source
+    )
+    for k in (0, n // 2):  # the same slice and axis: one target (not a copy), each profile's input
+        assert two.train_pairs.targets[k] is two.train_pairs.targets[n + k]
+        assert torch.equal(two.train_pairs.targets[k], one.train_pairs.targets[k])
+        assert torch.equal(two.train_pairs.inputs[k], one.train_pairs.inputs[k])
+        assert not torch.allclose(two.train_pairs.inputs[k], two.train_pairs.inputs[n + k])
+    assert all(
+        torch.equal(a, b) for a, b in zip(two.val_pairs.inputs, one.val_pairs.inputs, strict=True)
+    )
+    assert two.degradation == "slice profiles gaussian (FWHM 3 mm), boxcar (width 3.5 mm)"
+    assert one.degradation == "slice profile gaussian (FWHM 3 mm)"
+    with pytest.raises(ConfigError, match="no slice profile"):
+        SelfPairsDataModule(vol, 1.0, 3.0, [], steps=5)
+
+
+def test_training_profiles_follow_the_rule() -> None:
+    from omegaconf import OmegaConf
+
+    fit = ProfileFit(
+        SliceProfile("gaussian", 4.5),
+        0.10,
+        SliceProfile("boxcar", 6.0),
+        0.12,
+        100,
+        [
+            ("gaussian", 4.5, 0.10),
+            ("gaussian", 4.75, 0.11),
+            ("boxcar", 6.0, 0.12),
+            ("boxcar", 5.75, 0.2),
+            ("gaussian", 4.25, 0.114),
+        ],
+    )
+
+    def chosen(rule: str, found: ProfileFit | None = fit) -> list[str]:
+        tp = OmegaConf.create({"train_profiles": rule})
+        return [p.describe() for p in training_profiles(tp, fit.profile, found)]
+
+    g, b = "gaussian (FWHM 4.5 mm)", "boxcar (width 6 mm)"
+    assert chosen("families") == [g, b]  # the best of each family, the estimate first
+    # also every width within 15 % of the best misfit, by misfit
+    assert chosen("plausible") == [g, b, "gaussian (FWHM 4.75 mm)", "gaussian (FWHM 4.25 mm)"]
+    assert chosen("estimate") == [g]
+    many = ProfileFit(
+        fit.profile,
+        0.10,
+        fit.other,
+        0.12,
+        100,
+        [("gaussian", 4.5 + w / 8, 0.10 + w / 1000) for w in range(12)] + [("boxcar", 6.0, 0.12)],
+    )
+    assert len(many.plausible()) == 6 and many.plausible()[:2] == [fit.profile, fit.other]
+    assert chosen("families", None) == [g]  # a given profile is trained on alone
+    with pytest.raises(ConfigError, match="plausible, families, estimate"):
+        chosen("both")
+
+
+def test_thick_consistency_reads_zero_for_the_truth_and_more_for_the_cubic_spline(
+    field: np.ndarray,
+) -> None:
+    fine = field[:, :40, :40].astype(np.float32)  # 1 mm along axis 0
+    profile = slice_profile("gaussian", 4.0)
+    sampling, _ = thick_sampling(fine.shape[0], 1.0, 4.0, profile)
+    thick = along(fine, sampling, 0)
+    geom = thick_geometry((4.0, 1.0, 1.0), thick.shape)
+    assert geom.fine_grid().n == fine.shape[0]
+    assert thick_consistency(fine, thick, geom, profile) < 1e-6
+    cubic = cubic_along(thick, 0, geom.fine_grid())
+    assert thick_consistency(cubic, thick, geom, profile) > 0.01
 
 
 # -- geometry and refusals -------------------------------------------------------------------
@@ -338,6 +418,25 @@ def test_throughplane_beats_cubic_and_lands_on_the_reference_grid(
         and not check["oversharpened"]
     )
     assert record["may_be_worse_than_cubic"] is False and record["warnings"] == []
+    # with the profile estimated, the pairs are made with the best fit of each family first
+    assert record["training_profiles"][:2] == [
+        record["profile_fit"]["estimate"],
+        record["profile_fit"]["other_family"],
+    ]
+    # the receipt beside the output: what made it and the checks that apply
+    receipt = json.loads((tmp_path / "iso.json").read_text())
+    assert receipt["status"] == "done" and receipt["stage"] == "throughplane"
+    assert receipt["trust"] == "within training conditions" and receipt["warnings"] == []
+    assert np.allclose(receipt["input_image"]["voxel_mm"], [1, 1, 4])
+    assert receipt["output_image"]["shape"] == list(ref.shape)
+    assert np.allclose(receipt["output_image"]["voxel_mm"], [1, 1, 1])
+    assert receipt["slice_profile"]["fit"] == record["profile_fit"]
+    assert receipt["network"]["training_profiles"] == record["training_profiles"]
+    checks = receipt["checks"]
+    assert 0 < checks["noise"]["sigma"] < 0.06 and checks["intensities"]["negative_fraction"] == 0
+    assert checks["resolution"]["interpolated"] is False
+    # made into thick slices again, the output matches the scan better than the cubic spline
+    assert receipt["self_check"]["consistency"] < receipt["self_check"]["consistency_cubic"]
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
     with pytest.raises(ConfigError, match="through-plane network"):  # not an in-plane SR model
         predict(
@@ -471,6 +570,12 @@ def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
         run("throughplane.precision=fp8")
     with pytest.raises(ConfigError, match="throughplane.orientations=3"):
         run("throughplane.orientations=3")
+    with pytest.raises(ConfigError, match="throughplane.train_profiles=all"):
+        run("throughplane.train_profiles=all")
+    (tmp_path / "mine.json").write_text('{"my": "notes"}')  # a user's JSON where the receipt goes
+    with pytest.raises(ConfigError, match="not an mrsr receipt"):
+        run(out=tmp_path / "mine.nii.gz")
+    assert (tmp_path / "mine.json").read_text() == '{"my": "notes"}'
     stamp = path.stat().st_mtime_ns
     (tmp_path / "taken.nii.gz").write_bytes(b"keep")
     with pytest.raises(MrsrError, match="overwrite=true"):

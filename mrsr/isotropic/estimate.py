@@ -34,6 +34,7 @@ BAND_LOW = 0.25  # the fit uses frequencies above this fraction of the thick Nyq
 LINE_FOREGROUND = 0.05  # normalised intensity that counts as foreground
 LINE_FILL = 0.8  # share of a segment's samples that must be foreground
 AMBIGUOUS = 1.15  # the other family fits within this factor of the best: the family is uncertain
+MAX_PLAUSIBLE = 6  # profiles :meth:`ProfileFit.plausible` returns at most
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,18 @@ class ProfileFit:
         """True when the estimate is the narrowest or widest width searched in its family."""
         widths = [w for kind, w, _ in self.candidates if kind == self.profile.kind]
         return len(widths) > 1 and self.profile.width in (min(widths), max(widths))
+
+    def plausible(self, tolerance: float = AMBIGUOUS) -> list[SliceProfile]:
+        """The profiles the scan cannot tell from the estimate: the estimate, the best of the
+        other family, and the candidates whose misfit is within ``tolerance`` x the best
+        (ordered by misfit; :data:`MAX_PLAUSIBLE` in all at most)."""
+        near = [
+            SliceProfile(kind, width)
+            for kind, width, misfit in sorted(self.candidates, key=lambda t: t[2])
+            if misfit <= tolerance * self.residual
+        ]
+        chosen = [self.profile] + ([self.other] if self.other is not None else [])
+        return (chosen + [p for p in near if p not in chosen])[:MAX_PLAUSIBLE]
 
     def record(self) -> dict:
         return {

@@ -5,10 +5,15 @@ with the scan's slice profile and spacing, then interpolating back with a cubic 
 an input that looks like a slice cut across the thick axis after the same interpolation; the
 slice itself is the target (SMORE, Zhao et al. 2020). Both in-plane axes are degraded, each
 put on the image's first (height) axis, which is where the thick axis goes at inference.
+
+Pairs may be made with several slice profiles (each slice with each): a network trained on
+them restores a scan acquired with any of them, which is what a scan whose profile's family
+cannot be told from its spectrum needs (records/2026-12-06-throughplane-families).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import lightning as L
@@ -57,17 +62,27 @@ class PairSet:
 
 
 def make_pairs(
-    volume: np.ndarray, slices: list[int], voxel: float, spacing: float, profile: SliceProfile
+    volume: np.ndarray,
+    slices: list[int],
+    voxel: float,
+    spacing: float,
+    profiles: Sequence[SliceProfile],
 ) -> PairSet:
     """Pairs from the in-plane slices ``volume[k]`` (thick axis first), degraded along each
-    in-plane axis in turn."""
+    in-plane axis in turn, with each of ``profiles``."""
     stack = volume[slices]
     out = PairSet([], [], [])
-    for oriented in (stack, np.swapaxes(stack, 1, 2)):
-        degraded, target = degrade_rows(oriented, voxel, spacing, profile)
-        out.inputs += [torch.from_numpy(np.ascontiguousarray(s)) for s in degraded]
-        out.targets += [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in target]
-        out.source += list(slices)
+    targets: dict[int, list[torch.Tensor]] = {}  # one copy per axis: the same for every profile
+    for profile in profiles:
+        for axis, oriented in enumerate((stack, np.swapaxes(stack, 1, 2))):
+            degraded, target = degrade_rows(oriented, voxel, spacing, profile)
+            out.inputs += [torch.from_numpy(np.ascontiguousarray(s)) for s in degraded]
+            if axis not in targets:
+                targets[axis] = [
+                    torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)) for s in target
+                ]
+            out.targets += targets[axis]
+            out.source += list(slices)
     return out
 
 
@@ -120,8 +135,9 @@ class SelfPairsDataModule(L.LightningDataModule):
     that holds anatomy (at least :data:`HELD_FOREGROUND` foreground) is held out and scored
     whole (SR vs the cubic-spline input) at validation.
 
-    ``volume``: normalised (with ``percentile``), thick axis first. The run is one epoch of
-    ``steps`` batches.
+    ``volume``: normalised (with ``percentile``), thick axis first. ``profile``: the slice
+    profile, or several (training pairs are made with each, drawn equally often; the held-out
+    slices are degraded with the first). The run is one epoch of ``steps`` batches.
     """
 
     dataset_name = "scan"
@@ -131,7 +147,7 @@ class SelfPairsDataModule(L.LightningDataModule):
         volume: np.ndarray,
         voxel: float,
         spacing: float,
-        profile: SliceProfile,
+        profile: SliceProfile | Sequence[SliceProfile],
         steps: int,
         batch_size: int = 16,
         patch_size: int = 48,
@@ -140,8 +156,15 @@ class SelfPairsDataModule(L.LightningDataModule):
         percentile: float = 99.5,
     ) -> None:
         super().__init__()
+        profiles = [profile] if isinstance(profile, SliceProfile) else list(profile)
+        if not profiles:
+            raise ConfigError("no slice profile to make training pairs with")
+        self.profiles = profiles
         # what a checkpoint records about the data (read by the SR module's builder)
-        self.degradation, self.percentile = f"slice profile {profile.describe()}", float(percentile)
+        self.degradation = f"slice profile{'s' if len(profiles) > 1 else ''} " + ", ".join(
+            p.describe() for p in profiles
+        )
+        self.percentile = float(percentile)
         if not 0 < holdout <= 0.5:
             raise ConfigError(f"throughplane.holdout={holdout} must be in (0, 0.5]")
         n = volume.shape[0]
@@ -154,8 +177,8 @@ class SelfPairsDataModule(L.LightningDataModule):
         if not fitted:
             raise ConfigError(f"the scan has {n} slice(s): too few to learn from")
         self.held_out = held
-        self.train_pairs = make_pairs(volume, fitted, voxel, spacing, profile)
-        self.val_pairs = make_pairs(volume, held, voxel, spacing, profile)
+        self.train_pairs = make_pairs(volume, fitted, voxel, spacing, profiles)
+        self.val_pairs = make_pairs(volume, held, voxel, spacing, profiles[:1])
         self.steps, self.batch_size, self.patch_size, self.seed = (
             int(steps),
             int(batch_size),

@@ -13,8 +13,8 @@ import torch
 from mrsr.data.degrade import normalise_with_range
 from mrsr.inference import super_resolve_volume
 from mrsr.isotropic.estimate import highband_ratio
-from mrsr.isotropic.geometry import Grid, ThickGeometry
-from mrsr.isotropic.operators import cubic_along
+from mrsr.isotropic.geometry import Grid, ThickGeometry, inverse
+from mrsr.isotropic.operators import along, cubic_along, sampling_matrix
 from mrsr.isotropic.profile import SliceProfile
 
 HIGHBAND_LIMIT = 2.0  # output power across / in-plane above the thick Nyquist beyond which we warn
@@ -128,6 +128,18 @@ def make_isotropic(
     return to_output(sr, lo, hi, geom, out_grid)
 
 
+def thick_consistency(
+    fine: np.ndarray, norm: np.ndarray, geom: ThickGeometry, profile: SliceProfile
+) -> float:
+    """``||S(fine) - norm|| / ||norm||``: the working-grid result ``fine`` (thick axis first,
+    normalised) made into the scan's thick slices again by ``profile`` (``S``), against the scan
+    ``norm``. An output that agrees with what was acquired reads low."""
+    thick = inverse(geom.fine_grid(), geom.n_thick)  # the scan's slice centres, in fine index
+    again = along(fine, sampling_matrix(fine.shape[0], geom.voxel, thick, profile), 0)
+    ref = np.asarray(norm, dtype=np.float64)
+    return float(np.linalg.norm(again - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
 def self_check(
     sr: np.ndarray,
     interpolated: np.ndarray,
@@ -139,7 +151,8 @@ def self_check(
     against the scan ``norm``: :func:`~mrsr.isotropic.estimate.highband_ratio` of the output
     and of ``interpolated`` (the cubic spline it was restored from), with the profile the network
     was trained with. A correct output has about the scan's in-plane power above the thick
-    Nyquist (ratio near 1); clearly more means detail was invented across the slices."""
+    Nyquist (ratio near 1); clearly more means detail was invented across the slices. Also the
+    :func:`thick_consistency` of both (reported, not judged)."""
     ratio = highband_ratio(sr, norm, geom.voxel, geom.spacing, profile, select=interpolated)
     cubic = highband_ratio(interpolated, norm, geom.voxel, geom.spacing, profile)
     return {
@@ -147,6 +160,8 @@ def self_check(
         "highband_ratio_cubic": cubic,
         "highband_limit": HIGHBAND_LIMIT,
         "oversharpened": bool(ratio > HIGHBAND_LIMIT),
+        "consistency": thick_consistency(sr, norm, geom, profile),
+        "consistency_cubic": thick_consistency(interpolated, norm, geom, profile),
     }
 
 

@@ -50,6 +50,8 @@ from mrsr.receipt import (
     Receipt,
     command_line,
     consistency_error,
+    file_fingerprint,
+    image_facts,
     intensity_findings,
     noise_estimate,
     read_receipt,
@@ -241,12 +243,6 @@ def finished(
     return f"finished {receipt.get('finished', '')}".strip()
 
 
-def file_fingerprint(path: Path) -> dict[str, int]:
-    """What tells a changed input file (its size and modification time)."""
-    st = path.stat()
-    return {"bytes": st.st_size, "modified_ns": st.st_mtime_ns}
-
-
 def _common_folder(study: Study) -> str:
     if study.derivatives is not None:
         return str(study.derivatives)
@@ -343,8 +339,8 @@ def predict_scan(
     )
     checks = check_scan(model, image, normalised, result, cutoffs, receipt, removed)
     described = {
-        "input_image": image_facts(on_disk),
-        **({"acquired_matrix": image_facts(image)} if removed else {}),
+        "input_image": scan_facts(on_disk),
+        **({"acquired_matrix": scan_facts(image)} if removed else {}),
     }
     if study.kind == "bids":  # the sidecar fields BIDS derivatives expect
         described["Sources"] = [source_reference(study, inp)]
@@ -373,11 +369,7 @@ def predict_scan(
         slicing_axis=axis,
         slicing_axis_reason=image.slicing.reason,
         **described,
-        output_image={
-            "shape": list(result.shape),
-            "voxel_mm": list(zooms_out[1:] if is_2d else zooms_out),
-            "dtype": written,
-        },
+        output_image=image_facts(result.shape, zooms_out[1:] if is_2d else zooms_out, written),
         settings=settings.recorded(),
         checks=checks,
         network_seconds=round(seconds, 3),
@@ -408,16 +400,14 @@ def predict_scan(
     }
 
 
-def image_facts(image: InputScan) -> dict[str, Any]:
-    """Shape, voxel sizes (mm) and data type of a scan as the receipt states them."""
+def scan_facts(image: InputScan) -> dict[str, Any]:
+    """:func:`~mrsr.receipt.image_facts` of a scan (a 2D input: its one slice)."""
     is_2d = image.is_2d
-    return {
-        "shape": list(image.data.shape[1:] if is_2d else image.data.shape),
-        "voxel_mm": list(image.zooms[1:] if is_2d else image.zooms),
-        "dtype": np.dtype(image.data.dtype).name
-        if image.header is None
-        else np.dtype(image.header.get_data_dtype()).name,
-    }
+    return image_facts(
+        image.data.shape[1:] if is_2d else image.data.shape,
+        image.zooms[1:] if is_2d else image.zooms,
+        image.data.dtype if image.header is None else image.header.get_data_dtype(),
+    )
 
 
 def check_scan(

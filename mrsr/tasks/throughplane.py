@@ -36,10 +36,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+import mrsr
 from mrsr.building import build_module, build_trainer, output_dir
 from mrsr.data.acquisition import Described
+from mrsr.data.resolution import spectral_cutoff
 from mrsr.errors import ConfigError
 from mrsr.inference import (
     check_magnitude,
@@ -53,7 +55,18 @@ from mrsr.isotropic.geometry import ThickGeometry, grid_affine, thick_geometry
 from mrsr.isotropic.pairs import SelfPairsDataModule
 from mrsr.isotropic.profile import SliceProfile, slice_profile
 from mrsr.isotropic.restore import HIGHBAND_LIMIT, normalised_scan, restore_scan
+from mrsr.receipt import (
+    Receipt,
+    command_line,
+    file_fingerprint,
+    image_facts,
+    intensity_findings,
+    noise_estimate,
+    sampled_slices,
+    write_receipt,
+)
 from mrsr.results import atomic_write_text, device_label
+from mrsr.study import Scan
 
 log = logging.getLogger("mrsr")
 HELD_OUT_NOTE = (
@@ -111,6 +124,30 @@ def choose_profile(
     return fit.profile, fit
 
 
+TRAINING_PROFILES = ("plausible", "families", "estimate")
+
+
+def training_profiles(
+    tp: DictConfig, profile: SliceProfile, fit: ProfileFit | None
+) -> list[SliceProfile]:
+    """``throughplane.train_profiles``: the slice profiles the training pairs are made with. A
+    given profile (or the fallback) alone; for an estimate, ``plausible``: the best fit of each
+    family (Gaussian and boxcar of matching blur cannot be told apart from a scan) and every
+    width that fits about as well (:meth:`~mrsr.isotropic.estimate.ProfileFit.plausible`),
+    ``families``: the best fit of each family, ``estimate``: the estimate alone
+    (records/2026-12-06-throughplane-families)."""
+    rule = str(tp.get("train_profiles", "plausible"))
+    if rule not in TRAINING_PROFILES:
+        raise ConfigError(
+            f"throughplane.train_profiles={rule} must be one of {', '.join(TRAINING_PROFILES)}"
+        )
+    if fit is None or rule == "estimate":
+        return [profile]
+    if rule == "plausible":
+        return fit.plausible()
+    return [fit.profile] + ([fit.other] if fit.other is not None else [])
+
+
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
 
 
@@ -130,6 +167,7 @@ def _check_settings(cfg: DictConfig) -> None:
     tp = cfg.throughplane
     check_output_dtype(tp.get("output_dtype", "float32"), "throughplane.output_dtype")
     choose_precision(tp, "32-true", True)  # refuses an unknown value before any work
+    training_profiles(tp, SliceProfile("gaussian", 1.0), None)  # likewise
     if int(tp.get("orientations", 2)) not in (1, 2):
         raise ConfigError(
             f"throughplane.orientations={tp.orientations} must be 1 or 2 (slices across the "
@@ -151,6 +189,96 @@ def _check_settings(cfg: DictConfig) -> None:
         )
 
 
+def scan_checks(
+    receipt: Receipt,
+    norm: np.ndarray,
+    data: np.ndarray,
+    lo: float,
+    hi: float,
+    warnings: list[str],
+) -> None:
+    """The receipt's checks of the scan that apply to through-plane SR (:mod:`mrsr.receipt`):
+    its noise (reported: the network learns the scan's own), its intensities and the in-plane
+    resolution (an in-plane interpolation teaches the network an interpolation); failures and
+    the run's ``warnings`` become the receipt's warnings."""
+    slices = sampled_slices(norm)
+    facts, said = intensity_findings(data, lo, hi)
+    cutoffs = spectral_cutoff(slices)
+    interpolated = any(c.interpolated for c in cutoffs)
+    if interpolated:
+        said.append(
+            "the in-plane slices look interpolated (their spectrum ends at "
+            + " and ".join(f"{c.fraction:.2f}" for c in cutoffs)
+            + " of Nyquist): the network learns to restore an interpolation"
+        )
+    receipt.warn(*said, *warnings)
+    receipt.add(
+        checks={
+            "noise": noise_estimate(norm),
+            "intensities": facts,
+            "resolution": {
+                "inplane_cutoff_fraction_of_nyquist": [round(c.fraction, 4) for c in cutoffs],
+                "interpolated": interpolated,
+            },
+        }
+    )
+
+
+def write_scan_receipt(
+    receipt: Receipt,
+    record: dict[str, Any],
+    cfg: DictConfig,
+    vol: Any,
+    result: np.ndarray,
+    fingerprint: dict[str, int],
+) -> None:
+    """The receipt beside the output (:mod:`mrsr.receipt`; the fields of ``stage=predict``'s
+    that apply): what made it, from what, and its checks."""
+    tp, axis = cfg.throughplane, int(record["axis"])
+    zooms_out = [float(z) for z in vol.zooms[:3]]
+    zooms_out[axis] = float(record["output_spacing_mm"])
+    dtype = vol.header.get_data_dtype()
+    receipt.add(
+        version=mrsr.__version__,
+        command=command_line(),
+        stage="throughplane",
+        input=record["input"],
+        input_file=fingerprint,
+        input_image=image_facts(vol.data.shape, vol.zooms[:3], dtype),
+        output=record["output"],
+        output_image=image_facts(
+            result.shape, zooms_out, dtype if tp.get("output_dtype") == "input" else np.float32
+        ),
+        network={
+            "trained_on": "the scan's own in-plane slices (self-supervised)",
+            "steps": int(cfg.trainer.max_steps),
+            "training_profiles": record["training_profiles"],
+            "precision": record["precision"],
+            "held_out_psnr": record["held_out_psnr"],
+            "held_out_psnr_cubic": record["held_out_psnr_cubic"],
+            "held_out_note": record["held_out_note"],
+        },
+        thick_axis={
+            "axis": axis,
+            "why": "throughplane.axis" if tp.get("axis") is not None else "largest voxel size",
+            "spacing_mm": record["spacing_mm"],
+            "inplane_mm": record["voxel_mm"],
+        },
+        slice_profile={
+            "profile": record["profile"],
+            "source": record["profile_source"],
+            "fit": record["profile_fit"],
+        },
+        self_check=record["self_check"],
+        settings=OmegaConf.to_container(tp, resolve=True),
+        seconds={
+            "training": round(record["train_seconds"], 3),
+            "applying": round(record["apply_seconds"], 3),
+        },
+    )
+    write_receipt(Path(record["receipt"]), receipt.finish())
+
+
 def throughplane(cfg: DictConfig) -> dict[str, Any]:
     """Train on ``cfg.input``'s in-plane slices, super-resolve its thick axis into
     ``cfg.output``."""
@@ -158,6 +286,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
 
     inp, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
     check_paths(inp, out, bool(cfg.get("overwrite", False)))
+    Scan(inp, out).check_receipt()  # a user's JSON where the receipt goes is refused now
     if inp.suffix in (".h5", ".hdf5"):
         raise ConfigError(
             f"input={inp}: through-plane SR needs a NIfTI volume with its voxel sizes"
@@ -174,6 +303,8 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     geom = thick_geometry(
         vol.zooms, vol.data.shape, None if tp.get("axis") is None else int(tp.axis)
     )
+    receipt = Receipt()
+    fingerprint = file_fingerprint(inp)
     t0 = time.perf_counter()
     percentile = float(tp.percentile)
     norm, lo, hi = normalised_scan(vol.data, geom.axis, percentile)  # (thick, a, b)
@@ -219,6 +350,13 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
                 "from the protocol"
             )
 
+    trained_on = training_profiles(tp, profile, fit)
+    if len(trained_on) > 1:
+        log.info(
+            "training pairs made with %d slice profiles: %s",
+            len(trained_on),
+            ", ".join(p.describe() for p in trained_on),
+        )
     run_dir = output_dir(cfg)
     cuda = torch.cuda.is_available()
     precision = choose_precision(tp, str(cfg.trainer.get("precision", "32-true")), cuda)
@@ -236,7 +374,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         norm,
         geom.voxel,
         geom.spacing,
-        profile,
+        trained_on,
         int(cfg.trainer.max_steps),
         int(tp.batch_size),
         int(tp.patch_size),
@@ -310,6 +448,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         "profile": profile.describe(),
         "profile_source": source,
         "profile_fit": None if fit is None else fit.record(),
+        "training_profiles": [p.describe() for p in trained_on],
         "held_out_psnr": held.get("val/psnr"),
         "held_out_psnr_cubic": held.get("val/psnr_bicubic"),
         "held_out_note": note,
@@ -324,9 +463,12 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         "crop_background": bool(tp.get("crop_background", False)),
         "apply_seconds": t_apply,
         "device": device_label(device),
+        "receipt": str(Scan(inp, out).receipt),
     }
     if trainer.is_global_zero:
         atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2) + "\n")
+        scan_checks(receipt, norm, vol.data, lo, hi, warnings)
+        write_scan_receipt(receipt, record, cfg, vol, result, fingerprint)
     if held:
         log.info(
             "%s: SR %.2f dB vs cubic spline %.2f dB",
