@@ -129,6 +129,8 @@ def main() -> None:
         metavar="COMMAND",
         help="the command that made included rows (kept in the record)",
     )
+    ap.add_argument("--title", default=None, help="the record's title (default: this script's)")
+    ap.add_argument("--note", default=None, help="a note the record's page shows")
     ap.add_argument("--out", default=None, help="record folder (or a .json file)")
     args = ap.parse_args()
     settings = [(s[0], s[1:]) for s in (args.setting or [["default"]])]
@@ -224,7 +226,9 @@ def main() -> None:
         "caption": (
             "stage=throughplane at 4x: wall time of the whole command and its split "
             "(s), gain in PSNR over the cubic spline on the whole volume against the 1 mm truth "
-            f"(thick slices made by the plain operator); vs {reference}: the gain's difference"
+            f"(thick slices made by the plain operator); vs {reference}: the gain's difference; "
+            "ideal low-pass: the gain of the truth with every frequency above the thick Nyquist "
+            "removed along the thick axis (a perfect deblurring that adds nothing)"
         ),
         "columns": [
             "case",
@@ -235,6 +239,7 @@ def main() -> None:
             "estimate / training / applying / other (s)",
             "gain (dB)",
             f"vs {reference} (dB)",
+            "ideal low-pass (dB)",
         ],
         "rows": [
             [
@@ -249,6 +254,7 @@ def main() -> None:
                 ),
                 f"{r['gain_db']:+.2f}",
                 "" if r["gain_vs_reference_db"] is None else f"{r['gain_vs_reference_db']:+.2f}",
+                "" if r.get("bandlimited_gain_db") is None else f"{r['bandlimited_gain_db']:+.2f}",
             ]
             for r in rows
         ],
@@ -257,7 +263,7 @@ def main() -> None:
     files = [f.name for f in out.glob("*") if f.is_file() and f.name != RECORD]
     path = write_record(
         out,
-        title=doc.splitlines()[0],
+        title=args.title or doc.splitlines()[0],
         protocol=doc,
         metrics=result,
         config=vars(args),
@@ -265,6 +271,9 @@ def main() -> None:
         files=files,
         table=table,
     )
+    if args.note:
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "note": args.note}, indent=1) + "\n")
     print(f"wrote {path}")
 
 
