@@ -159,7 +159,6 @@ class SelfPairsDataModule(L.LightningDataModule):
         profiles = [profile] if isinstance(profile, SliceProfile) else list(profile)
         if not profiles:
             raise ConfigError("no slice profile to make training pairs with")
-        self.profiles = profiles
         # what a checkpoint records about the data (read by the SR module's builder)
         self.degradation = f"slice profile{'s' if len(profiles) > 1 else ''} " + ", ".join(
             p.describe() for p in profiles

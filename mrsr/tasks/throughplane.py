@@ -211,6 +211,8 @@ def scan_checks(
             + " and ".join(f"{c.fraction:.2f}" for c in cutoffs)
             + " of Nyquist): the network learns to restore an interpolation"
         )
+    for w in said:  # the run's own warnings are logged where they arise
+        log.warning(w)
     receipt.warn(*said, *warnings)
     receipt.add(
         checks={
@@ -286,7 +288,8 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
 
     inp, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
     check_paths(inp, out, bool(cfg.get("overwrite", False)))
-    Scan(inp, out).check_receipt()  # a user's JSON where the receipt goes is refused now
+    scan = Scan(inp, out)
+    scan.check_receipt()  # a user's JSON where the receipt goes is refused now
     if inp.suffix in (".h5", ".hdf5"):
         raise ConfigError(
             f"input={inp}: through-plane SR needs a NIfTI volume with its voxel sizes"
@@ -463,7 +466,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         "crop_background": bool(tp.get("crop_background", False)),
         "apply_seconds": t_apply,
         "device": device_label(device),
-        "receipt": str(Scan(inp, out).receipt),
+        "receipt": str(scan.receipt),
     }
     if trainer.is_global_zero:
         atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2) + "\n")
