@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ from mrsr.inference import write_nifti_atomic
 from mrsr.isotropic.estimate import highband_ratio
 from mrsr.isotropic.geometry import grid_affine, thick_geometry
 from mrsr.isotropic.operators import along, cubic_along, thick_sampling
-from mrsr.isotropic.profile import slice_profile
+from mrsr.isotropic.profile import PROFILES, SliceProfile, slice_profile
 from mrsr.isotropic.restore import make_isotropic, normalised_scan
 from mrsr.viz import save_grid
 
@@ -86,8 +87,13 @@ def simulate(
 
     ``operator="stage"`` uses the stage's own sampling matrix (profile integrated over each voxel);
     ``"plain"`` an independent one (:func:`plain_thick`), so the test is not an inverse crime."""
-    sampling, grid = thick_sampling(
-        ref.shape[axis], voxel, spacing, slice_profile(profile, spacing)
+    if operator != "plain" and profile not in PROFILES:
+        raise SystemExit(f"--true-profile {profile} needs --simulate plain")
+    sampling, grid = thick_sampling(  # the grid does not depend on the profile
+        ref.shape[axis],
+        voxel,
+        spacing,
+        slice_profile(profile if profile in PROFILES else "boxcar", spacing),
     )
     if operator == "plain":
         r = int(round(spacing / voxel))
@@ -97,11 +103,46 @@ def simulate(
     return along(ref, sampling, axis), grid_affine(affine, axis, grid)
 
 
+# profiles the stage does not model (it knows Gaussian and boxcar): a triangle of FWHM r voxels,
+# and a boxcar of r voxels with soft edges (convolved with a Gaussian of FWHM r / 2), the shape
+# of a real slice-selective excitation
+UNMODELLED = ("triangle", "softbox")
+
+
+def plain_kernel(profile: str, r: int, offsets: np.ndarray) -> np.ndarray:
+    """The weight of a fine slice ``offsets`` voxels from a thick slice's centre (not normalised):
+    a Gaussian of FWHM ``r``, or one of :data:`UNMODELLED`."""
+    sigma = r / (2 * np.sqrt(2 * np.log(2)))
+    if profile == "gaussian":
+        return np.exp(-0.5 * (offsets / sigma) ** 2)
+    if profile == "triangle":
+        return np.maximum(0.0, 1.0 - np.abs(offsets) / r)
+    if profile == "softbox":
+        erf = np.vectorize(math.erf)
+        edge = sigma / 2 * np.sqrt(2)  # the edges' Gaussian (FWHM r / 2), scaled for erf
+        return 0.5 * (erf((offsets + r / 2) / edge) - erf((offsets - r / 2) / edge))
+    raise SystemExit(f"unknown profile {profile!r}: {', '.join((*PROFILES, *UNMODELLED))}")
+
+
+def plain_profile(profile: str, spacing: float, voxel: float) -> SliceProfile:
+    """``profile`` (FWHM or width = ``spacing``) as a :class:`SliceProfile` for the stage's
+    operators: the stage's own for Gaussian and boxcar, else the plain kernel measured every
+    eighth of a voxel."""
+    if profile in PROFILES:
+        return slice_profile(profile, spacing)
+    r = spacing / voxel
+    offsets = np.arange(-4 * r, 4 * r + 1e-9, 0.125)
+    return SliceProfile(
+        "measured", samples=tuple(plain_kernel(profile, r, offsets)), step=voxel / 8
+    )
+
+
 def plain_thick(fine: np.ndarray, r: int, profile: str) -> np.ndarray:
     """Every ``r`` fine slices (axis 0, a multiple of ``r`` of them) made into one, independently of
     the stage's operators: ``boxcar`` is the mean of each group of ``r`` consecutive slices;
-    ``gaussian`` a 1D convolution with a Gaussian of FWHM ``r`` voxels sampled at the fine voxel
-    centres (edges mirrored), taken at each group's centre (the same grid as the boxcar's)."""
+    ``gaussian`` (FWHM ``r`` voxels) and the :data:`UNMODELLED` profiles a 1D convolution with the
+    kernel sampled at the fine voxel centres (edges mirrored), taken at each group's centre (the
+    same grid as the boxcar's)."""
     n = fine.shape[0] - fine.shape[0] % r
     x = np.asarray(fine[:n], dtype=np.float64)
     if profile == "boxcar":
@@ -112,7 +153,7 @@ def plain_thick(fine: np.ndarray, r: int, profile: str) -> np.ndarray:
     offsets = np.arange(-half, half) + 0.5
     if r % 2:
         offsets = np.arange(-half, half + 1).astype(np.float64)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = plain_kernel(profile, r, offsets)
     kernel /= kernel.sum()
     pad = half + r
     padded = np.pad(x, [(pad, pad)] + [(0, 0)] * (x.ndim - 1), mode="reflect")
@@ -142,7 +183,7 @@ def reference_ratio(
     perfect output: the reference against the thick scan, with the true profile."""
     norm, lo, hi = normalised_scan(thick, axis)
     truth = (np.moveaxis(ref, axis, 0) - lo) / (hi - lo)
-    return highband_ratio(truth, norm, voxel, spacing, slice_profile(profile, spacing))
+    return highband_ratio(truth, norm, voxel, spacing, plain_profile(profile, spacing, voxel))
 
 
 def run_stage(thick: Path, out: Path, run_dir: Path, voxel: float, overrides: list[str]) -> float:
@@ -299,10 +340,11 @@ def main() -> None:
     ap.add_argument(
         "--true-profile",
         default="gaussian",
-        choices=["gaussian", "boxcar"],
+        choices=[*PROFILES, *UNMODELLED],
         help=(
             "profile the thick slices are simulated with "
-            "(the stage assumes throughplane.slice_profile)"
+            "(the stage assumes throughplane.slice_profile; triangle and softbox need "
+            "--simulate plain)"
         ),
     )
     args, overrides = ap.parse_known_args()
