@@ -683,3 +683,54 @@ def test_restore_in_bf16_and_on_the_foreground_stays_close_to_float32() -> None:
     )
     assert fast.dtype == np.float32 and fast.shape == ref.shape
     assert np.abs(fast - ref).max() < 0.02 and np.abs(fast - ref).mean() < 2e-3
+
+
+def test_a_thick_scan_stored_with_its_thick_axis_anywhere(make_cfg, tmp_path: Path) -> None:
+    """One real thick slab (stroke T1, 4 mm slices made by averaging, not the stage's operator)
+    stored with its thick axis first, in the middle and last: the same output voxels at the same
+    world points, and the same receipt checks, each naming its thick axis."""
+    ref = read_nifti(DEMO / "stroke_T1.nii.gz").data[30:94, 40:120, 40:120]  # 64 x 80 x 80 mm
+    thick = ref.reshape(64, 80, 20, 4).mean(-1)  # (x, y, z): z thick, 4 mm
+    base = rotated_affine() @ np.diag([1.0, 0.5, 4 / 3, 1.0])  # voxels 1 x 1 x 4 mm, rotated
+    outputs, receipts = [], []
+    for axis in (0, 1, 2):  # where z is stored; x and y keep their order
+        order = {0: (2, 0, 1), 1: (0, 2, 1), 2: (0, 1, 2)}[axis]
+        perm = np.eye(4)
+        perm[:3, :3] = np.eye(3)[:, order]  # stored voxel index -> (x, y, z) index
+        path = write_volume(
+            tmp_path / f"thick{axis}.nii.gz", np.transpose(thick, order), base @ perm
+        )
+        out = tmp_path / f"iso{axis}.nii.gz"
+        throughplane(
+            make_cfg(
+                "stage=throughplane",
+                f"input={path}",
+                f"output={out}",
+                "trainer.max_steps=20",
+                *TINY,
+            )
+        )
+        img = nib.load(str(out))
+        back = np.argsort(order)  # stored output axes -> (x, y, z)
+        outputs.append((np.transpose(np.asarray(img.dataobj), back), img.affine, order))
+        receipts.append(json.loads((tmp_path / f"iso{axis}.json").read_text()))
+        assert receipts[-1]["thick_axis"] == {
+            "axis": axis,
+            "why": "largest voxel size",
+            "spacing_mm": 4.0,
+            "inplane_mm": 1.0,
+        }
+    voxel = (3, 7, 50)  # an output voxel, in (x, y, z) order
+
+    def world(affine: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+        return apply_affine(affine, [voxel[a] for a in order])
+
+    (data0, affine0, order0), *rest = outputs
+    for data, affine, order in rest:
+        assert data.shape == data0.shape == ref.shape
+        assert np.array_equal(data, data0)  # one thread: the same voxels bit for bit
+        # the same output voxel sits at the same world point in every file
+        assert np.allclose(world(affine, order), world(affine0, order0), atol=1e-5)
+    for r in receipts[1:]:
+        assert r["checks"] == receipts[0]["checks"]
+        assert r["slice_profile"] == receipts[0]["slice_profile"]
