@@ -3,10 +3,10 @@
     python experiments/profile_estimate_check.py [VOLUME[:axis] ...] [--spacing 4] [--out FILE.json]
 
 Each volume (default: the embedded demo volumes) is made into ``--spacing`` mm slices along
-``axis`` with ``throughplane_eval.plain_thick`` (the mean of each group of slices, or a sampled
-Gaussian of FWHM = spacing: not the stage's own operator), normalised as the stage does, and
-:func:`mrsr.isotropic.estimate.estimate_profile` is run with the width free and with the
-thickness given. No network is trained.
+``axis`` with :func:`mrsr.isotropic.simulate.plain_thick` (the mean of each group of slices, or
+a sampled Gaussian of FWHM = spacing: not the stage's own operator), normalised as the stage
+does, and :func:`mrsr.isotropic.estimate.estimate_profile` is run with the width free and with
+the thickness given. No network is trained.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from throughplane_eval import DEFAULT_VOLUMES, plain_thick
+from throughplane_eval import DEFAULT_VOLUMES
 
 from mrsr.data.readers import read_nifti
 from mrsr.isotropic.estimate import estimate_profile
 from mrsr.isotropic.restore import normalised_scan
+from mrsr.isotropic.simulate import plain_thick
 
 
 def check(spec: str, spacing: float) -> list[dict]:

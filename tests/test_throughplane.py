@@ -734,3 +734,45 @@ def test_a_thick_scan_stored_with_its_thick_axis_anywhere(make_cfg, tmp_path: Pa
     for r in receipts[1:]:
         assert r["checks"] == receipts[0]["checks"]
         assert r["slice_profile"] == receipts[0]["slice_profile"]
+
+
+# -- thick slices simulated without the stage's operators --------------------------------------
+
+
+def test_plain_thick_slices_are_the_means_and_kernels_they_claim() -> None:
+    from mrsr.isotropic.simulate import plain_kernel, plain_thick
+
+    rng = np.random.default_rng(0)
+    fine = rng.random((40, 6, 5))
+    box = plain_thick(fine, 4, "boxcar")
+    assert np.allclose(box, fine.reshape(10, 4, 6, 5).mean(1), atol=1e-6)
+    offsets = np.arange(-7, 7) + 0.5
+    for kind in ("gaussian", "triangle", "softbox"):
+        k = plain_kernel(kind, 4, offsets)
+        half = offsets[k >= k.max() / 2]  # each profile's FWHM is 4 voxels
+        assert half.max() - half.min() + 1 == 4 and np.allclose(k, k[::-1]), kind
+        # slices of a constant are that constant; of a ramp, the ramp at each slice's centre
+        assert np.allclose(plain_thick(np.full((40, 2, 2), 3.0), 4, kind), 3.0)
+        ramp = np.broadcast_to(np.arange(40.0)[:, None, None], (40, 2, 2))
+        inner = plain_thick(ramp, 4, kind)[2:-2, 0, 0]  # away from the mirrored edges
+        assert np.allclose(inner, np.arange(2, 8) * 4 + 1.5, atol=1e-4), kind
+    assert not np.allclose(plain_thick(fine, 4, "triangle"), plain_thick(fine, 4, "softbox"))
+    with pytest.raises(ValueError, match="unknown profile 'sinc'"):
+        plain_thick(fine, 4, "sinc")
+
+
+def test_bandlimited_keeps_what_the_slices_hold_and_removes_the_rest() -> None:
+    from mrsr.isotropic.simulate import bandlimited, plain_profile
+
+    z = np.arange(64.0)
+    low = np.cos(2 * np.pi * z * 3 / 64)  # 3/64 cycle/mm: below the 4 mm Nyquist (1/8)
+    high = np.cos(2 * np.pi * z * 12 / 64)  # 12/64: above it
+    vol = np.broadcast_to((low + high)[None, :, None], (3, 64, 2))
+    out = bandlimited(vol, 1, 1.0, 4.0)
+    assert np.allclose(out, np.broadcast_to(low[None, :, None], vol.shape), atol=1e-9)
+    # a profile the stage does not model, as a measured profile for its operators
+    tri = plain_profile("triangle", 4.0, 1.0)
+    assert tri.kind == "measured" and np.isclose(
+        tri(np.array([0.0]))[0] / 2, tri(np.array([2.0]))[0]
+    )
+    assert plain_profile("gaussian", 4.0, 1.0) == slice_profile("gaussian", 4.0)

@@ -12,5 +12,7 @@ restores every slice that cuts across the thick axis. ``stage=throughplane``
 - :mod:`~mrsr.isotropic.estimate`: the slice profile estimated from the scan, and the spectral
   ratio of the over-sharpening self-check;
 - :mod:`~mrsr.isotropic.pairs`: training pairs from the in-plane slices (a LightningDataModule);
-- :mod:`~mrsr.isotropic.restore`: applying the trained network to the scan, and the self-check.
+- :mod:`~mrsr.isotropic.restore`: applying the trained network to the scan, and the self-check;
+- :mod:`~mrsr.isotropic.simulate`: thick slices made independently of the stage's operators,
+  and the ideal low-pass bound (for measuring it).
 """
