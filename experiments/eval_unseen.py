@@ -48,7 +48,7 @@ from mrsr.data.acquisition import MATRIX_OPERATORS
 from mrsr.data.degrade import degrade, intensity_range
 from mrsr.data.readers import read_nifti
 from mrsr.inference import write_nifti_atomic
-from mrsr.metrics import RealismMetrics, hfen_terms, ssim
+from mrsr.metrics import RealismMetrics, volume_scores
 from mrsr.ops import upsample
 from mrsr.tasks.predict import predict
 
@@ -86,23 +86,6 @@ def degrade_volume(
 def interpolate_volume(lr: np.ndarray, scale: int, axis: int, mode: str = "bicubic") -> np.ndarray:
     """Every slice up-sampled by ``mode`` (bicubic, zerofill), clamped at 0."""
     return _per_slice(lambda x: upsample(x, scale, mode), lr, axis)
-
-
-def score(pred: np.ndarray, hr: np.ndarray, axis: int) -> dict[str, float]:
-    peak = float(hr.max())
-    mse = float(np.mean((pred.astype(np.float64) - hr) ** 2))
-    p = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pred, axis, 0)))[:, None].float()
-    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(hr, axis, 0)))[:, None].float()
-    s = torch.cat(
-        [ssim(p[i : i + 16], t[i : i + 16], data_range=peak) for i in range(0, len(p), 16)]
-    )
-    terms = [hfen_terms(p[i : i + 16], t[i : i + 16]) for i in range(0, len(p), 16)]
-    err, ref = (float(sum(x[j].sum() for x in terms)) for j in (0, 1))
-    return {
-        "psnr": 10 * np.log10(peak**2 / mse),
-        "ssim": float(s.mean()),
-        "hfen": (err / ref) ** 0.5,
-    }
 
 
 def realism(
@@ -180,7 +163,11 @@ def evaluate(
     sr = outputs[consistency[0]]
     bic = interpolate_volume(lr, scale, axis, "bicubic")
     zf = interpolate_volume(lr, scale, axis, "zerofill")
-    ours, base, sinc = score(sr, hr, axis), score(bic, hr, axis), score(zf, hr, axis)
+    ours, base, sinc = (
+        volume_scores(sr, hr, axis),
+        volume_scores(bic, hr, axis),
+        volume_scores(zf, hr, axis),
+    )
     best = "zerofill" if sinc["psnr"] > base["psnr"] else "bicubic"
     extra: dict[str, float | str] = {
         "zerofill_psnr": sinc["psnr"],
@@ -191,7 +178,7 @@ def evaluate(
         "consistency": consistency[0],
     }
     for mode in consistency[1:]:
-        other = score(outputs[mode], hr, axis)
+        other = volume_scores(outputs[mode], hr, axis)
         extra |= {
             f"sr_{mode}_psnr": other["psnr"],
             f"sr_{mode}_ssim": other["ssim"],

@@ -37,7 +37,6 @@ import nibabel as nib
 import numpy as np
 import torch
 from _bench import device_name, write_result
-from eval_unseen import score
 
 from mrsr.data.readers import read_nifti
 from mrsr.inference import write_nifti_atomic
@@ -47,6 +46,7 @@ from mrsr.isotropic.operators import along, cubic_along, thick_sampling
 from mrsr.isotropic.profile import PROFILES, slice_profile
 from mrsr.isotropic.restore import make_isotropic, normalised_scan
 from mrsr.isotropic.simulate import SIMULATED, bandlimited, plain_profile, plain_thick
+from mrsr.metrics import volume_scores
 from mrsr.viz import save_grid
 
 DEMO = "mrsr/assets/demo"
@@ -180,8 +180,8 @@ def evaluate(
     record = json.loads((run_dir / "throughplane.json").read_text())
     # score's slices along it contain the thick axis
     inplane = next(a for a in range(3) if a != axis)
-    ours, base = score(sr, ref, inplane), score(cubic, ref, inplane)
-    ideal = score(bandlimited(ref, axis, voxel, spacing).astype(np.float32), ref, inplane)
+    ours, base = volume_scores(sr, ref, inplane), volume_scores(cubic, ref, inplane)
+    ideal = volume_scores(bandlimited(ref, axis, voxel, spacing).astype(np.float32), ref, inplane)
     per_orientation = {}
     if orientations:  # the same network, each orientation alone (the stage averages both)
         from mrsr.generators import load_generator
@@ -191,7 +191,7 @@ def evaluate(
         for planes in ((2,), (1,), (2, 1)):
             alone = make_isotropic(net, norm, lo, hi, geom, grid, progress=False, planes=planes)
             per_orientation["+".join(f"fixed axis {geom.inplane[p - 1]}" for p in planes)] = (
-                score(alone, ref, inplane)["psnr"] - base["psnr"]
+                volume_scores(alone, ref, inplane)["psnr"] - base["psnr"]
             )
     row = {
         "volume": Path(path).name,

@@ -339,3 +339,22 @@ def test_report_shows_new_metrics_and_a_dash_for_old_runs(tmp_path: Path) -> Non
     )
     old = next(line for line in lines if ",l1," in line)
     assert ",0.02,0.001,,,,,,," in old
+
+
+def test_volume_scores_follow_the_whole_volume_protocol() -> None:
+    """PSNR with peak = the reference's maximum over every voxel; HFEN blind to an offset (the
+    LoG kernel sums to 0); SSIM 1 only for the reference itself; the same on any slicing axis."""
+    import numpy as np
+
+    from mrsr.metrics import volume_scores
+
+    rng = np.random.default_rng(0)
+    ref = (rng.random((12, 20, 24)) * 200).astype(np.float32)
+    shifted = ref + np.float32(2.0)
+    for axis in (0, 1, 2):
+        got = volume_scores(shifted, ref, axis)
+        assert np.isclose(got["psnr"], 10 * np.log10(float(ref.max()) ** 2 / 4.0), atol=1e-4)
+        assert got["hfen"] < 1e-4 and got["ssim"] < 1.0
+        same = volume_scores(ref.copy(), ref, axis)
+        assert np.isclose(same["ssim"], 1.0, atol=1e-4) and same["hfen"] == 0.0
+        assert same["psnr"] == float("inf")

@@ -25,6 +25,7 @@ from mrsr.metrics.distortion import (
     psnr_fg,
     ssim,
     ssim_fg,
+    volume_scores,
 )
 from mrsr.metrics.realism import (
     REALISM,
@@ -84,5 +85,6 @@ __all__ = [
     "ssim_fg",
     "tissue_dice",
     "tissue_labels",
+    "volume_scores",
     "wasserstein1",
 ]

@@ -35,12 +35,18 @@ Protocol (also in docs/reference/metrics.md):
   pixel count; SSIM_fg as the mean over the volume's slices that have foreground (volumes
   without any foreground are left out of the PSNR_fg/SSIM_fg volume mean and std).
 Each (volume, slice) pair counts once, also when distributed samplers repeat samples.
+
+Whole volumes in their own units (:func:`volume_scores`, the protocol of the README's table and
+of the through-plane results): PSNR with peak = the reference volume's maximum, from the mean
+squared error over every voxel; SSIM (data range = that peak) as the mean over the slices along
+the chosen axis; HFEN as above over those slices.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -321,3 +327,23 @@ class SRMetrics(SliceTable):
                 "ssim_fg": (s["fg_ssim"][fg] / s["fg_n"][fg]).mean().item() if has_fg else math.nan,
             }
         return result
+
+
+def volume_scores(pred: np.ndarray, ref: np.ndarray, axis: int) -> dict[str, float]:
+    """PSNR, SSIM and HFEN of a whole volume ``pred`` against ``ref`` (same shape, the
+    reference's own units; slices along ``axis`` for SSIM and HFEN): the whole-volume protocol
+    in the module docstring."""
+    peak = float(ref.max())
+    mse = float(np.mean((pred.astype(np.float64) - ref) ** 2))
+    p = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pred, axis, 0)))[:, None].float()
+    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(ref, axis, 0)))[:, None].float()
+    s = torch.cat(
+        [ssim(p[i : i + 16], t[i : i + 16], data_range=peak) for i in range(0, len(p), 16)]
+    )
+    terms = [hfen_terms(p[i : i + 16], t[i : i + 16]) for i in range(0, len(p), 16)]
+    err, total = (float(sum(x[j].sum() for x in terms)) for j in (0, 1))
+    return {
+        "psnr": 10 * np.log10(peak**2 / mse) if mse > 0 else math.inf,
+        "ssim": float(s.mean()),
+        "hfen": (err / total) ** 0.5,
+    }
