@@ -56,6 +56,7 @@ from mrsr.extractors import load_disent_extractor, load_vit_extractor
 from mrsr.losses.detail_response import detail_response, tile_patches
 from mrsr.metrics import FOREGROUND, hfen, psnr, psnr_fg, ssim
 from mrsr.metrics import realism as rm
+from mrsr.metrics.statistics import paired_bootstrap
 from mrsr.ops import upsample
 from mrsr.records import command, git_commit, write_record
 
@@ -85,7 +86,6 @@ PSNR_GUARD_DB = 0.1
 MAX_SLICES = 48
 CRITIC_PATCH = 48
 PATCHES_PER_SLICE = 8
-BOOTSTRAP = 10_000
 
 
 # ---------------------------------------------------------------------------- configs and stages
@@ -279,15 +279,6 @@ def mean_over_seeds(per_seed: list[list[float]]) -> np.ndarray:
     return np.nanmean(np.asarray(per_seed, dtype=np.float64), axis=0)
 
 
-def bootstrap(diff: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> dict[str, float]:
-    """Mean of ``diff`` and its 95 % percentile bootstrap interval (resampling its entries)."""
-    diff = diff[~np.isnan(diff)]
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n": len(diff)}
-
-
 def compare(values: dict, x: str, y: str) -> dict[str, dict[str, float]]:
     """Per metric: the seed-averaged paired difference X - Y, oriented so positive = X better."""
     out = {}
@@ -295,7 +286,7 @@ def compare(values: dict, x: str, y: str) -> dict[str, dict[str, float]]:
         if metric not in values[x] or metric not in values[y]:
             continue
         d = direction * (mean_over_seeds(values[x][metric]) - mean_over_seeds(values[y][metric]))
-        out[metric] = bootstrap(d)
+        out[metric] = paired_bootstrap(d)
     return out
 
 

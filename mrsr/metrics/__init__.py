@@ -1,5 +1,6 @@
 """Image-quality metrics: distortion (:mod:`mrsr.metrics.distortion`, the evaluation protocol)
-and realism, structure and consistency (:mod:`mrsr.metrics.realism`).
+and realism, structure and consistency (:mod:`mrsr.metrics.realism`); paired comparisons
+(:mod:`mrsr.metrics.statistics`).
 
 Everything that used to be imported from the single ``mrsr.metrics`` module is re-exported
 here, so ``from mrsr.metrics import SRMetrics, psnr, ...`` keeps working.
