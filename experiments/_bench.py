@@ -1,9 +1,11 @@
-"""Helpers shared by the experiments: the device's name and where results are written (records)."""
+"""Helpers shared by the experiments: the device's name, the load average, and where results are
+written (records)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -57,6 +59,15 @@ def write_result(
         )
     print(f"wrote {path}")
     return path
+
+
+def load_avg() -> float | None:
+    """The 1-minute load average (None where the system has none): a busy machine inflates
+    every time."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def record_folder(slug: str) -> Path:

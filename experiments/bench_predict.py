@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _bench import device_name, record_folder
+from _bench import device_name, load_avg, record_folder
 from torch.utils.flop_counter import FlopCounterMode
 
 from mrsr.inference import cpu_has_bf16
@@ -173,7 +173,7 @@ def import_seconds(repeats: int) -> float:
 
 
 def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    load_before = os.getloadavg()[0]
+    load_before = load_avg()
     fpp = flops_per_pixel(args.scale)
     peaks = {t: peak_gflops(t) for t in args.threads}
     for t, p in peaks.items():
@@ -267,7 +267,7 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         "peak_gflops": {str(t): round(p, 1) for t, p in peaks.items()},
         "imports_s": round(imports, 2),
         "repeats": args.repeats,
-        "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_avg_1min_before_after": [load_before, load_avg()],
         "rows": rows,
     }
     table = {

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _bench import device_name, write_result
+from _bench import device_name, load_avg, write_result
 from throughplane_eval import evaluate
 
 from mrsr.records import RECORD, write_record
@@ -91,13 +91,6 @@ def summarise(row: dict, setting: str, overrides: list[str], case: str, threads:
         else round(float(row["bandlimited_gain_db"]), 3),
         "steps": row.get("steps"),
     }
-
-
-def load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def main() -> None:
@@ -270,10 +263,8 @@ def main() -> None:
         device=result["cpu"],
         files=files,
         table=table,
+        note=args.note,
     )
-    if args.note:
-        record = json.loads(path.read_text())
-        path.write_text(json.dumps({**record, "note": args.note}, indent=1) + "\n")
     print(f"wrote {path}")
 
 

@@ -107,6 +107,7 @@ def write_record(
     table: dict[str, Any] | None = None,
     date: str | None = None,
     argv: Sequence[str] | None = None,
+    note: str | None = None,
 ) -> Path:
     """Write ``<folder>/record.json`` with the provenance of this process (command, package
     version, commit, machine) and return its path."""
@@ -129,6 +130,8 @@ def write_record(
     }
     if table is not None:
         record["table"] = table
+    if note:
+        record["note"] = note  # shown in italics on the record's page
     check(record, folder)
     path = folder / RECORD
     atomic_write_text(path, json.dumps(record, indent=1, allow_nan=True) + "\n")

@@ -59,9 +59,11 @@ def test_write_record_keeps_provenance_and_refuses_missing_files(tmp_path: Path)
         device="cpu",
         table={"columns": ["a", "b"], "rows": [[1, 2]]},
         argv=["x.py", "--flag"],
+        note="one seed",
     )
     rec = load_record(folder)
     assert path.name == "record.json" and rec["metrics"] == {"psnr": 30.0}
+    assert rec["note"] == "one seed"
     assert rec["command"] == "python x.py --flag" and rec["package_version"]
     assert "| a | b |\n|---|---|\n| 1 | 2 |" in render_table(rec)
     with pytest.raises(RecordError, match="names files that are not there: figure.png"):

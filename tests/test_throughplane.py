@@ -776,3 +776,29 @@ def test_bandlimited_keeps_what_the_slices_hold_and_removes_the_rest() -> None:
         tri(np.array([0.0]))[0] / 2, tri(np.array([2.0]))[0]
     )
     assert plain_profile("gaussian", 4.0, 1.0) == slice_profile("gaussian", 4.0)
+
+
+def test_the_receipt_says_when_the_in_plane_slices_are_an_interpolation(
+    make_cfg, tmp_path: Path
+) -> None:
+    """In-plane slices zero-filled by 2 (a scanner's interpolation): the stage still runs, and
+    the receipt and the log say the network learned to restore an interpolation."""
+    from mrsr.ops import zerofill_upsample
+
+    ref = read_nifti(DEMO / "stroke_T1.nii.gz").data[20:100, 20:140, :128]
+    thick = ref.reshape(80, 120, 32, 4).mean(-1)  # 4 mm slices, 1 mm in-plane
+    low = torch.from_numpy(np.ascontiguousarray(np.moveaxis(thick, 2, 0)[:, ::2, ::2]))[:, None]
+    zf = np.moveaxis(zerofill_upsample(low.float(), 2)[:, 0].clamp_min(0).numpy(), 0, 2)
+    path = write_volume(tmp_path / "zf.nii.gz", zf, np.diag([1.0, 1.0, 4.0, 1.0]))
+    out = tmp_path / "zf_iso.nii.gz"
+    throughplane(
+        make_cfg(
+            "stage=throughplane", f"input={path}", f"output={out}", "trainer.max_steps=2", *TINY
+        )
+    )
+    receipt = json.loads((tmp_path / "zf_iso.json").read_text())
+    assert receipt["checks"]["resolution"]["interpolated"] is True
+    assert max(receipt["checks"]["resolution"]["inplane_cutoff_fraction_of_nyquist"]) < 0.6
+    said = [w for w in receipt["warnings"] if "in-plane slices look interpolated" in w]
+    assert len(said) == 1 and "restore an interpolation" in said[0]
+    assert receipt["trust"] == "outside training conditions"

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 import mrsr
 from mrsr.building import build_module, build_trainer, output_dir
 from mrsr.data.acquisition import Described
+from mrsr.data.resolution import describe as describe_cutoff
 from mrsr.data.resolution import spectral_cutoff
 from mrsr.errors import ConfigError
 from mrsr.inference import (
@@ -62,7 +63,6 @@ from mrsr.receipt import (
     image_facts,
     intensity_findings,
     noise_estimate,
-    sampled_slices,
     write_receipt,
 )
 from mrsr.results import atomic_write_text, device_label
@@ -127,6 +127,16 @@ def choose_profile(
 TRAINING_PROFILES = ("plausible", "families", "estimate")
 
 
+def train_profiles_rule(tp: DictConfig) -> str:
+    """``throughplane.train_profiles``, or a one-line refusal."""
+    rule = str(tp.get("train_profiles", "plausible"))
+    if rule not in TRAINING_PROFILES:
+        raise ConfigError(
+            f"throughplane.train_profiles={rule} must be one of {', '.join(TRAINING_PROFILES)}"
+        )
+    return rule
+
+
 def training_profiles(
     tp: DictConfig, profile: SliceProfile, fit: ProfileFit | None
 ) -> list[SliceProfile]:
@@ -136,11 +146,7 @@ def training_profiles(
     width that fits about as well (:meth:`~mrsr.isotropic.estimate.ProfileFit.plausible`),
     ``families``: the best fit of each family, ``estimate``: the estimate alone
     (records/2026-12-06-throughplane-families)."""
-    rule = str(tp.get("train_profiles", "plausible"))
-    if rule not in TRAINING_PROFILES:
-        raise ConfigError(
-            f"throughplane.train_profiles={rule} must be one of {', '.join(TRAINING_PROFILES)}"
-        )
+    rule = train_profiles_rule(tp)
     if fit is None or rule == "estimate":
         return [profile]
     if rule == "plausible":
@@ -167,7 +173,7 @@ def _check_settings(cfg: DictConfig) -> None:
     tp = cfg.throughplane
     check_output_dtype(tp.get("output_dtype", "float32"), "throughplane.output_dtype")
     choose_precision(tp, "32-true", True)  # refuses an unknown value before any work
-    training_profiles(tp, SliceProfile("gaussian", 1.0), None)  # likewise
+    train_profiles_rule(tp)  # likewise
     if int(tp.get("orientations", 2)) not in (1, 2):
         raise ConfigError(
             f"throughplane.orientations={tp.orientations} must be 1 or 2 (slices across the "
@@ -201,15 +207,13 @@ def scan_checks(
     its noise (reported: the network learns the scan's own), its intensities and the in-plane
     resolution (an in-plane interpolation teaches the network an interpolation); failures and
     the run's ``warnings`` become the receipt's warnings."""
-    slices = sampled_slices(norm)
     facts, said = intensity_findings(data, lo, hi)
-    cutoffs = spectral_cutoff(slices)
+    cutoffs = spectral_cutoff(norm)  # in-plane slices (it reads a sample of them)
     interpolated = any(c.interpolated for c in cutoffs)
     if interpolated:
         said.append(
-            "the in-plane slices look interpolated (their spectrum ends at "
-            + " and ".join(f"{c.fraction:.2f}" for c in cutoffs)
-            + " of Nyquist): the network learns to restore an interpolation"
+            f"the in-plane slices look interpolated ({describe_cutoff(cutoffs, norm.shape[1:])})"
+            ": the network learns to restore an interpolation"
         )
     for w in said:  # the run's own warnings are logged where they arise
         log.warning(w)
