@@ -41,7 +41,7 @@ from _bench import device_name, write_result
 from mrsr.data.readers import read_nifti
 from mrsr.inference import write_nifti_atomic
 from mrsr.isotropic.estimate import highband_ratio
-from mrsr.isotropic.geometry import grid_affine, thick_geometry
+from mrsr.isotropic.geometry import grid_affine, resampled_grid, thick_geometry
 from mrsr.isotropic.operators import along, cubic_along, thick_sampling
 from mrsr.isotropic.profile import PROFILES, slice_profile
 from mrsr.isotropic.restore import make_isotropic, normalised_scan
@@ -88,19 +88,15 @@ def simulate(
     ``operator="stage"`` uses the stage's own sampling matrix (profile integrated over each voxel);
     ``"plain"`` an independent one (:func:`~mrsr.isotropic.simulate.plain_thick`), so the test
     is not an inverse crime."""
-    if operator != "plain" and profile not in PROFILES:
-        raise SystemExit(f"--true-profile {profile} needs --simulate plain")
-    sampling, grid = thick_sampling(  # the grid does not depend on the profile
-        ref.shape[axis],
-        voxel,
-        spacing,
-        slice_profile(profile if profile in PROFILES else "boxcar", spacing),
-    )
     if operator == "plain":
-        r = int(round(spacing / voxel))
-        return np.moveaxis(
-            plain_thick(np.moveaxis(ref, axis, 0), r, profile), 0, axis
-        ), grid_affine(affine, axis, grid)
+        thick = plain_thick(np.moveaxis(ref, axis, 0), int(round(spacing / voxel)), profile)
+        grid = resampled_grid(ref.shape[axis], voxel, spacing)  # the stage's grid: the same
+        return np.moveaxis(thick, 0, axis), grid_affine(affine, axis, grid)
+    if profile not in PROFILES:
+        raise SystemExit(f"--true-profile {profile} needs --simulate plain")
+    sampling, grid = thick_sampling(
+        ref.shape[axis], voxel, spacing, slice_profile(profile, spacing)
+    )
     return along(ref, sampling, axis), grid_affine(affine, axis, grid)
 
 
