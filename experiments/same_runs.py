@@ -5,7 +5,8 @@
 
 Each run is a short seeded ``python -m mrsr.run`` on CPU (one thread): the pipeline with the
 paper's loss (vit, disent, the L1 phase and the GAN + feature phase), a comparison network,
-``stage=predict`` on the demo volume and ``stage=throughplane``. A fingerprint is the SHA-256
+``stage=predict`` on the demo volume, ``stage=throughplane``, and a short ``stage=sr`` run of every
+loss preset in ``conf/loss`` (with the pipeline run's extractors). A fingerprint is the SHA-256
 of every tensor of a checkpoint's ``state_dict`` (names sorted), or of a written NIfTI's voxel
 data, affine and header codes. Labels, logs and hyper-parameters are not behaviour and are left out.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.resources
 import json
 import os
 import subprocess
@@ -102,6 +104,12 @@ def fingerprints(out: Path) -> dict[str, str]:
     return prints
 
 
+def loss_presets() -> list[str]:
+    """Every loss preset the package ships (``conf/loss/*.yaml``)."""
+    presets = importlib.resources.files("mrsr.conf").joinpath("loss").iterdir()
+    return sorted(p.name.removesuffix(".yaml") for p in presets if p.name.endswith(".yaml"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out")
@@ -118,7 +126,24 @@ def main() -> None:
     out = Path(args.out).resolve()
     for name, overrides in RUNS.items():
         run(out, name, overrides)
-    sr_best = json.loads((out / "pipeline_paper" / "sr" / "FINISHED.json").read_text())["best"]
+    done = {
+        stage: json.loads((out / "pipeline_paper" / stage / "FINISHED.json").read_text())["best"]
+        for stage in ("vit", "disent", "sr")
+    }
+    for preset in loss_presets():
+        run(
+            out,
+            f"sr_loss_{preset}",
+            [
+                "stage=sr",
+                f"loss={preset}",
+                *TINY,
+                "sr.max_steps=6",
+                f"sr.vit_ckpt={done['vit']}",
+                f"sr.disent_ckpt={done['disent']}",
+            ],
+        )
+    sr_best = done["sr"]
     volume = Path(mrsr.__file__).parent / "assets" / "demo" / "seg3d_T1.nii.gz"
     run(
         out,
