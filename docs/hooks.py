@@ -6,7 +6,9 @@ replaced by a table built from the YAML files, so the configs are never typed tw
 - ``config-groups``: every config group, its default and its options;
 - ``config-top``: the top-level keys of ``conf/config.yaml``;
 - ``config-group GROUP``: the keys each option of GROUP sets, with values and inline comments;
-- ``loss-presets``: ``conf/loss/*.yaml`` with their weights, target, features and normalise;
+- ``loss-presets``: ``conf/loss/*.yaml``, each composed and its terms built, as a run builds
+  them (every term in words: weight, symbol, options);
+- ``loss-terms``: ``conf/loss_term/*.yaml``, the terms presets are made of (class and options);
 - ``networks``: ``conf/model/*.yaml`` with ``_target_`` and their size keys.
 
 Values are read with yaml; descriptions are the ``#`` comments of the raw text (a key's inline
@@ -37,7 +39,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
 CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 MARKER = re.compile(r"^<!-- generated: ([\w-]+)(?: ([\w/-]+))? -->$", re.MULTILINE)
 KEY_LINE = re.compile(r"^(\s*)([\w@/.-]+):(?:\s|$)(.*)$")
-LOSS_TERMS = ("pixel", "adv", "vit", "str", "tex")
 NOT_SIZE = {"_target_", "scale", "name", "label", "defaults"}
 
 
@@ -313,29 +314,37 @@ def config_group_keys(group: str, conf: Path = CONF) -> str:
     return "\n".join(parts)
 
 
-def _weight(preset: dict[str, Any], term: str) -> str:
-    weight = preset.get(term, 0)
-    if term in (preset.get("normalise") or []) and weight:
-        return f"{weight:g} ‖∇L1‖"
-    return f"{weight:g}" if isinstance(weight, int | float) else str(weight)
-
-
 def loss_table(conf: Path = CONF) -> str:
-    """One row per ``conf/loss/*.yaml``: the resolved weights and settings of the preset."""
+    """One row per ``conf/loss/*.yaml``: the preset composed as a run composes it and its terms
+    built by the objective's own builder (:func:`mrsr.losses.objective.build_terms`), in the
+    order the objective sums them."""
+    from omegaconf import OmegaConf
+
+    from mrsr.config import compose
+    from mrsr.losses.objective import build_terms
+
     default = _defaults(conf).get("loss", ("", ""))[0]
-    rows = [
-        "| preset | label | pixel | adv | vit | str | tex | target | features | normalise |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = ["| preset | label | terms (weight, term, options) |", "|---|---|---|"]
     for option in options("loss", conf):
-        preset = resolved(option)
+        loss = OmegaConf.to_container(compose([f"loss={option.name}"]).loss, resolve=True)
+        terms = " + ".join(t.describe() for t in build_terms(loss).values())  # type: ignore[arg-type]
         name = f"`{option.name}`" + (" (default)" if option.path.stem == default else "")
-        weights = " | ".join(_weight(preset, term) for term in LOSS_TERMS)
-        normalise = ", ".join(preset.get("normalise") or []) or "—"
-        rows.append(
-            f"| {name} | {_text(option.label)} | {weights} | {preset.get('target', 'hr')} | "
-            f"{preset.get('features', 'pooled')} | {normalise} |"
-        )
+        rows.append(f"| {name} | {_text(str(loss['label']))} | {_cell(terms)} |")  # type: ignore[index]
+    return "\n".join(rows)
+
+
+def loss_terms_table(conf: Path = CONF) -> str:
+    """One row per ``conf/loss_term/*.yaml``: the term class (its docstring's first sentence)
+    and the options the file sets."""
+    from hydra.utils import get_class
+
+    rows = ["| term config | class | what it is | options |", "|---|---|---|---|"]
+    for option in options("loss_term", conf):
+        data = resolved(option)
+        cls = get_class(data["_target_"])
+        what = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".").replace("``", "`")
+        keys = ", ".join(f"{k}={_value(v).strip('`')}" for k, v in data.items() if k != "_target_")
+        rows.append(f"| `{option.name}` | `{cls.__name__}` | {_text(what)} | {_cell(keys)} |")
     return "\n".join(rows)
 
 
@@ -358,6 +367,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "config-groups": config_groups_table,
     "config-top": config_top_table,
     "loss-presets": loss_table,
+    "loss-terms": loss_terms_table,
     "networks": networks_table,
 }
 

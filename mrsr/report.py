@@ -19,6 +19,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,26 +27,13 @@ from typing import Any
 
 import yaml
 
-from mrsr.labels import L1_PHASE
+from mrsr.labels import L1_PHASE, config_orders
 from mrsr.metrics import REALISM
 from mrsr.results import atomic_write_text
 
-# Row order: bicubic, the comparison networks in the paper's order, then the SRResNet loss presets.
-# Labels are the configs' own (``label:`` in conf/loss and conf/model), carried by the rows.
-PRESET_ORDER = (
-    "l1",
-    "paired",
-    "paper",
-    "tex_vit",
-    "str_vit",
-    "vit",
-    "tex_str",
-    "paper_dc",
-    "spatial",
-    "gan",
-    "gan_feat",
-)
-NETWORK_ORDER = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir")
+# Row order: the classical baselines, the comparison networks, then the SRResNet loss presets,
+# each by the ``order`` of its config; labels are the configs' own (``label:`` in conf/loss and
+# conf/model), carried by the rows.
 BASELINES = ("bicubic", "zerofill")  # classical rows: the same for every run of a dataset/scale
 BASELINE_LABELS = {"bicubic": "bicubic", "zerofill": "zero-filling (sinc)"}
 COST = ("params", "ms_per_slice")
@@ -182,16 +170,16 @@ def method_label(model: str | None, preset: str, row: dict[str, Any] | None = No
     return label if preset == "l1" else f"{label}, loss={preset}"
 
 
-def method_order(method: str) -> tuple[int, str]:
+def method_order(method: str) -> tuple[int, float, str]:
     """Sort key of a row: the classical baselines (bicubic, zero-filling), the comparison
-    networks, then the SRResNet presets."""
-    family = method.partition("+")[0].removesuffix("_small")
+    networks, then the SRResNet presets, each group by its configs' ``order``."""
     if method in BASELINES:
-        return BASELINES.index(method), method
-    if family in NETWORK_ORDER:
-        return 1 + NETWORK_ORDER.index(family), method
-    rank = PRESET_ORDER.index(method) if method in PRESET_ORDER else len(PRESET_ORDER)
-    return 1 + len(NETWORK_ORDER) + rank, method
+        return 0, BASELINES.index(method), method
+    networks = config_orders("model")
+    model = method.partition("+")[0]
+    if model in networks:
+        return 1, networks[model], method
+    return 2, config_orders("loss").get(method, math.inf), method
 
 
 def table_rows(runs: list[Run]) -> list[dict[str, Any]]:

@@ -306,14 +306,13 @@ def test_nets_do_not_depend_on_data() -> None:
 @pytest.mark.parametrize("group", ["loss", "model"])
 def test_every_preset_and_network_names_itself_and_has_a_label(make_cfg, group: str) -> None:
     """Labels live in the config files (no mirrored registry); the report orders every one."""
-    from mrsr import report
+    from mrsr.labels import config_orders
     from mrsr.run import group_options
 
     for option in group_options(group):
         node = make_cfg(f"{group}={option}")[group]
         assert node.name == option and node.label, option
         family = option.removesuffix("_small")
-        if group == "loss":
-            assert option in report.PRESET_ORDER, f"place {option} in report.PRESET_ORDER"
-        elif family != "srresnet" and "Interpolation" not in node._target_:
-            assert family in report.NETWORK_ORDER, f"place {family} in report.NETWORK_ORDER"
+        if group == "loss" or (family != "srresnet" and "Interpolation" not in node._target_):
+            assert option in config_orders(group), f"give conf/{group}/{option}.yaml an order:"
+            assert node.order == config_orders(group)[option]  # as composed

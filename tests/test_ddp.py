@@ -28,8 +28,9 @@ STAGES = {
         "sr.val_check_interval=1",
         "sr.batch_size=4",
         "sr.train_crop=32",
-        "loss=l1",
-        "loss.adv=1e-3",
+        "loss=gan",  # L1 + a fixed adversarial weight
+        "loss.terms.adv.weight=1e-3",
+        "loss.terms.adv.relative=false",
     ],
 }
 COMMON = ["~callbacks.progress_bar", "seed=3"]

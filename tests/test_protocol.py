@@ -15,7 +15,8 @@ from mrsr.building import build_module
 from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume, upsample
 from mrsr.data.sources import demo_dir
 from mrsr.errors import CheckpointError, ConfigError
-from mrsr.losses.objective import SRObjective, spatial_cosine_distance
+from mrsr.losses.objective import SRObjective
+from mrsr.losses.terms import spatial_cosine_distance
 from mrsr.stages import sr as sr_stage
 from mrsr.tasks.pipeline import split_budget, two_phase
 from tests.test_sr import SMALL, TinyDisent, TinyViT, synthetic_loader
@@ -108,7 +109,8 @@ def test_data_consistency_is_minimised_by_the_true_hr_not_the_interpolated_lr(
     vit, dis = TinyViT(), TinyDisent()
     for preset in ("paper_dc", "paper"):
         loss = OmegaConf.to_container(make_cfg(f"loss={preset}").loss, resolve=True)
-        loss["features"] = "spatial" if preset == "paper_dc" else "pooled"
+        for k in ("vit", "str"):  # spatial features for paper_dc, pooled for paper
+            loss["terms"][k]["spatial"] = preset == "paper_dc"
         objective = SRObjective(loss, scale, degradation, vit, dis)
         at_hr = objective.terms(lr, hr, hr.clone(), no_adv)
         at_interp = objective.terms(lr, hr, upsample(lr, scale), no_adv)
@@ -134,6 +136,11 @@ def test_spatial_distance_is_per_location() -> None:
     assert spatial_cosine_distance(a, b).item() == pytest.approx(2 / 16, abs=1e-6)
     # scale-free per location
     assert spatial_cosine_distance(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def weight(loss: dict, term: str) -> float:
+    """A term's configured weight in a loss preset."""
+    return float(loss["terms"][term]["weight"])
 
 
 def _spatial_objective(make_cfg):
@@ -163,8 +170,8 @@ def test_normalise_sets_weights_from_gradient_norms(make_cfg) -> None:
         "tex",
     ):  # weighted gradient norm = configured weight x the L1 gradient norm
         if k != "tex" or scales[k] < 1e4:  # (z_t of the tiny test encoder may hardly move: capped)
-            assert w[k] * gnorm(terms[k]) == pytest.approx(loss[k] * ref, rel=1e-4)
-    assert w["pixel"] == loss["pixel"] and objective.calibrate(sr, hr, terms) == {}  # once only
+            assert w[k] * gnorm(terms[k]) == pytest.approx(weight(loss, k) * ref, rel=1e-4)
+    assert w["pixel"] == weight(loss, "pixel") and objective.calibrate(sr, hr, terms) == {}
 
 
 def test_init_from_loads_the_generator_and_nothing_else(make_cfg, tmp_path: Path) -> None:
@@ -250,7 +257,15 @@ def test_every_target_works_with_extractors_at_their_trained_scale(target: str, 
         ),
         pixel_scale=32 / 64,
     )
-    loss = {"pixel": 1.0, "vit": 1.0, "str": 1.0, "tex": 1.0, "target": target, "features": mode}
+    spatial, terms = mode == "spatial", "mrsr.losses.terms."
+    loss = {
+        "terms": {
+            "pixel": {"_target_": terms + "PixelTerm", "target": "dc" if target == "dc" else "hr"},
+            "vit": {"_target_": terms + "ViTTerm", "target": target, "spatial": spatial},
+            "str": {"_target_": terms + "StructureTerm", "target": target, "spatial": spatial},
+            "tex": {"_target_": terms + "TextureTerm", "target": target},
+        }
+    }
     objective = SRObjective(loss, 2, "bicubic", vit, dis)
     hr = torch.rand(2, 1, 48, 48)
     lr = degrade(hr, 2, "bicubic")
@@ -267,7 +282,7 @@ def test_calibration_waits_for_finite_gradients(make_cfg) -> None:
     loss, objective, hr, sr, terms = _spatial_objective(make_cfg)
     bad = {**terms, "vit": terms["vit"] * float("nan")}
     assert objective.calibrate(sr, hr, bad) == {} and not bool(objective.calibrated)
-    assert objective.effective_weights()["vit"] == loss["vit"]  # unscaled until a finite step
+    assert objective.effective_weights()["vit"] == weight(loss, "vit")  # unscaled until then
     assert objective.calibrate(sr, hr, terms) and bool(objective.calibrated)
 
 

@@ -20,10 +20,11 @@ from mrsr.data.readers import read_nifti
 from mrsr.data.sources import demo_dir
 from mrsr.errors import ConfigError
 from mrsr.generators import bundled_model
+from mrsr.losses.terms import pixel_loss
 from mrsr.metrics import highband_power_log_ratio, ssim
 from mrsr.nets.srresnet import SRResNet
 from mrsr.ops import upsample
-from mrsr.stages.sr import ema_warmup_fn, lr_factor, pixel_loss
+from mrsr.stages.sr import ema_warmup_fn, lr_factor
 from mrsr.tasks import predict as predict_mod
 
 # -- intensities ----------------------------------------------------------------------------

@@ -24,8 +24,9 @@ STAGES = {
         "sr.val_check_interval=2",
         "sr.batch_size=4",
         "sr.train_crop=32",
-        "loss=l1",
-        "loss.adv=1e-3",
+        "loss=gan",  # L1 + a fixed adversarial weight
+        "loss.terms.adv.weight=1e-3",
+        "loss.terms.adv.relative=false",
         "model.n_blocks=2",
         "model.n_feats=16",
     ],

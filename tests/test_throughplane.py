@@ -494,8 +494,10 @@ def test_losses_are_selectable_like_stage_sr(
         f"input={path}",
         f"output={tmp_path / 'gan.nii.gz'}",
         "trainer.max_steps=2",
-        "loss.adv=0.01",
-        "loss.pixel_type=charbonnier",
+        "loss=gan",
+        "loss.terms.adv.weight=0.01",
+        "loss.terms.adv.relative=false",
+        "loss.terms.pixel.kind=charbonnier",
         "throughplane.slice_profile=boxcar",
         *TINY,
     )
@@ -527,7 +529,10 @@ def test_losses_are_selectable_like_stage_sr(
     )
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", weights_only=True)
     assert any(k.startswith("discriminator.") for k in ckpt["state_dict"])
-    assert ckpt["mrsr"]["scale"] == 1 and ckpt["mrsr"]["config"]["loss"]["adv"] == 0.01
+    assert (
+        ckpt["mrsr"]["scale"] == 1
+        and ckpt["mrsr"]["config"]["loss"]["terms"]["adv"]["weight"] == 0.01
+    )
     assert ckpt["mrsr"]["config"]["throughplane"]["axis"] == 2
 
 
@@ -562,8 +567,8 @@ def test_throughplane_refusals(make_cfg, thick_scan, tmp_path: Path) -> None:
         run(out=tmp_path / "missing" / "o.nii.gz")
     with pytest.raises(MrsrError, match="is the input"):
         run(out=path)
-    with pytest.raises(ConfigError, match="loss.target=hr"):
-        run("loss.target=dc")
+    with pytest.raises(ConfigError, match=r"loss.terms.pixel.target=dc: .*\(target hr\)"):
+        run("loss.terms.pixel.target=dc")
     with pytest.raises(ConfigError, match="one device"):
         run("trainer=ddp_cpu")
     with pytest.raises(ConfigError, match="throughplane.precision=fp8"):

@@ -30,7 +30,7 @@ from mrsr.data.degrade import crop_to_multiple, degrade, upsample
 from mrsr.data.sources import DEMO_TEST_SUBJECT, list_demo
 from mrsr.data.store import FOREGROUND, VolumeStore
 from mrsr.losses.feature import FeatureLoss, cosine_distance
-from mrsr.losses.objective import spatial_cosine_distance
+from mrsr.losses.terms import spatial_cosine_distance
 
 LOWPASSES = ("bicubic", "kspace")
 

@@ -1,26 +1,13 @@
-"""The generator objective of stage ``sr``: one place for its terms, weights and references.
+"""The generator objective of stage ``sr``: the weighted sum of the loss preset's terms.
 
-``loss`` config keys (the ``conf/loss`` presets):
-
-- weights ``pixel``, ``adv``, ``vit``, ``str``, ``tex`` (a zero weight switches a term off, and
-  an extractor no term uses is never loaded);
-- ``target``: what the SR output ``y`` is compared with.
-  ``hr``: ``pixel(y, HR)`` and ``f(y)`` vs ``f(HR)``.
-  ``lr`` (the paper, literally): ``f(y)`` vs ``f(LR)``; the interpolated LR minimises it.
-  ``dc`` (data consistency): ``y`` re-degraded with the data's own degradation ``D`` is
-  compared with the LR input, ``pixel(D(y), LR)`` and ``f(D(y))`` vs ``f(LR)``; the true HR
-  minimises every term (``D(HR) = LR``), the interpolated LR does not.
-  Images on the LR grid are resized to the SR patch's size before an extractor sees them, so
-  every feature is taken at one physical scale.
-- ``features``: ``pooled`` compares one vector per image (mean ViT token, z_t, and z_s
-  flattened), ``1 - cos``; ``spatial`` compares the ViT token map and the z_s map location by
-  location (unit-normalised over channels at each location, ``1 - cos`` averaged over
-  locations, as LPIPS does), z_t stays a vector.
-- ``normalise``: terms (of ``adv``, ``vit``, ``str``, ``tex``) whose weight is made relative
-  to the pixel term: at the first training step each listed term is scaled so that its
-  gradient on the SR output has the norm of the L1-vs-HR gradient; its configured weight is
-  then the ratio of the two norms (each factor capped at ``MAX_SCALE``). The scales are
-  buffers, saved with the checkpoint.
+A loss preset (``conf/loss``) is ``name``, ``label``, ``order`` (its row in results tables)
+and ``terms``, a mapping of named term configs (``_target_``: a
+:class:`~mrsr.losses.terms.LossTerm`, with ``weight``, ``relative``, ``target`` and the term's
+own options; see :mod:`mrsr.losses.terms`). :func:`build_terms` builds them; the objective
+evaluates them in :data:`SLOTS` order and sums ``weight x scale x term``, where ``scale`` is
+1 unless the term's weight is ``relative`` (set at the first step, :meth:`SRObjective.calibrate`;
+each factor capped at ``MAX_SCALE``). The scales are one buffer (a slot per term name), saved
+with the checkpoint.
 """
 
 from __future__ import annotations
@@ -32,71 +19,100 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from mrsr.data.degrade import degrade
 from mrsr.errors import ConfigError
-from mrsr.losses.feature import FeatureLoss, cosine_distance
+from mrsr.losses.feature import FeatureLoss
+from mrsr.losses.terms import LossTerm, PixelTerm, TermInputs
 
 log = logging.getLogger("mrsr")
 
-LOSS_KEYS = ("pixel", "adv", "vit", "str", "tex")
-PIXEL_LOSSES = ("l1", "charbonnier")
-TARGETS = ("hr", "lr", "dc")
-FEATURE_MODES = ("pooled", "spatial")
-NORMALISABLE = ("adv", "vit", "str", "tex")
-MAX_SCALE = 1e4  # a normalise factor is capped here (a term with almost no gradient stays small)
+# The scale slots and the evaluation order of the terms named so; other names follow, sorted.
+SLOTS = ("pixel", "adv", "vit", "str", "tex")
+EXTRACTORS = ("vit", "disent")
+MAX_SCALE = 1e4  # a relative weight's factor is capped here (a term with almost no gradient)
+# The keys of the flat form of earlier versions (loss.adv: 0.1), refused with the new spelling.
+FLAT_KEYS = ("pixel", "adv", "vit", "str", "tex", "pixel_type", "target", "features", "normalise")
+NEW_SPELLING = {
+    "pixel_type": "loss.terms.pixel.kind={value}",
+    "target": "loss.terms.<term>.target={value}",
+    "features": "loss.terms.<vit|str>.spatial=true",
+    "normalise": "loss.terms.<term>.relative=true",
+}
 
 
-def pixel_loss(sr: Tensor, hr: Tensor, kind: str = "l1", eps: float = 1e-3) -> Tensor:
-    """Mean L1, or Charbonnier ``sqrt(d^2 + eps^2) - eps`` (smooth at 0, L1 elsewhere)."""
-    if kind == "charbonnier":
-        return (torch.sqrt((sr - hr).pow(2) + eps * eps) - eps).mean()
-    return F.l1_loss(sr, hr)
+def _ordered(names: list[str]) -> list[str]:
+    return [k for k in SLOTS if k in names] + sorted(k for k in names if k not in SLOTS)
 
 
-def spatial_cosine_distance(a: Tensor, b: Tensor, eps: float = 1e-10) -> Tensor:
-    """LPIPS-style distance of (N, C, ...) maps: each location's channel vector is unit-normalised
-    (``x / (|x| + eps)``), then ``|a_hat - b_hat|^2 / 2`` (``= 1 - cos`` where both are non-zero,
-    0 where both are zero) is averaged over locations and the batch; float32 under autocast."""
-    with torch.autocast(a.device.type, enabled=False):
-        a, b = a.float(), b.float()
-        a = a / (a.norm(dim=1, keepdim=True) + eps)
-        b = b / (b.norm(dim=1, keepdim=True) + eps)
-        return 0.5 * (a - b).pow(2).sum(dim=1).mean()
+def build_terms(loss: Mapping[str, Any]) -> dict[str, LossTerm]:
+    """The terms of a loss preset with a weight > 0, in evaluation order (``null`` entries are
+    terms a preset switched off)."""
+    flat = [k for k in FLAT_KEYS if k in loss]
+    if flat:
+        raise ConfigError(flat_form(flat[0], loss[flat[0]]))
+    terms: dict[str, LossTerm] = {}
+    for name, spec in (loss.get("terms") or {}).items():
+        if spec is None:
+            continue
+        if not isinstance(spec, Mapping) or "_target_" not in spec:
+            raise ConfigError(
+                f"loss.terms.{name} has no _target_: add it from a term config "
+                f"(+loss_term@loss.terms.{name}=<pixel|adversarial|vit|structure|texture>)"
+            )
+        try:
+            term = instantiate(spec, name=str(name), _convert_="all")
+        except InstantiationException as err:
+            cause = err.__cause__
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            said = str(cause) if cause is not None else str(err).splitlines()[0]
+            raise ConfigError(f"loss.terms.{name}: {said}") from err
+        if not isinstance(term, LossTerm):
+            raise ConfigError(f"loss.terms.{name}: {spec['_target_']} is not a LossTerm")
+        if term.weight > 0:
+            terms[str(name)] = term
+    return {k: terms[k] for k in _ordered(list(terms))}
 
 
-def to_size(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``x`` resized to ``size`` (bilinear, antialiased, in float32: CPU has no half-precision
-    antialiased kernel); unchanged when it has that size."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(
-        x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True
-    )
+def flat_form(key: str, value: Any) -> str:
+    """The one-line refusal of ``loss.<key>``, a key of the flat form of earlier versions."""
+    new = NEW_SPELLING.get(key, "loss.terms.{key}.weight={value}").format(key=key, value=value)
+    return f"loss.{key} is the flat form of earlier versions: terms are under loss.terms ({new})"
 
 
 def needed_extractors(loss: Mapping[str, Any]) -> list[str]:
-    """The extractors (``vit``, ``disent``) a loss config uses: the one place that decides it."""
-    needed = []
-    if float(loss.get("vit", 0.0)) > 0:
-        needed.append("vit")
-    if float(loss.get("str", 0.0)) > 0 or float(loss.get("tex", 0.0)) > 0:
-        needed.append("disent")
-    return needed
+    """The extractors (``vit``, ``disent``) a loss config's terms read: the one place that
+    decides which are trained or loaded."""
+    used = {t.extractor for t in build_terms(loss).values()}
+    return [k for k in EXTRACTORS if k in used]
 
 
 def pretrains_with_l1(loss: Mapping[str, Any]) -> bool:
-    """Whether a loss config has adversarial or feature terms (which start from an L1 phase)."""
-    return any(float(loss.get(k, 0.0)) > 0 for k in NORMALISABLE)
+    """Whether a loss config has terms that a two-phase run trains after an L1 phase
+    (adversarial or feature terms)."""
+    return any(t.after_l1 for t in build_terms(loss).values())
+
+
+def l1_phase_terms(loss: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``terms`` of a two-phase run's L1 phase: the preset's pixel term alone (its kind),
+    weight 1, against HR."""
+    pixel = next((t for t in build_terms(loss).values() if isinstance(t, PixelTerm)), None)
+    kind = pixel.kind if pixel is not None else "l1"
+    target = f"{PixelTerm.__module__}.{PixelTerm.__qualname__}"
+    return {"pixel": {"_target_": target, "weight": 1.0, "target": "hr", "kind": kind}}
 
 
 class SRObjective(nn.Module):
-    """Weighted generator loss terms (see the module docstring).
+    """The weighted sum of a loss preset's terms (see the module docstring).
 
     The extractors are held outside the module tree: frozen, in eval mode, never optimised or
-    saved; they move with the module (``.to``). ``term_scale`` (the ``normalise`` factors) and
-    ``calibrated`` are buffers and go into checkpoints.
+    saved; they move with the module (``.to``). ``term_scale`` (the ``relative`` factors, one
+    slot per name of :func:`scale_slots`) and ``calibrated`` are buffers and go into
+    checkpoints.
     """
 
     def __init__(
@@ -108,50 +124,35 @@ class SRObjective(nn.Module):
         disent_extractor: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.weights = {k: float(loss.get(k, 0.0)) for k in LOSS_KEYS}
-        if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
-            raise ConfigError(f"loss weights {self.weights} must be >= 0 and not all zero")
-        self.pixel_type = str(loss.get("pixel_type", "l1"))
-        if self.pixel_type not in PIXEL_LOSSES:
+        self.loss_terms = build_terms(loss)
+        if not self.loss_terms:
             raise ConfigError(
-                f"loss.pixel_type={self.pixel_type!r} is unknown: "
-                f"choose {' or '.join(PIXEL_LOSSES)}"
+                f"loss={loss.get('name')}: no term with a weight > 0 (loss.terms: a mapping of "
+                "terms, e.g. loss.terms.pixel.weight=1)"
             )
-        self.target = str(loss.get("target", "hr"))
-        if self.target not in TARGETS:
-            raise ConfigError(
-                f"loss.target={self.target!r} is unknown: choose {', '.join(TARGETS)}"
-            )
-        self.mode = str(loss.get("features", "pooled"))
-        if self.mode not in FEATURE_MODES:
-            raise ConfigError(
-                f"loss.features={self.mode!r} is unknown: choose {' or '.join(FEATURE_MODES)}"
-            )
-        self.normalise = [str(k) for k in (loss.get("normalise") or [])]
-        bad = [k for k in self.normalise if k not in NORMALISABLE]
-        if bad:
-            raise ConfigError(
-                f"loss.normalise: {', '.join(bad)} cannot be normalised "
-                f"(choose from {', '.join(NORMALISABLE)})"
-            )
+        self.relative = [k for k, t in self.loss_terms.items() if t.relative]
         self.scale, self.degradation = int(scale), degradation or "bicubic"
-        self.register_buffer("term_scale", torch.ones(len(LOSS_KEYS)))
+        self.slots = scale_slots(self.loss_terms)
+        self.register_buffer("term_scale", torch.ones(len(self.slots)))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self._host: tuple[list[float], bool] | None = None
         self._features: dict[str, FeatureLoss] = {}
-        needed = needed_extractors(self.weights)
-        if "vit" in needed:
-            if vit_extractor is None:
-                raise ConfigError("loss.vit > 0 needs a ViT feature extractor")
-            self._features["vit"] = FeatureLoss(vit_extractor)
-        if "disent" in needed:
-            if disent_extractor is None:
-                raise ConfigError("loss.str/loss.tex > 0 need a disentanglement encoder")
-            self._features["disent"] = FeatureLoss(disent_extractor)
+        given = {"vit": vit_extractor, "disent": disent_extractor}
+        for name in {t.extractor for t in self.loss_terms.values() if t.extractor}:
+            users = ", ".join(k for k, t in self.loss_terms.items() if t.extractor == name)
+            if given.get(name) is None:
+                raise ConfigError(f"loss.terms.{users} need the {name} feature extractor")
+            self._features[name] = FeatureLoss(given[name])
+        self._features = {k: self._features[k] for k in EXTRACTORS if k in self._features}
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The configured weight of each term."""
+        return {k: t.weight for k, t in self.loss_terms.items()}
 
     @property
     def uses_discriminator(self) -> bool:
-        return self.weights["adv"] > 0
+        return any(t.adversarial for t in self.loss_terms.values())
 
     def _apply(self, fn, *args, **kwargs):  # move the (unregistered) extractors along
         super()._apply(fn, *args, **kwargs)
@@ -170,60 +171,31 @@ class SRObjective(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Checkpoints written before these buffers existed (0.3) load with scales of one,
-        calibrated unless the preset asks for ``normalise``; the host copies are refreshed."""
+        calibrated unless a term is ``relative``; the host copies are refreshed."""
         state_dict.setdefault(prefix + "term_scale", torch.ones_like(self.term_scale))
-        state_dict.setdefault(prefix + "calibrated", torch.tensor(not self.normalise))
+        state_dict.setdefault(prefix + "calibrated", torch.tensor(not self.relative))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._host = None
 
-    def effective_weights(self) -> dict[str, float]:
-        """The configured weights times the ``normalise`` scales."""
+    def scales(self) -> dict[str, float]:
+        """Each term's ``relative`` factor (1 for the others)."""
         if self._host is None:
             self._refresh()
-        scales = self._host[0]  # type: ignore[index]
-        return {k: self.weights[k] * scales[i] for i, k in enumerate(LOSS_KEYS)}
+        host = self._host[0]  # type: ignore[index]
+        return {k: host[self.slots.index(k)] for k in self.loss_terms}
 
-    def _feature_terms(self, x: Tensor, ref: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
-        """Feature distances of ``x`` and ``ref``, both first brought to ``size`` (the SR patch's
-        HR grid): LR-grid images cover the same anatomy in fewer pixels, and the extractors must
-        see every image at one physical scale (the one they were trained at)."""
-        x, ref = to_size(x, size), to_size(ref, size)
-        terms: dict[str, Tensor] = {}
-        spatial = self.mode == "spatial"
-        if "vit" in self._features:
-            fx, fr = self._features["vit"].pairs(x, ref)
-            if spatial and len(fx) < 2:
-                raise ConfigError(
-                    "loss.features=spatial needs a ViT extractor that returns token maps"
-                )
-            i = 1 if spatial else 0
-            terms["vit"] = (spatial_cosine_distance if spatial else cosine_distance)(fx[i], fr[i])
-        if "disent" in self._features:
-            (zs_x, zt_x), (zs_r, zt_r) = self._features["disent"].pairs(x, ref)
-            if self.weights["str"] > 0:
-                terms["str"] = (spatial_cosine_distance if spatial else cosine_distance)(zs_x, zs_r)
-            if self.weights["tex"] > 0:
-                terms["tex"] = cosine_distance(zt_x, zt_r)
-        return terms
+    def effective_weights(self) -> dict[str, float]:
+        """The configured weights times the ``relative`` factors."""
+        return {k: self.loss_terms[k].weight * s for k, s in self.scales().items()}
 
     def terms(
         self, lr: Tensor, hr: Tensor, sr: Tensor, adv: Callable[[Tensor], Tensor] | None = None
     ) -> dict[str, Tensor]:
-        """The unweighted terms with a non-zero weight; ``adv(sr)`` is the adversarial loss."""
-        if self.target == "dc":
-            out, ref, pixel_ref = degrade(sr, self.scale, self.degradation), lr, lr
-        else:
-            out, ref, pixel_ref = sr, (hr if self.target == "hr" else lr), hr
-        terms: dict[str, Tensor] = {}
-        if self.weights["pixel"] > 0:
-            terms["pixel"] = pixel_loss(out, pixel_ref, self.pixel_type)
-        if self.weights["adv"] > 0:
-            if adv is None:
-                raise ConfigError("loss.adv > 0 needs a discriminator")
-            terms["adv"] = adv(sr)
-        if self._features:
-            terms.update(self._feature_terms(out, ref, tuple(sr.shape[-2:])))
-        return terms
+        """The unweighted terms; ``adv(sr)`` is the adversarial loss."""
+        inputs = TermInputs(
+            lr, hr, sr, lambda x: degrade(x, self.scale, self.degradation), self._features, adv
+        )
+        return {k: term(inputs) for k, term in self.loss_terms.items()}
 
     def total(self, terms: dict[str, Tensor]) -> Tensor:
         w = self.effective_weights()
@@ -240,16 +212,16 @@ class SRObjective(nn.Module):
     @torch.no_grad()
     def _set_scales(self, scales: dict[str, float]) -> None:
         for k, v in scales.items():
-            self.term_scale[LOSS_KEYS.index(k)] = v
+            self.term_scale[self.slots.index(k)] = v
         self.calibrated.fill_(True)
         self._host = None
 
     def calibrate(self, sr: Tensor, hr: Tensor, terms: dict[str, Tensor]) -> dict[str, float]:
-        """Set the ``normalise`` scales from gradient norms on ``sr`` (once; a no-op after, and
+        """Set the ``relative`` scales from gradient norms on ``sr`` (once; a no-op after, and
         a no-op when a norm is not finite, so the next step tries again)."""
-        if not self.normalise or self._is_calibrated():
+        if not self.relative or self._is_calibrated():
             return {}
-        listed = [k for k in self.normalise if k in terms]
+        listed = [k for k in self.relative if k in terms]
         # every loss x the same constant: fp16 gradients stay representable
         boost = float(sr.numel())
 
@@ -264,8 +236,14 @@ class SRObjective(nn.Module):
         scales = {k: min(MAX_SCALE, ref / max(v, 1e-12)) for k, v in norms.items()}
         self._set_scales(scales)
         log.info(
-            "loss.normalise: gradient-norm scales %s (L1 gradient norm %.3g)",
+            "relative loss weights: gradient-norm scales %s (L1 gradient norm %.3g)",
             ", ".join(f"{k} x{v:.3g}" for k, v in scales.items()),
             ref,
         )
         return scales
+
+
+def scale_slots(terms: Mapping[str, LossTerm]) -> list[str]:
+    """The names with a slot in ``term_scale``: :data:`SLOTS` always (checkpoints of every
+    preset have the same buffer), then other term names, sorted."""
+    return [*SLOTS, *sorted(k for k in terms if k not in SLOTS)]

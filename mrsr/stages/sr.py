@@ -1,8 +1,9 @@
 """Stage ``sr``: the super-resolution GAN (generator, discriminator, EMA, feature losses).
 
-The generator objective (pixel, adversarial and feature terms, their weights and what they are
-compared with) is :class:`mrsr.losses.objective.SRObjective`, built from ``cfg.loss``. With
-``adv: 0`` there is no discriminator.
+The generator objective (the loss preset's terms, :mod:`mrsr.losses.terms`: pixel, adversarial
+and feature terms, their weights and what they are compared with) is
+:class:`mrsr.losses.objective.SRObjective`, built from ``cfg.loss``. Without an adversarial
+term there is no discriminator.
 
 Budgets count generator updates: G and D share one optimiser (two parameter groups) that
 steps once per batch, so Lightning's ``global_step``, ``sr.max_steps`` and the learning-rate
@@ -10,7 +11,7 @@ schedule count generator updates whatever the preset. This is BasicSR's order: t
 D before its update and D sees the fake from G before its update. The D group has its own
 learning rate and Adam betas when ``sr.d_lr`` / ``sr.d_betas`` are set (null: ``sr.lr`` /
 ``sr.betas``); the schedule multiplies both groups' rates by the same factor.
-``sr.d_warmup`` D-only steps come first in a run that has a discriminator (``loss.adv > 0``):
+``sr.d_warmup`` D-only steps come first in a run that has a discriminator (an adversarial term):
 D learns real HR against ``G(LR)`` of the frozen start generator, with the GAN loss and the
 D parameter group of training, at its base rate ``sr.d_lr``, on batches of the training
 loader (the first epoch's order). They are not generator updates: ``global_step``, the
@@ -20,9 +21,9 @@ schedule, ``sr.max_steps``, G (its buffers too) and its EMA do not move; a resum
 evaluation generator, for the two-phase schedule (L1, then feature/adversarial fine-tuning),
 where the discriminator starts from scratch: the warm-up lets it catch up before it steers G.
 
-Adversarial and feature weights relative to L1: the terms listed in ``loss.normalise`` are
-rescaled once, at the first generator update, so that each one's gradient on the SR output
-has the norm of the L1-vs-HR loss's gradient there; the configured weight (``loss.adv: 0.1``)
+Adversarial and feature weights relative to L1: the terms with ``relative: true`` are rescaled
+once, at the first generator update, so that each one's gradient on the SR output has the norm
+of the L1-vs-HR loss's gradient there; the configured weight (``loss.terms.adv.weight: 0.1``)
 is then that term's gradient norm as a fraction of L1's (the scales are buffers, saved in
 the checkpoint; :meth:`mrsr.losses.objective.SRObjective.calibrate`). After a D warm-up the
 adversarial scale is measured against the warmed-up D.
@@ -48,7 +49,7 @@ from mrsr.errors import CheckpointError, ConfigError
 from mrsr.generators import build_generator, load_trained
 from mrsr.labels import label_of, name_of
 from mrsr.losses.gan import check_gan_loss, d_accuracy, d_loss_fake, d_loss_real, g_loss
-from mrsr.losses.objective import LOSS_KEYS, SRObjective, needed_extractors, pixel_loss
+from mrsr.losses.objective import SRObjective, needed_extractors
 from mrsr.metrics import SUMMARY, RealismMetrics, SRMetrics
 from mrsr.nets import n_params
 from mrsr.ops import upsample
@@ -58,7 +59,6 @@ from mrsr.stages.base import StageModule, plain
 log = logging.getLogger("mrsr")
 
 LR_SCHEDULES = ("constant", "cosine")
-__all__ = ["LOSS_KEYS", "SRModule", "pixel_loss"]
 
 
 def lr_factor(schedule: str, warmup: int, total: int):
@@ -130,10 +130,10 @@ class SRModule(StageModule):
     ) -> None:
         """``generator``, ``discriminator`` and the extractors are configs (``_target_``) that
         are built here, in this order: generator (then ``init_from``), the extractors the loss
-        uses (from their checkpoints), the discriminator when ``loss.adv > 0``. Extractors may
-        also be given as modules. ``d_lr`` / ``d_betas`` (None: ``lr`` / ``betas``) and
-        ``d_warmup`` are the discriminator's (module docstring). ``seed`` is the run's seed, for
-        its results rows only."""
+        uses (from their checkpoints), the discriminator when the loss has an adversarial term.
+        Extractors may also be given as modules. ``d_lr`` / ``d_betas`` (None: ``lr`` /
+        ``betas``) and ``d_warmup`` are the discriminator's (module docstring). ``seed`` is the
+        run's seed, for its results rows only."""
         generator_cfg, loss_cfg = plain(generator), plain(loss)
         if int(d_warmup) < 0:
             raise ConfigError(f"sr.d_warmup={d_warmup} must be >= 0 (discriminator-only steps)")
@@ -208,12 +208,15 @@ class SRModule(StageModule):
         self.discriminator: nn.Module | None = None
         if self.use_d:
             if not discriminator:
-                raise ConfigError("loss.adv > 0 needs a discriminator (sr.discriminator)")
+                raise ConfigError(
+                    "an adversarial loss term needs a discriminator (sr.discriminator)"
+                )
             self.discriminator = instantiate(discriminator, _convert_="all")
         self.d_warmup = int(d_warmup) if self.use_d else 0
         if int(d_warmup) > 0 and not self.use_d:
             log.info(
-                "sr.d_warmup=%d: no discriminator (loss.adv = 0), nothing to warm up", int(d_warmup)
+                "sr.d_warmup=%d: no discriminator (no adversarial term), nothing to warm up",
+                int(d_warmup),
             )
         self.ema_decay = float(ema_decay)
         self.ema: AveragedModel | None = None
@@ -290,12 +293,9 @@ class SRModule(StageModule):
         if not self.objective.calibrate(sr, hr, terms):
             return
         self.objective.average_scales_over_ranks()
+        scales = self.objective.scales()
         self.log_dict(
-            {
-                f"train/scale_{k}": self.objective.term_scale[LOSS_KEYS.index(k)]
-                for k in self.objective.normalise
-                if k in terms
-            },
+            {f"train/scale_{k}": scales[k] for k in self.objective.relative if k in terms},
             on_step=True,
         )
 

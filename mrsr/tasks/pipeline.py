@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mrsr.building import output_dir
 from mrsr.errors import ConfigError
 from mrsr.labels import L1_PHASE, unlabelled
-from mrsr.losses.objective import needed_extractors, pretrains_with_l1
+from mrsr.losses.objective import l1_phase_terms, needed_extractors, pretrains_with_l1
 from mrsr.results import atomic_write_text
 from mrsr.training import FINISHED, train_stage
 
@@ -233,20 +233,11 @@ def pretrain_cfg(cfg: DictConfig, budget: dict[str, int]) -> DictConfig:
     budget."""
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     with open_dict(sub):
-        sub.loss.update(
-            {
-                "pixel": 1.0,
-                "adv": 0.0,
-                "vit": 0.0,
-                "str": 0.0,
-                "tex": 0.0,
-                "target": "hr",
-                "features": "pooled",
-                "normalise": [],
-                "name": L1_PHASE,
-                "label": "L1 phase of a two-phase run",
-            }
-        )
+        sub.loss = {
+            "name": L1_PHASE,
+            "label": "L1 phase of a two-phase run",
+            "terms": l1_phase_terms(OmegaConf.to_container(cfg.loss, resolve=True)),  # type: ignore[arg-type]
+        }
         # unused without adv: not in the key
         sub.sr.update(
             {

@@ -56,6 +56,7 @@ from mrsr.isotropic.geometry import ThickGeometry, grid_affine, thick_geometry
 from mrsr.isotropic.pairs import SelfPairsDataModule
 from mrsr.isotropic.profile import SliceProfile, slice_profile
 from mrsr.isotropic.restore import HIGHBAND_LIMIT, normalised_scan, restore_scan
+from mrsr.losses.objective import build_terms
 from mrsr.receipt import (
     Receipt,
     command_line,
@@ -187,12 +188,14 @@ def _check_settings(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.max_steps={cfg.trainer.max_steps} must be >= 1 (training steps on the scan)"
         )
-    target = str(cfg.loss.get("target", "hr"))
-    if target != "hr":
-        raise ConfigError(
-            f"loss.target={target}: through-plane SR compares with the in-plane slice itself "
-            "(loss.target=hr); its degradation is the slice profile, not data.degradation"
-        )
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    for name, term in build_terms(loss).items():  # type: ignore[arg-type]
+        if term.target != "hr":
+            raise ConfigError(
+                f"loss.terms.{name}.target={term.target}: through-plane SR compares with the "
+                f"in-plane slice itself (target hr); its degradation is the slice profile, not "
+                "data.degradation"
+            )
 
 
 def scan_checks(
