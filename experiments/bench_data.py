@@ -23,22 +23,12 @@ import torch
 from _bench import record_folder, write_result
 
 from mrsr.data.datamodule import DemoDataModule, FastMRIDataModule, IXIDataModule, MRDataModule
+from mrsr.data.phantoms import head_phantom
 
 
 def phantom(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """An ellipsoid head phantom with a few inner structures and noise, scaled to ~1000."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(
-        *[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij", sparse=True
-    )
-    r = sum((g / 0.85) ** 2 for g in grids)
-    vol = (r < 1).astype(np.float32) * 0.6
-    for _ in range(4):
-        c = rng.uniform(-0.4, 0.4, len(shape))
-        rr = sum(((g - ci) / 0.2) ** 2 for g, ci in zip(grids, c, strict=True))
-        vol += (rr < 1).astype(np.float32) * rng.uniform(0.1, 0.4)
-    vol += 0.05 * rng.standard_normal(vol.shape, dtype=np.float32) * (r < 1)
-    return np.clip(vol, 0, None) * 1000.0
+    return head_phantom(shape, seed, structures=4, spread=0.4, varied=False, float32=True)
 
 
 def write_ixi(root: Path, n_subjects: int, shape: tuple[int, int, int]) -> Path:

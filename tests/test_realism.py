@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mrsr.data.degrade import degrade, upsample
+from mrsr.data.phantoms import phantom_slices as phantom
 from mrsr.metrics import (
     REALISM,
     REALISM_HIGHER_IS_BETTER,
@@ -37,28 +38,6 @@ from mrsr.metrics import (
 
 def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-
-
-def phantom(n: int = 4, size: int = 96, seed: int = 0) -> torch.Tensor:
-    """Head-like (N, 1, size, size) images: a head ellipse (0.5), a few brighter or darker
-    inner ellipses, slightly smoothed edges and a fine texture inside the head."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = _grid(size)
-    out = []
-    for _ in range(n):
-        head = ((yy / 0.85) ** 2 + (xx / 0.7) ** 2 < 1).float()
-        img = 0.5 * head
-        for _ in range(5):
-            cy, cx = (torch.rand(2, generator=g) - 0.5) * 0.8
-            ay, ax = 0.1 + 0.25 * torch.rand(2, generator=g)
-            img = img + (torch.rand(1, generator=g) * 0.8 - 0.3) * (
-                ((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1
-            )
-        texture = gaussian_blur(torch.randn(1, 1, size, size, generator=g), 0.8)[0, 0]
-        out.append(
-            gaussian_blur((img * head).clamp_min(0)[None, None], 0.6)[0, 0] + 0.08 * texture * head
-        )
-    return torch.stack(out)[:, None].clamp_min(0)
 
 
 @pytest.fixture(scope="module")
