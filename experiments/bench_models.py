@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from _bench import device_name, record_folder, write_result
 from bench_inference import autocast, flops_per_image, timed
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
+from mrsr.config import compose
 from mrsr.labels import unlabelled
 from mrsr.nets import n_params
 
@@ -31,8 +31,7 @@ FAMILIES = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir", "srresnet")
 
 
 def build(name: str, scale: int) -> torch.nn.Module:
-    with initialize_config_module(config_module="mrsr.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={name}", f"scale={scale}"])
+    cfg = compose([f"model={name}", f"scale={scale}"])
     return instantiate(unlabelled(cfg.model), _convert_="all")
 
 

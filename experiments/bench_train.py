@@ -27,16 +27,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import device_name, record_folder, write_result  # noqa: E402
 
 from mrsr.building import build_datamodule, build_module, build_trainer  # noqa: E402
+from mrsr.config import compose  # noqa: E402
 
 SIZES = {
     "paper": {"vit": ["vit=b16"], "disent": ["disent=paper"], "sr": ["model=srresnet"]},
@@ -80,16 +77,6 @@ class StepTimer(L.Callback):
             self.times.append(time.perf_counter() - self._t0)
 
 
-def compose_cfg(out: Path, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="mrsr.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
-
-
 def bench_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     overrides = [
         f"stage={stage}",
@@ -114,7 +101,7 @@ def bench_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, An
         "+trainer.enable_checkpointing=false",
         "+trainer.enable_progress_bar=false",
     ]
-    cfg = compose_cfg(out / stage, overrides)
+    cfg = compose(overrides, output_dir=out / stage)
     L.seed_everything(0)
     dm = build_datamodule(cfg)
     dm.setup("fit")

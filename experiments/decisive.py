@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,13 +40,12 @@ import lightning as L
 import numpy as np
 import torch
 from _bench import device_name, record_folder, write_result
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from mrsr.building import build_datamodule, build_module
+from mrsr.config import compose
 from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume
 from mrsr.data.readers import read_nifti_canonical
 from mrsr.data.sources import demo_dir
@@ -59,6 +56,7 @@ from mrsr.metrics import realism as rm
 from mrsr.metrics.statistics import paired_bootstrap
 from mrsr.ops import upsample
 from mrsr.records import command, git_commit, write_record
+from mrsr.stage_process import run_stage
 
 log = logging.getLogger("decisive")
 PREREGISTRATION = (
@@ -89,21 +87,11 @@ PATCHES_PER_SLICE = 8
 
 
 # ---------------------------------------------------------------------------- configs and stages
-def compose_cfg(overrides: list[str]) -> DictConfig:
-    """The package's config as ``python -m mrsr.run <overrides>`` composes it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="mrsr.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def run_stage(folder: Path, overrides: list[str]) -> str:
+def stage_checkpoint(folder: Path, overrides: list[str]) -> str:
     """``python -m mrsr.run <overrides>`` into ``folder`` (skipped when finished); its best
     checkpoint."""
     finished = folder / "FINISHED.json"
-    if not finished.is_file():
-        cmd = [sys.executable, "-m", "mrsr.run", *overrides, f"hydra.run.dir={folder}"]
-        log.info("running %s", " ".join(cmd))
-        subprocess.run(cmd, check=True)
+    run_stage(overrides, folder, skip_if=finished, logger=log)
     return json.loads(finished.read_text())["best"]
 
 
@@ -126,7 +114,7 @@ def random_like(kind: str, path: str, seed: int) -> nn.Module:
 # ---------------------------------------------------------------------------- training data
 def training_pool(scale: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``n`` (LR, HR) training patches of the demo recipe (seed 42), drawn by the data module."""
-    cfg = compose_cfg(["stage=sr", "experiment=decisive", f"scale={scale}", "seed=42"])
+    cfg = compose(["stage=sr", "experiment=decisive", f"scale={scale}", "seed=42"])
     L.seed_everything(42)
     dm = build_datamodule(cfg)
     dm.setup("fit")
@@ -179,7 +167,7 @@ def fine_tune(
         f"sr.max_steps={args.arm_steps}",
         *args.arm_override,
     ]
-    cfg = compose_cfg(overrides)
+    cfg = compose(overrides)
     L.seed_everything(seed)
     given = {}
     if arm == "C":
@@ -246,6 +234,10 @@ def patches(x: Tensor, where: Tensor) -> Tensor:
 
 @torch.no_grad()
 def super_resolve(gen: nn.Module, lr: Tensor, device: torch.device, precision: str) -> Tensor:
+    """``gen`` on ``lr`` in chunks of 8 at ``precision``, clamped at 0. Not
+    :func:`mrsr.inference.super_resolve_volume`: that one holds outliers back and always runs
+    bf16 on a GPU, where the protocol scores the arms at ``--precision`` (on a CPU it gives the
+    same numbers with ``limit=inf``, no background cropping and no channels-last)."""
     out = []
     for chunk in lr.split(8):
         with torch.autocast(
@@ -352,7 +344,7 @@ def main() -> None:
     volumes = {"seg3d": demo_dir() / "seg3d_T1.nii.gz", "outside": Path(args.outside)}
     trainer_args = [f"trainer.accelerator={args.device}", f"trainer.precision={args.precision}"]
     started = time.time()
-    vit_ckpt = run_stage(
+    vit_ckpt = stage_checkpoint(
         out / "extractors" / "vit",
         ["stage=vit", "experiment=decisive", *trainer_args, *args.stage_override],
     )
@@ -370,7 +362,7 @@ def main() -> None:
     }
     per_slice: dict[str, Any] = {}
     for scale in args.scales:
-        start = run_stage(
+        start = stage_checkpoint(
             out / f"start_x{scale}",
             [
                 "stage=sr",
@@ -383,7 +375,7 @@ def main() -> None:
                 *args.stage_override,
             ],
         )
-        dis_ckpt = run_stage(
+        dis_ckpt = stage_checkpoint(
             out / "extractors" / f"disent_x{scale}",
             [
                 "stage=disent",

@@ -18,10 +18,10 @@ import statistics
 
 import torch
 from _bench import write_result
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from mrsr.building import build_datamodule
+from mrsr.config import compose
 from mrsr.extractors import load_disent_extractor as load_disent
 from mrsr.extractors import load_vit_extractor as load_vit
 from mrsr.generators import load_generator
@@ -47,8 +47,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("overrides", nargs="*", default=["experiment=sweep_demo"])
     args = ap.parse_args()
-    with initialize_config_module(config_module="mrsr.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["stage=sr", *args.overrides])
+    cfg = compose(["stage=sr", *args.overrides])
     torch.manual_seed(0)
     dm = build_datamodule(cfg)
     dm.setup("fit")

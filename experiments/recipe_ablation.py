@@ -21,11 +21,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _bench import record_folder, write_result
+
+from mrsr.stage_process import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[str]] = {
@@ -61,22 +62,21 @@ def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
     key = hashlib.sha1(json.dumps([args.scale, args.steps, overrides]).encode()).hexdigest()[:8]
     run_dir = out / "runs" / f"{list(VARIANTS).index(name):02d}_{key}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mrsr.run",
-        "stage=sr",
-        f"scale={args.scale}",
-        f"sr.max_steps={args.steps}",
-        f"sr.val_check_interval={args.steps}",
-        "logger=null",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]
-    t0 = time.perf_counter()
-    if not (run_dir / "FINISHED.json").is_file():  # a finished variant is not trained again
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
-    seconds = time.perf_counter() - t0
+    seconds = run_stage(
+        [
+            "stage=sr",
+            f"scale={args.scale}",
+            f"sr.max_steps={args.steps}",
+            f"sr.val_check_interval={args.steps}",
+            "logger=null",
+        ],
+        run_dir,
+        extra=overrides,
+        skip_if=run_dir / "FINISHED.json",  # a finished variant is not trained again
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+    )
     finished = json.loads((run_dir / "FINISHED.json").read_text())
     test = finished["test"]
     row = {

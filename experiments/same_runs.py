@@ -17,9 +17,6 @@ import argparse
 import hashlib
 import importlib.resources
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +24,7 @@ import numpy as np
 import torch
 
 import mrsr
+from mrsr.stage_process import run_stage
 
 TINY = [
     "data.crop=[96,96,12]",
@@ -87,11 +85,14 @@ def nifti_digest(path: Path) -> str:
 
 
 def run(out: Path, name: str, overrides: list[str]) -> None:
-    if (out / name).is_dir():  # done already (an interrupted call resumes)
-        return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "mrsr.run", *overrides, "seed=7", f"hydra.run.dir={out / name}"]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    run_stage(
+        [*overrides, "seed=7"],
+        out / name,
+        skip_if=out / name,  # done already (an interrupted call resumes)
+        env={"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+    )
 
 
 def fingerprints(out: Path) -> dict[str, str]:

@@ -8,23 +8,12 @@ one line (exit status 2) instead of a traceback.
 from __future__ import annotations
 
 import sys
-from importlib import resources
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-CONF_PACKAGE = "mrsr.conf"
-
-
-def conf_dir() -> Path:
-    return Path(str(resources.files(CONF_PACKAGE)))
-
-
-def group_options(group: str) -> list[str]:
-    folder = conf_dir() / group
-    # _x: a base
-    return sorted(p.stem for p in folder.glob("[!_]*.yaml")) if folder.is_dir() else []
+from mrsr.config import compose, group_options
 
 
 def check_group_choices(argv: list[str]) -> str | None:
@@ -224,23 +213,19 @@ def check_overrides(argv: list[str]) -> str | None:
     """Compose the config once to turn a bad override (unknown key, wrong type) into one line."""
     if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in argv):
         return None
-    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = [a for a in argv if not a.startswith("-")]
     try:
-        with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-            groups = [a for a in overrides if "." not in a.split("=", 1)[0]]
-            if len(groups) < len(overrides):  # only dotted keys have a type to keep
-                problem = check_value_types(
-                    compose(config_name="config", overrides=groups), cfg, overrides
-                )
-                if problem:
-                    return problem
-            problem = check_run_dir(cfg)
+        cfg = compose(overrides, hydra=True)
+        groups = [a for a in overrides if "." not in a.split("=", 1)[0]]
+        if len(groups) < len(overrides):  # only dotted keys have a type to keep
+            problem = check_value_types(compose(groups), cfg, overrides)
             if problem:
                 return problem
+        problem = check_run_dir(cfg)
+        if problem:
+            return problem
     except Exception as err:  # noqa: BLE001 - any composition failure is the user's override
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         key = next((line for line in lines if line.startswith("full_key:")), "")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from mrsr.config import compose
+from mrsr.data.phantoms import head_phantom as phantom
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("MRSR_CACHE_DIR", tempfile.mkdtemp(prefix="mrsr-test-cache-"))
@@ -21,20 +22,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fast
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-
-def phantom(shape: tuple[int, ...], seed: int, contrast: float = 1.0) -> np.ndarray:
-    """A smooth head-like phantom with texture: ellipsoid, inner structures and noise."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = sum((g / (0.8 + 0.1 * rng.random())) ** 2 for g in grids)
-    vol = (r < 1).astype(np.float32) * 0.6 * contrast
-    for _ in range(6):
-        c = rng.uniform(-0.5, 0.5, len(shape))
-        rr = sum(((g - ci) / rng.uniform(0.1, 0.3)) ** 2 for g, ci in zip(grids, c, strict=True))
-        vol += (rr < 1).astype(np.float32) * rng.uniform(0.1, 0.4)
-    vol += 0.05 * rng.standard_normal(shape).astype(np.float32) * (r < 1)
-    return np.clip(vol, 0, None) * 1000.0
 
 
 def write_nifti(path: Path, data: np.ndarray, zooms=(1.0, 1.0, 1.0), dtype=np.int16) -> Path:
@@ -118,13 +105,7 @@ def fastmri_dir(tmp_path: Path) -> Path:
 
 def compose_cfg(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
     """Compose the package's config as ``python -m mrsr.run`` would, writing into tmp_path."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="mrsr.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides or [], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-    return cfg
+    return compose(overrides or [], output_dir=tmp_path / "run")
 
 
 @pytest.fixture

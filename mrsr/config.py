@@ -1,0 +1,50 @@
+"""The package's Hydra config (``conf/``, installed as :data:`CONF_PACKAGE`): its folder, the
+options of a config group, and the config composed as ``python -m mrsr.run`` composes it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+CONF_PACKAGE = "mrsr.conf"
+
+
+def conf_dir() -> Path:
+    """The folder of the package's config files."""
+    return Path(str(resources.files(CONF_PACKAGE)))
+
+
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group`` (its files, bases ``_x.yaml`` left out); [] for
+    a name that is not a group."""
+    folder = conf_dir() / group
+    return sorted(p.stem for p in folder.glob("[!_]*.yaml")) if folder.is_dir() else []
+
+
+def compose(
+    overrides: Sequence[str] = (), *, hydra: bool = False, output_dir: str | Path | None = None
+) -> DictConfig:
+    """The config of ``python -m mrsr.run <overrides>``.
+
+    ``hydra``: with the ``hydra`` node (``return_hydra_config``). ``output_dir``: as a run sees
+    it: with the ``hydra`` node, made Hydra's current config (``HydraConfig``), and
+    ``paths.output_dir`` set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+        cfg = hydra_compose(
+            config_name="config",
+            overrides=list(overrides),
+            return_hydra_config=hydra or output_dir is not None,
+        )
+    if output_dir is not None:
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
