@@ -1,5 +1,5 @@
-"""Helpers shared by the experiments: the device's name, the load average, and where results are
-written (records)."""
+"""Helpers shared by the experiments: the device's name, the load average, timing and FLOP
+counting of a network, and where results are written (records)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import json
 import os
 import platform
 import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mrsr.records import RECORD, write_record
 from mrsr.results import atomic_write_text
@@ -73,3 +77,39 @@ def load_avg() -> float | None:
 def record_folder(slug: str) -> Path:
     """The default output of an experiment: ``records/<today>-<slug>`` of this checkout."""
     return Path(__file__).resolve().parents[1] / "records" / f"{dt.date.today().isoformat()}-{slug}"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (nothing on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Autocast to ``precision`` (``bf16``, ``fp16``; anything else: none)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return nullcontext()
+
+
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Seconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def flops_per_image(net: torch.nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of ``net`` on the first image of ``x``."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(x[:1])
+    return int(counter.get_total_flops())

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from _bench import write_result
-from eval_unseen import evaluate
+
+from mrsr.metrics.unseen import evaluate_unseen
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
                 r for r in json.loads((run / "results.json").read_text()) if r["method"] == "sr"
             )
             ckpt = json.loads((run / "FINISHED.json").read_text())["best"]
-            r = evaluate(args.volume, args.scale, ckpt, 2, 1.0, Path(tmp))
+            r = evaluate_unseen(args.volume, args.scale, ckpt, 2, 1.0, Path(tmp))
             row = {
                 "name": name,
                 "run": str(run),

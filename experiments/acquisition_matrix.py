@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from _bench import device_name, write_result
-from eval_unseen import evaluate
 
 from mrsr.data.acquisition import MATRIX_OPERATORS, OUTSIDE_TRAINING
+from mrsr.metrics.unseen import evaluate_unseen
 from mrsr.records import write_record
 
 VAL_SLAB = (0.55, 0.7)  # conf/data/demo.yaml's val_slab
@@ -132,7 +132,7 @@ def main() -> None:
         for scale in args.scales:
             for path in volumes:
                 for kind in args.degradation:
-                    r = evaluate(
+                    r = evaluate_unseen(
                         path,
                         scale,
                         ckpts.get(scale),
@@ -144,7 +144,7 @@ def main() -> None:
                         with_realism=False,
                     )
                     if scale in before:
-                        b = evaluate(
+                        b = evaluate_unseen(
                             path, scale, before[scale], 2, 1.0, Path(tmp), kind, ("none",), False
                         )
                         r |= {

@@ -12,48 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from _bench import device_name, record_folder, write_result
-from torch.utils.flop_counter import FlopCounterMode
+from _bench import autocast, device_name, flops_per_image, record_folder, timed, write_result
 
 from mrsr.nets.srresnet import SRResNet
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16":
-        return torch.autocast(device.type, dtype=torch.float16)
-    return nullcontext()
-
-
-def timed(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def flops_per_image(net: torch.nn.Module, x: torch.Tensor) -> int:
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        net(x[:1])
-    return int(counter.get_total_flops())
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _bench import device_name, record_folder, write_result
-from bench_inference import autocast, flops_per_image, timed
+from _bench import autocast, device_name, flops_per_image, record_folder, timed, write_result
 from hydra.utils import instantiate
 
 from mrsr.config import compose

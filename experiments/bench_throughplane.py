@@ -3,13 +3,14 @@
 For each case (a 1 mm volume, the axis made thick, an optional centred crop or zero-pad, and the
 profile the thick slices are made with: Gaussian or boxcar, by the plain operator of
 ``throughplane_eval.py``, not the stage's own) and each setting (a list of overrides; the first
-is the one the others are compared with), ``throughplane_eval.evaluate`` runs the stage in a
-subprocess, as users run it, and scores it over the whole volume against the 1 mm truth. The
-time is split into the slice-profile estimate, training (the self-supervised pairs, the
-network's steps and its held-out score), applying (cubic spline, the network across the thick
-axis, the self-check, writing) and the rest (start-up, imports, reading: the wall time less the
-three). The gain is SR's PSNR minus the cubic spline's. One seed; the load average before and
-after is recorded (a shared machine inflates every time).
+is the one the others are compared with), ``mrsr.isotropic.evaluation.evaluate_simulated`` (as
+``throughplane_eval.py`` runs it) runs the stage in a subprocess, as users run it, and scores it
+over the whole volume against the 1 mm truth. The time is split into the slice-profile
+estimate, training (the self-supervised pairs, the network's steps and its held-out score),
+applying (cubic spline, the network across the thick axis, the self-check, writing) and the rest
+(start-up, imports, reading: the wall time less the three). The gain is SR's PSNR minus the
+cubic spline's. One seed; the load average before and after is recorded (a shared machine
+inflates every time).
 
     python experiments/bench_throughplane.py --setting before throughplane.precision=32-true \\
         --setting now --out records/<date>-throughplane-speed
@@ -30,8 +31,8 @@ from pathlib import Path
 
 import torch
 from _bench import device_name, load_avg, write_result
-from throughplane_eval import evaluate
 
+from mrsr.isotropic.evaluation import evaluate_simulated
 from mrsr.records import RECORD, write_record
 
 DEFAULT_SEED = 42  # conf/config.yaml
@@ -149,7 +150,7 @@ def main() -> None:
                 for name, overrides in settings:
                     work = Path(tmp) / f"run{len(rows)}"  # its own folder: outputs are not replaced
                     work.mkdir()
-                    row, _ = evaluate(
+                    row, _ = evaluate_simulated(
                         volume, args.spacing, pad, overrides, work, False, profile, "plain"
                     )
                     case = f"{row['volume']} {row['shape_thick']} {row['simulated_with']}"

@@ -36,181 +36,15 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from _bench import write_result
-from omegaconf import OmegaConf
 
 from mrsr.data.acquisition import MATRIX_OPERATORS
-from mrsr.data.degrade import degrade, intensity_range
-from mrsr.data.readers import read_nifti
-from mrsr.inference import write_nifti_atomic
-from mrsr.metrics import RealismMetrics, volume_scores
-from mrsr.ops import upsample
-from mrsr.tasks.predict import predict
+from mrsr.metrics.unseen import evaluate_unseen
 
 DEFAULT_VOLUMES = ["mrsr/assets/demo/seg3d_T1.nii.gz"]
-
-
-def _per_slice(fn, vol: np.ndarray, axis: int) -> np.ndarray:
-    """``fn`` applied to every slice along ``axis`` as one (N, 1, H, W) float64 batch."""
-    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol, axis, 0)))[:, None].double()
-    return np.moveaxis(fn(x)[:, 0].float().numpy(), 0, axis)
-
-
-def degrade_volume(
-    hr: np.ndarray, scale: int, axis: int, kind: str = "bicubic", seed: int = 0
-) -> np.ndarray:
-    """The LR volume of operator ``kind`` (:data:`MATRIX_OPERATORS`): ``bicubic`` and ``kspace``
-    in the file's own units (clamped at 0); the others on the volume's normalised scale, slice
-    ``i`` drawn from ``(seed, i)``, mapped back."""
-    if kind in ("bicubic", "kspace"):
-        return _per_slice(lambda x: degrade(x, scale, kind), hr, axis)
-    op = MATRIX_OPERATORS[kind]()
-    lo, hi = intensity_range(hr)
-
-    def one_by_one(x: torch.Tensor) -> torch.Tensor:
-        x = (x - lo) / (hi - lo)
-        lr = [
-            op(x[i : i + 1], scale, torch.Generator().manual_seed(seed * 100_003 + i))
-            for i in range(len(x))
-        ]
-        return torch.cat(lr) * (hi - lo) + lo
-
-    return _per_slice(one_by_one, hr, axis)
-
-
-def interpolate_volume(lr: np.ndarray, scale: int, axis: int, mode: str = "bicubic") -> np.ndarray:
-    """Every slice up-sampled by ``mode`` (bicubic, zerofill), clamped at 0."""
-    return _per_slice(lambda x: upsample(x, scale, mode), lr, axis)
-
-
-def realism(
-    pred: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: int, axis: int, kind: str
-) -> dict[str, float]:
-    """The realism/structure/consistency slice means of ``pred`` (normalised by HR's range)."""
-    lo, hi = intensity_range(hr)
-
-    def slices(v: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis((v - lo) / (hi - lo), axis, 0)))[
-            :, None
-        ].float()
-
-    p, t, low = slices(pred), slices(hr), slices(lr)
-    nominal = MATRIX_OPERATORS[kind]().nominal if kind in MATRIX_OPERATORS else kind
-    metric = RealismMetrics(scale, nominal)
-    for i in range(0, len(p), 16):
-        idx = torch.arange(i, min(i + 16, len(p)))
-        metric.update(p[idx], t[idx], low[idx], torch.zeros_like(idx), idx)
-    return metric.row()
-
-
-def crop_inplane(vol: np.ndarray, scale: int, axis: int) -> np.ndarray:
-    index = [slice(None)] * 3
-    for ax in range(3):
-        if ax != axis:
-            n = vol.shape[ax] - vol.shape[ax] % scale
-            start = (vol.shape[ax] - n) // 2
-            index[ax] = slice(start, start + n)
-    return vol[tuple(index)]
-
-
-def evaluate(
-    path: str,
-    scale: int,
-    ckpt: str | None,
-    axis: int,
-    intensity: float,
-    tmp: Path,
-    degradation: str = "bicubic",
-    consistency: tuple[str, ...] = ("none",),
-    with_realism: bool = True,
-    seed: int = 0,
-) -> dict:
-    import nibabel as nib
-
-    vol = read_nifti(path)
-    hr = crop_inplane(vol.data * np.float32(intensity), scale, axis)
-    lr = degrade_volume(hr, scale, axis, degradation, seed)
-    lr_path, sr_path = tmp / "lr.nii.gz", tmp / "sr.nii.gz"
-    write_nifti_atomic(lr_path, lr, vol.affine)
-    outputs: dict[str, np.ndarray] = {}
-    for mode in consistency:
-        sr_path.unlink(missing_ok=True)
-        cfg = OmegaConf.create(
-            {
-                "ckpt": ckpt,
-                "scale": scale,
-                "input": str(lr_path),
-                "output": str(sr_path),
-                "overwrite": True,
-                "predict": {
-                    "axis": axis,
-                    "batch_size": 8,
-                    "tile": 256,
-                    "overlap": 16,
-                    "consistency": mode,
-                },
-            }
-        )
-        t0 = time.perf_counter()
-        predict(cfg)
-        seconds = time.perf_counter() - t0
-        outputs[mode] = np.asarray(nib.load(str(sr_path)).get_fdata(dtype=np.float32))
-    sr = outputs[consistency[0]]
-    bic = interpolate_volume(lr, scale, axis, "bicubic")
-    zf = interpolate_volume(lr, scale, axis, "zerofill")
-    ours, base, sinc = (
-        volume_scores(sr, hr, axis),
-        volume_scores(bic, hr, axis),
-        volume_scores(zf, hr, axis),
-    )
-    best = "zerofill" if sinc["psnr"] > base["psnr"] else "bicubic"
-    extra: dict[str, float | str] = {
-        "zerofill_psnr": sinc["psnr"],
-        "zerofill_ssim": sinc["ssim"],
-        "zerofill_hfen": sinc["hfen"],
-        "best_baseline": best,
-        "gain_best_db": ours["psnr"] - max(sinc["psnr"], base["psnr"]),
-        "consistency": consistency[0],
-    }
-    for mode in consistency[1:]:
-        other = volume_scores(outputs[mode], hr, axis)
-        extra |= {
-            f"sr_{mode}_psnr": other["psnr"],
-            f"sr_{mode}_ssim": other["ssim"],
-            f"gain_best_{mode}_db": other["psnr"] - max(sinc["psnr"], base["psnr"]),
-        }
-    realism_cols: dict[str, float] = {}
-    if with_realism:
-        realism_cols = {
-            **{f"sr_{k}": v for k, v in realism(sr, hr, lr, scale, axis, degradation).items()},
-            **{
-                f"bicubic_{k}": v for k, v in realism(bic, hr, lr, scale, axis, degradation).items()
-            },
-        }
-    return {
-        "volume": Path(path).name,
-        "scale": scale,
-        "axis": axis,
-        "intensity": intensity,
-        "degradation": degradation,
-        "shape": list(hr.shape),
-        "hr_max": float(hr.max()),
-        "bicubic_psnr": base["psnr"],
-        "bicubic_ssim": base["ssim"],
-        "sr_psnr": ours["psnr"],
-        "sr_ssim": ours["ssim"],
-        "gain_db": ours["psnr"] - base["psnr"],
-        "bicubic_hfen": base["hfen"],
-        "sr_hfen": ours["hfen"],
-        **extra,
-        **realism_cols,
-        "predict_seconds": seconds,
-    }
 
 
 def main() -> None:
@@ -248,7 +82,7 @@ def main() -> None:
         for path in args.volumes:
             for axis in args.axis:
                 for f, kind in ((f, k) for f in args.intensity for k in args.degradation):
-                    r = evaluate(
+                    r = evaluate_unseen(
                         path,
                         args.scale,
                         args.ckpt,

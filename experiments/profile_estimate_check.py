@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from throughplane_eval import DEFAULT_VOLUMES
 
 from mrsr.data.readers import read_nifti
 from mrsr.isotropic.estimate import estimate_profile
+from mrsr.isotropic.evaluation import DEFAULT_VOLUMES
 from mrsr.isotropic.restore import normalised_scan
 from mrsr.isotropic.simulate import plain_thick
 

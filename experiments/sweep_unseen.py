@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 
 from _bench import write_result
-from eval_unseen import evaluate
 
 from mrsr import report
+from mrsr.metrics.unseen import evaluate_unseen
 from mrsr.report import budget, method_label, method_name, method_order
 
 
@@ -70,7 +70,7 @@ def main() -> None:
             for vol in args.volumes:
                 if (j["ckpt"], Path(vol).name) in done:
                     continue
-                r = evaluate(vol, j["scale"], j["ckpt"], 2, 1.0, Path(tmp))
+                r = evaluate_unseen(vol, j["scale"], j["ckpt"], 2, 1.0, Path(tmp))
                 rows.append({**j, **r})
                 print(
                     f"{j['method']:<14} seed {j['seed']} {r['volume']:<40} "

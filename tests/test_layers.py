@@ -1,6 +1,7 @@
 """Import direction between the layers of ``mrsr`` (read from the source with ``ast``, nothing
 imported): the command tasks (``mrsr/tasks``) import library modules only, never another task,
-and no library module imports a task or the command line (``mrsr.run``)."""
+no library module imports a task or the command line (``mrsr.run``), and no experiment script
+imports another (what they share is in the library, or in ``experiments/_bench.py``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ LOWER = (
     "runner.py",
     "labels.py",
     "records.py",
+    "config.py",
+    "stage_process.py",
 )
 
 
@@ -145,3 +148,38 @@ def test_inference_never_imports_lightning_or_a_stage() -> None:
         for n in reaches(names, target)
     ]
     assert not found, f"inference reaches {found}"
+
+
+EXPERIMENTS = PACKAGE.parent / "experiments"
+SHARED_BY_EXPERIMENTS = {"_bench"}  # the benchmarks' private helpers
+
+
+def scripts_imported(path: Path, text: str | None = None) -> list[str]:
+    """The experiment scripts (``experiments/<name>.py``, :data:`SHARED_BY_EXPERIMENTS` left
+    out) that ``path`` (or ``text`` as it) imports, at the top or inside functions."""
+    scripts = {p.stem for p in EXPERIMENTS.glob("*.py")} - SHARED_BY_EXPERIMENTS
+    tree = ast.parse(path.read_text() if text is None else text, filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return sorted(names & scripts)
+
+
+def test_no_experiment_imports_another() -> None:
+    """Logic two experiments share lives in the library (or ``experiments/_bench.py``)."""
+    paths = sorted(EXPERIMENTS.glob("*.py"))
+    assert len(paths) >= 10 and (EXPERIMENTS / "_bench.py").exists()
+    found = {p.name: scripts_imported(p) for p in paths}
+    assert not {k: v for k, v in found.items() if v}, "an experiment imports another experiment"
+
+
+def test_the_experiment_scan_sees_imports_inside_functions() -> None:
+    text = (
+        "from _bench import write_result\n"
+        "def f():\n    from eval_unseen import evaluate\n    import throughplane_eval.x\n"
+    )
+    found = scripts_imported(EXPERIMENTS / "probe.py", text)
+    assert found == ["eval_unseen", "throughplane_eval"]

@@ -14,5 +14,7 @@ restores every slice that cuts across the thick axis. ``stage=throughplane``
 - :mod:`~mrsr.isotropic.pairs`: training pairs from the in-plane slices (a LightningDataModule);
 - :mod:`~mrsr.isotropic.restore`: applying the trained network to the scan, and the self-check;
 - :mod:`~mrsr.isotropic.simulate`: thick slices made independently of the stage's operators,
-  and the ideal low-pass bound (for measuring it).
+  and the ideal low-pass bound (for measuring it);
+- :mod:`~mrsr.isotropic.evaluation`: the stage measured on a volume made thick (gain over the
+  cubic spline, time).
 """
