@@ -4,7 +4,7 @@ At a given generator (e.g. the L1 phase of a sweep) and frozen extractors, for t
 of the demo data: ``||d term / d SR||`` for the pixel L1 (vs HR), and for L_ViT, L_str and L_tex
 under each target (``hr``, ``lr``, ``dc``) and feature mode (``pooled``, ``spatial``). The ratio
 to the L1 norm is the weight that would give the term as much pull as L1 (what
-``loss.normalise`` sets at the first fine-tuning step); a tiny ratio means the term barely
+a ``relative`` term's weight sets at the first fine-tuning step); a tiny ratio means the term barely
 moves the image at that weight.
 
     python experiments/grad_norms.py --sr SR.ckpt --vit VIT.ckpt --disent DISENT.ckpt \\
@@ -18,7 +18,6 @@ import statistics
 
 import torch
 from _bench import write_result
-from omegaconf import OmegaConf
 
 from mrsr.building import build_datamodule
 from mrsr.config import compose
@@ -38,6 +37,18 @@ def grad_norm_on(x: torch.Tensor):
     return norm
 
 
+def feature_terms(target: str, spatial: bool) -> dict:
+    """A loss of L_ViT, L_str and L_tex at weight 1 against ``target`` (z_t stays a vector)."""
+    classes = {"vit": "ViTTerm", "str": "StructureTerm", "tex": "TextureTerm"}
+    return {
+        "terms": {
+            k: {"_target_": f"mrsr.losses.terms.{c}", "target": target}
+            | ({} if k == "tex" else {"spatial": spatial})
+            for k, c in classes.items()
+        }
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sr", required=True)
@@ -53,14 +64,6 @@ def main() -> None:
     dm.setup("fit")
     gen = load_generator(args.sr, scale=int(cfg.scale))
     vit, dis = load_vit(args.vit), load_disent(args.disent)
-    base = OmegaConf.to_container(cfg.loss, resolve=True) | {
-        "pixel": 0.0,
-        "adv": 0.0,
-        "vit": 1.0,
-        "str": 1.0,
-        "tex": 1.0,
-        "normalise": [],
-    }
     norms: dict[str, list[float]] = {}
     for i, (lr, hr, _) in enumerate(dm.train_dataloader()):
         if i >= args.batches:
@@ -71,9 +74,9 @@ def main() -> None:
         for target in ("hr", "lr", "dc"):
             for mode in ("pooled", "spatial"):
                 obj = SRObjective(
-                    {**base, "target": target, "features": mode},
+                    feature_terms(target, spatial=mode == "spatial"),
                     int(cfg.scale),
-                    dm.store.degradation,
+                    dm.operator.name,
                     vit,
                     dis,
                 )

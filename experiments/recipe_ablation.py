@@ -48,7 +48,7 @@ VARIANTS: dict[str, list[str]] = {
         "data.augment.intensity=null",
         "sr.channels_last=false",
     ],
-    "Charbonnier instead of L1": ["loss.pixel_type=charbonnier"],
+    "Charbonnier instead of L1": ["loss.terms.pixel.kind=charbonnier"],
     "+ gamma augmentation [0.7, 1.4]": ["data.augment.gamma=[0.7,1.4]"],
     "+ foreground-aware crops (0.3)": ["data.patch_foreground=0.3"],
     "no residual on bicubic": ["model.residual_bicubic=false"],

@@ -209,6 +209,18 @@ def check_run_dir(cfg) -> str | None:
     return None
 
 
+def check_flat_loss_keys(argv: list[str]) -> str | None:
+    """An override of a loss key of earlier versions (``loss.adv=0.1``) gets its new spelling."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key.startswith("loss."):
+            from mrsr.losses.objective import FLAT_KEYS, flat_form
+
+            if key.removeprefix("loss.") in FLAT_KEYS:
+                return f"mrsr: {flat_form(key.removeprefix('loss.'), value)}"
+    return None
+
+
 def check_overrides(argv: list[str]) -> str | None:
     """Compose the config once to turn a bad override (unknown key, wrong type) into one line."""
     if any(a.split("=", 1)[0] in _HYDRA_FLAGS for a in argv):
@@ -254,6 +266,7 @@ def _main() -> None:
     problem = (
         check_quoting(sys.argv[1:])
         or check_group_choices(sys.argv[1:])
+        or check_flat_loss_keys(sys.argv[1:])
         or check_overrides(sys.argv[1:])
     )
     if problem:
