@@ -50,9 +50,9 @@ from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume
 from mrsr.data.readers import read_nifti_canonical
 from mrsr.data.sources import demo_dir
 from mrsr.extractors import load_disent_extractor, load_vit_extractor
-from mrsr.losses.detail_response import detail_response, tile_patches
 from mrsr.metrics import FOREGROUND, hfen, psnr, psnr_fg, ssim
 from mrsr.metrics import realism as rm
+from mrsr.metrics.detail_response import detail_response, tile_patches
 from mrsr.metrics.statistics import paired_bootstrap
 from mrsr.ops import upsample
 from mrsr.records import command, git_commit, write_record

@@ -1,7 +1,7 @@
 """Response of extractor features to detail above the LR Nyquist (the decisive experiment).
 
 For HR patches of the demo data's test subject (seg3d T1, axial, normalised as the data modules
-do), :func:`mrsr.losses.detail_response.detail_response` of each given stage-``vit`` /
+do), :func:`mrsr.metrics.detail_response.detail_response` of each given stage-``vit`` /
 stage-``disent`` checkpoint at x2 and x4, and of a randomly initialised extractor of the same
 architecture at the same pixel scale (a reference): 0 = the features (hence L_ViT, L_str,
 L_tex) are blind to what SR adds, 1 = they change as much as between two different patches.
@@ -23,7 +23,7 @@ from torch import nn
 
 from mrsr.checkpoint import load_checkpoint
 from mrsr.extractors import load_disent_extractor, load_vit_extractor
-from mrsr.losses.detail_response import LOWPASSES, demo_patches, detail_response
+from mrsr.metrics.detail_response import LOWPASSES, demo_patches, detail_response
 
 STAGES: dict[str, Callable[..., nn.Module]] = {
     "vit": load_vit_extractor,

@@ -400,8 +400,8 @@ def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path
     from PIL import Image, ImageDraw
 
     from mrsr.building import build_datamodule
-    from mrsr.data.degrade import upsample
     from mrsr.generators import load_generator
+    from mrsr.ops import upsample
     from mrsr.viz import make_grid
 
     by_folder = {str(r.folder): r for r in runs}

@@ -297,7 +297,7 @@ def test_deterministic_operators_keep_the_cached_lr() -> None:
 
     dm = _demo("kspace")
     ds = dm.datasets["train"]
-    assert not dm.store.operator.random
+    assert not dm.operator.random
     hr_vol, lr_vol = dm.store.get(*ds.views[ds.index[0][0]])
     assert torch.equal(lr_vol, kspace_truncate(hr_vol, 2))
     assert torch.equal(SeededDataset(ds)[(0, 1)].lr, SeededDataset(ds)[(0, 1)].lr)
@@ -314,7 +314,7 @@ def test_degradation_group_composes_and_builds(make_cfg) -> None:
     ):
         cfg = make_cfg("stage=sr", f"degradation={name}")
         assert cfg.data.degradation.name == name
-        assert isinstance(build_datamodule(cfg).store.operator, kind)
+        assert isinstance(build_datamodule(cfg).operator, kind)
     legacy = make_cfg("stage=sr", "data.degradation=kspace")  # the name alone still works
     assert isinstance(build_datamodule(legacy).store.operator, KSpace)
 

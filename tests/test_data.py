@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from mrsr.data.datamodule import DemoDataModule, FastMRIDataModule, IXIDataModule
-from mrsr.data.degrade import degrade, normalise_volume, upsample
+from mrsr.data.degrade import degrade, normalise_volume
 from mrsr.data.readers import read_fastmri
 from mrsr.data.sources import list_fastmri, list_ixi, split_by_subject, split_counts
 from mrsr.errors import DataError
 from mrsr.metrics import SRMetrics, nmse, psnr, ssim
+from mrsr.ops import upsample
 from tests.conftest import make_fastmri, make_fastmri_file, make_ixi
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrsr.extractors import DisentExtractor, ViTExtractor
-from mrsr.losses.detail_response import (
+from mrsr.metrics.detail_response import (
     demo_patches,
     detail_response,
     ideal_lowpass,

@@ -89,7 +89,8 @@ def test_one_step_updates_generator_and_discriminator():
 def test_lr_views_learn_the_lr_hr_swap():
     """With lr_views the step adds the LR/HR swap term; the LR view is the SR stage's input
     (degraded, bicubic-upsampled); a repeated step on one batch lowers it."""
-    from mrsr.data.degrade import degrade, upsample
+    from mrsr.data.degrade import degrade
+    from mrsr.ops import upsample
 
     torch.manual_seed(0)
     m = DisentModule(

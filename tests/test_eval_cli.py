@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mrsr.data.datamodule import DemoDataModule, IXIDataModule
-from mrsr.data.degrade import upsample
 from mrsr.metrics import SRMetrics
+from mrsr.ops import upsample
 from tests.conftest import make_fastmri, make_ixi
 
 

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from mrsr.data.degrade import degrade, upsample
+from mrsr.data.degrade import degrade
 from mrsr.errors import ConfigError
 from mrsr.labels import config_orders
 from mrsr.losses.objective import (
@@ -19,6 +19,7 @@ from mrsr.losses.objective import (
     pretrains_with_l1,
 )
 from mrsr.losses.terms import LossTerm, TermInputs
+from mrsr.ops import upsample
 from mrsr.report import method_order
 from tests.test_sr import SMALL, TinyDisent, TinyViT
 

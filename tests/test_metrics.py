@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mrsr import report
-from mrsr.data.degrade import degrade, normalise_volume, upsample
+from mrsr.data.degrade import degrade, normalise_volume
 from mrsr.metrics import (
     FOREGROUND,
     HIGHER_IS_BETTER,
@@ -26,6 +26,7 @@ from mrsr.metrics import (
     ssim,
     ssim_fg,
 )
+from mrsr.ops import upsample
 from tests.conftest import run_labels
 
 # ------------------------------------------------------------------ independent reference

@@ -58,7 +58,7 @@ def test_skips_and_inputs_are_where_the_papers_put_them(make_cfg) -> None:
     """VDSR starts as the bicubic up-sampling (zero last layer) and SRCNN sees only it; with
     their bodies' last convs zeroed, EDSR and RCAN are tail(head(x)) (global skip) and RDN is
     tail(first shallow features)."""
-    from mrsr.data.degrade import upsample
+    from mrsr.ops import upsample
 
     torch.manual_seed(0)
     x = torch.rand(2, 1, 10, 12)

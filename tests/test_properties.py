@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrsr.data.degrade import crop_to_multiple, degrade, upsample
+from mrsr.data.degrade import crop_to_multiple, degrade
 from mrsr.metrics import nmse, psnr, ssim
+from mrsr.ops import upsample
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

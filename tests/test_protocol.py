@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from mrsr.building import build_module
-from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume, upsample
+from mrsr.data.degrade import crop_to_multiple, degrade, normalise_volume
 from mrsr.data.sources import demo_dir
 from mrsr.errors import CheckpointError, ConfigError
 from mrsr.losses.objective import SRObjective
 from mrsr.losses.terms import spatial_cosine_distance
+from mrsr.ops import upsample
 from mrsr.stages import sr as sr_stage
 from mrsr.tasks.pipeline import split_budget, two_phase
 from tests.test_sr import SMALL, TinyDisent, TinyViT, synthetic_loader

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrsr.data.degrade import degrade, upsample
+from mrsr.data.degrade import degrade
 from mrsr.data.phantoms import phantom_slices as phantom
 from mrsr.metrics import (
     REALISM,
@@ -34,6 +34,7 @@ from mrsr.metrics import (
     tissue_labels,
     wasserstein1,
 )
+from mrsr.ops import upsample
 
 
 def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,10 +16,10 @@ from nibabel.affines import apply_affine
 from mrsr.data.readers import read_nifti
 from mrsr.errors import ConfigError, DataError, MrsrError
 from mrsr.isotropic import restore
+from mrsr.isotropic.datamodule import SelfPairsDataModule, degrade_rows
 from mrsr.isotropic.estimate import ProfileFit, estimate_profile, highband_ratio
 from mrsr.isotropic.geometry import grid_affine, resampled_grid, thick_geometry
 from mrsr.isotropic.operators import along, cubic_along, spline_matrix, thick_sampling
-from mrsr.isotropic.pairs import SelfPairsDataModule, degrade_rows
 from mrsr.isotropic.profile import SliceProfile, slice_profile
 from mrsr.isotropic.restore import HIGHBAND_LIMIT, thick_consistency
 from mrsr.nets.srresnet import SRResNet

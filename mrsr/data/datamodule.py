@@ -115,6 +115,11 @@ class MRDataModule(L.LightningDataModule):
         self.datasets: dict[str, SliceDataset] = {}
         self.classes: list[str] = []
 
+    @property
+    def operator(self) -> Degradation:
+        """The degradation its LR images are made with."""
+        return self.store.operator
+
     # -- what subclasses provide
     def split_entries(self) -> dict[str, list[Entry]]:
         raise NotImplementedError

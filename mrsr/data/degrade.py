@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from mrsr.errors import ConfigError
 from mrsr.ops import check_scale as check_scale  # re-exported: defined in mrsr.ops
 from mrsr.ops import lr_band
-from mrsr.ops import upsample as upsample  # re-exported: defined in mrsr.ops
 
 DEGRADATIONS = ("bicubic", "kspace")
 

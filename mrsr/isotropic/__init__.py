@@ -11,7 +11,8 @@ restores every slice that cuts across the thick axis. ``stage=throughplane``
 - :mod:`~mrsr.isotropic.operators`: one-axis matrices: thick-slice sampling, cubic splines;
 - :mod:`~mrsr.isotropic.estimate`: the slice profile estimated from the scan, and the spectral
   ratio of the over-sharpening self-check;
-- :mod:`~mrsr.isotropic.pairs`: training pairs from the in-plane slices (a LightningDataModule);
+- :mod:`~mrsr.isotropic.datamodule`: the LightningDataModule of training pairs from the in-plane
+  slices;
 - :mod:`~mrsr.isotropic.restore`: applying the trained network to the scan, and the self-check;
 - :mod:`~mrsr.isotropic.simulate`: thick slices made independently of the stage's operators,
   and the ideal low-pass bound (for measuring it);

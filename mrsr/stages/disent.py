@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrsr.data.acquisition import as_degradation
-from mrsr.data.degrade import crop_to_multiple, upsample
+from mrsr.data.degrade import crop_to_multiple
 from mrsr.errors import ConfigError
 from mrsr.losses.gan import d_loss_fake, d_loss_real, g_loss
 from mrsr.metrics import SliceTable, psnr, ssim
@@ -40,6 +40,7 @@ from mrsr.nets.swapae import (
     random_crops,
     resize_to,
 )
+from mrsr.ops import upsample
 from mrsr.stages.base import SliceEvalHooks, StageModule, plain
 
 log = logging.getLogger("mrsr")

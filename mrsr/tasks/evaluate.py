@@ -73,7 +73,7 @@ def evaluate(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg)
     dm.setup("test")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    operator = dm.store.operator
+    operator = dm.operator
     if trained and trained != operator.name:
         log.warning(
             "the checkpoint was trained on %s LR images, evaluated here on %s ones",
@@ -94,7 +94,7 @@ def evaluate(cfg: DictConfig) -> dict:
             scored["ours"]["psnr"] - scored[best]["psnr"],
             best,
         )
-    print_table(rows, f"{dm.dataset_name} x{dm.scale} ({dm.store.degradation}), test split")
+    print_table(rows, f"{dm.dataset_name} x{dm.scale} ({dm.operator.name}), test split")
     csv_path, _ = write_results(output_dir(cfg), rows)
     log.info("results written to %s", csv_path)
     return {"score": scored["ours"]["psnr"], "rows": rows}

@@ -3,7 +3,7 @@
 Self-supervised through-plane SR (SMORE, Zhao et al. 2020): a same-size SR network is trained
 with stage ``sr``'s module and loop on the scan's own in-plane slices, degraded along one
 in-plane axis with the slice profile and spacing of the thick axis and interpolated back
-(:mod:`mrsr.isotropic.pairs`). The thick axis is then interpolated to the in-plane voxel size
+(:mod:`mrsr.isotropic.datamodule`). The thick axis is then interpolated to the in-plane voxel size
 with the same cubic spline, the network restores every slice that cuts across it in both
 orthogonal orientations, and the two results are averaged. With ``throughplane.spacing`` other
 than the in-plane voxel size the result is finally re-sampled to that spacing (cubic spline).
@@ -51,9 +51,9 @@ from mrsr.inference import (
     cpu_has_bf16,
     write_nifti_atomic,
 )
+from mrsr.isotropic.datamodule import SelfPairsDataModule
 from mrsr.isotropic.estimate import ProfileFit, estimate_profile
 from mrsr.isotropic.geometry import ThickGeometry, grid_affine, thick_geometry
-from mrsr.isotropic.pairs import SelfPairsDataModule
 from mrsr.isotropic.profile import SliceProfile, slice_profile
 from mrsr.isotropic.restore import HIGHBAND_LIMIT, normalised_scan, restore_scan
 from mrsr.losses.objective import build_terms

@@ -26,11 +26,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mrsr.data.degrade import crop_to_multiple, degrade, upsample
+from mrsr.data.degrade import crop_to_multiple, degrade
 from mrsr.data.sources import DEMO_TEST_SUBJECT, list_demo
 from mrsr.data.store import FOREGROUND, VolumeStore
 from mrsr.losses.feature import FeatureLoss, cosine_distance
 from mrsr.losses.terms import spatial_cosine_distance
+from mrsr.ops import upsample
 
 LOWPASSES = ("bicubic", "kspace")
 
