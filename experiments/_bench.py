@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mrsr.records import RECORD, write_record
-from mrsr.results import atomic_write_text
+from mrsr.files import atomic_write_text
+from mrsr.report.records import RECORD, write_record
 
 
 def device_name(device: torch.device) -> str:

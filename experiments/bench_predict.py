@@ -37,7 +37,7 @@ from _bench import device_name, load_avg, record_folder
 from torch.utils.flop_counter import FlopCounterMode
 
 from mrsr.inference import cpu_has_bf16
-from mrsr.records import write_record
+from mrsr.report.records import write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "mrsr" / "assets" / "demo" / "seg3d_T1.nii.gz"

@@ -33,7 +33,7 @@ import torch
 from _bench import device_name, load_avg, write_result
 
 from mrsr.isotropic.evaluation import evaluate_simulated
-from mrsr.records import RECORD, write_record
+from mrsr.report.records import RECORD, write_record
 
 DEFAULT_SEED = 42  # conf/config.yaml
 DEFAULT_CASES = [

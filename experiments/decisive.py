@@ -55,7 +55,7 @@ from mrsr.metrics import realism as rm
 from mrsr.metrics.detail_response import detail_response, tile_patches
 from mrsr.metrics.statistics import paired_bootstrap
 from mrsr.ops import upsample
-from mrsr.records import command, git_commit, write_record
+from mrsr.report.records import command, git_commit, write_record
 from mrsr.stage_process import run_stage
 
 log = logging.getLogger("decisive")

@@ -37,8 +37,8 @@ import torch
 from mrsr.data.acquisition import KSpace
 from mrsr.inference import downsampled_affine, write_nifti_atomic
 from mrsr.ops import upsample
-from mrsr.records import write_record
-from mrsr.results import device_label
+from mrsr.report.records import write_record
+from mrsr.report.results import device_label
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLUME = "mrsr/assets/demo/seg3d_T1.nii.gz"

@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from mrsr.records import load_records, render_table
+from mrsr.report.records import load_records, render_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = Path("docs/results/records")

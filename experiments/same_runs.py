@@ -1,7 +1,8 @@
 """Fingerprints of short seeded runs: does a restructuring keep behaviour bit for bit?
 
     python experiments/same_runs.py --out <folder>  # runs, writes <folder>/fingerprints.json
-    python experiments/same_runs.py --compare before.json after.json
+    python experiments/same_runs.py --compare before.json after.json \
+        [--record records/<date>-<slug> --before-commit <sha>]  # the comparison as a record
 
 Each run is a short seeded ``python -m mrsr.run`` on CPU (one thread): the pipeline with the
 paper's loss (vit, disent, the L1 phase and the GAN + feature phase), a comparison network,
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 import mrsr
+from mrsr.report.records import write_record
 from mrsr.stage_process import run_stage
 
 TINY = [
@@ -111,10 +113,42 @@ def loss_presets() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in presets if p.name.endswith(".yaml"))
 
 
+def record_comparison(
+    folder: Path, before: dict[str, str], after: dict[str, str], before_commit: str | None
+) -> None:
+    """The comparison as a record: one row per run (its fingerprints, how many differ), and
+    both fingerprint files beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, prints in (("before.json", before), ("after.json", after)):
+        (folder / name).write_text(json.dumps(prints, indent=1) + "\n")
+    runs: dict[str, list[int]] = {}
+    for key in sorted(before.keys() | after.keys()):
+        counts = runs.setdefault(key.split("/")[0], [0, 0])
+        counts[0] += 1
+        counts[1] += before.get(key) != after.get(key)
+    differ = sum(d for _, d in runs.values())
+    write_record(
+        folder,
+        title="Bit for bit: fingerprints of seeded runs before and after a restructuring",
+        protocol=__doc__.split("\n\n", 2)[2].strip().replace("\n", " ")
+        + f" Before: commit {before_commit or '?'}; after: this record's commit.",
+        metrics={"fingerprints": len(before.keys() | after.keys()), "differ": differ},
+        config={"before_commit": before_commit, "runs": sorted(runs)},
+        files=["before.json", "after.json"],
+        table={
+            "caption": "Fingerprints per run (checkpoints and written NIfTIs), and how many differ",
+            "columns": ["run", "fingerprints", "differ"],
+            "rows": [[run, n, d] for run, (n, d) in runs.items()],
+        },
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out")
     ap.add_argument("--compare", nargs=2)
+    ap.add_argument("--record", help="with --compare: write the comparison as a record here")
+    ap.add_argument("--before-commit", help="the commit the first fingerprints were made at")
     args = ap.parse_args()
     if args.compare:
         a, b = (json.loads(Path(p).read_text()) for p in args.compare)
@@ -123,6 +157,8 @@ def main() -> None:
             f"{len(a.keys() & b.keys())} common fingerprints, {len(differ)} differ"
             + "".join(f"\n  {k}" for k in differ)
         )
+        if args.record:
+            record_comparison(Path(args.record), a, b, args.before_commit)
         raise SystemExit(1 if differ else 0)
     out = Path(args.out).resolve()
     for name, overrides in RUNS.items():

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from _bench import write_result
 
-from mrsr import report
 from mrsr.metrics.unseen import evaluate_unseen
-from mrsr.report import budget, method_label, method_name, method_order
+from mrsr.report import tables as report
+from mrsr.report.tables import budget, method_label, method_name, method_order
 
 
 def jobs(sweep: Path) -> list[dict]:

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mrsr.data.datamodule import MRDataModule
+from mrsr.dispatch import in_multirun
 from mrsr.errors import ConfigError, user_error
-from mrsr.runner import in_multirun
 from mrsr.stages.base import StageModule
 
 log = logging.getLogger("mrsr")

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mrsr.errors import ConfigError
-from mrsr.results import atomic_write
+from mrsr.files import atomic_write
 
 
 class RngState(L.Callback):

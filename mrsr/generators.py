@@ -186,7 +186,7 @@ def export_generator(path: str | Path, out: str | Path, **notes: Any) -> Path:
     ``stage=predict`` read like any other. ``notes`` are added to the metadata."""
     import io
 
-    from mrsr.results import atomic_write_bytes
+    from mrsr.files import atomic_write_bytes
 
     ckpt = load_checkpoint(path, stage="sr")
     sd = ckpt["state_dict"]

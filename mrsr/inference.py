@@ -31,7 +31,7 @@ from mrsr.data.geometry import SlicingAxis, is_square, slicing_axis
 from mrsr.data.resolution import Cutoff, spectral_cutoff
 from mrsr.data.resolution import describe as describe_cutoff
 from mrsr.errors import ConfigError, DataError
-from mrsr.results import atomic_write, check_writable
+from mrsr.files import atomic_write, check_writable
 
 log = logging.getLogger("mrsr")
 # Normalised intensity (1 = the 99.5th percentile above the minimum) above which the network

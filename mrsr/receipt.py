@@ -216,7 +216,7 @@ def command_line() -> str:
 
 
 def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
-    from mrsr.results import atomic_write_text
+    from mrsr.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(receipt, indent=2, default=_plain) + "\n")
 

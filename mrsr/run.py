@@ -1,7 +1,7 @@
 """Command line:
 ``python -m mrsr.run stage=<vit|disent|sr|eval|predict|pipeline|throughplane> ...``.
 
-A thin ``@hydra.main`` over :func:`mrsr.runner.run_task`; expected errors are printed on
+A thin ``@hydra.main`` over :func:`mrsr.dispatch.run_task`; expected errors are printed on
 one line (exit status 2) instead of a traceback.
 """
 
@@ -38,7 +38,7 @@ INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 def interrupted() -> None:
     """Ctrl-C: one line (also in the run's log file), exit status 130. Outputs are written to
     a temporary file and renamed when complete, so none is left half-written."""
-    from mrsr.runner import to_log_file
+    from mrsr.dispatch import to_log_file
 
     to_log_file(40, "mrsr: interrupted")  # logging.ERROR
     print("mrsr: interrupted", file=sys.stderr)
@@ -47,7 +47,7 @@ def interrupted() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://mrsr.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from mrsr.runner import run_task
+    from mrsr.dispatch import run_task
 
     try:
         return run_task(cfg)
@@ -59,8 +59,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         raise
     except Exception as err:
         # An expected error wrapped by Hydra's instantiate (e.g. a bad scale for a model).
+        from mrsr.dispatch import to_log_file
         from mrsr.errors import user_error
-        from mrsr.runner import to_log_file
 
         cause = user_error(err)
         if cause is None:
@@ -197,7 +197,7 @@ def check_run_dir(cfg) -> str | None:
     from omegaconf import OmegaConf
 
     from mrsr.errors import ConfigError
-    from mrsr.results import check_writable
+    from mrsr.files import check_writable
 
     folder = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
     if folder is None:

@@ -299,7 +299,7 @@ def write_dataset_description(study: Study, version: str) -> None:
     path = study.derivatives / "dataset_description.json"
     if path.exists():
         return
-    from mrsr.results import atomic_write_text
+    from mrsr.files import atomic_write_text
 
     name = "mrsr super-resolution"
     source = study.source

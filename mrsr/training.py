@@ -1,4 +1,5 @@
-"""Training one stage (``vit``, ``disent`` or ``sr``) from its composed config.
+"""Training one stage (``vit``, ``disent`` or ``sr``) from its composed config: the task of
+``stage=vit|disent|sr`` (:data:`mrsr.dispatch.TASKS`), and the step of ``stage=pipeline``.
 
 :func:`train_stage` instantiates the data module (``data``), the LightningModule
 (``stage.module``) and the Trainer (``trainer`` with ``callbacks`` and ``logger``), fits, tests
@@ -20,9 +21,10 @@ from omegaconf import DictConfig
 
 from mrsr.building import build_datamodule, build_module, build_trainer, output_dir
 from mrsr.checkpoint import load_checkpoint
+from mrsr.dispatch import finish_wandb, log_results_table
 from mrsr.errors import CheckpointError, ConfigError
-from mrsr.results import atomic_write_text, print_table, write_results
-from mrsr.runner import finish_wandb, log_results_table
+from mrsr.files import atomic_write_text
+from mrsr.report.results import print_table, write_results
 
 log = logging.getLogger("mrsr")
 FINISHED = "FINISHED.json"

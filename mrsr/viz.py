@@ -8,7 +8,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
-from mrsr.results import atomic_write_bytes
+from mrsr.files import atomic_write_bytes
 
 
 def _tile(img: Tensor, size: tuple[int, int], error: bool) -> np.ndarray:

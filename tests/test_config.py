@@ -265,7 +265,7 @@ def test_progress_bar_shows_steps_when_epochs_are_unbounded() -> None:
 
 
 def test_lightning_log_lines_are_printed_once() -> None:
-    from mrsr.runner import log_once
+    from mrsr.dispatch import log_once
 
     root, seen = logging.getLogger(), []
 

@@ -21,9 +21,10 @@ LOWER = (
     "extractors.py",
     "building.py",
     "training.py",
-    "runner.py",
+    "dispatch.py",
     "labels.py",
-    "records.py",
+    "files.py",
+    "report",
     "config.py",
     "stage_process.py",
 )
@@ -68,8 +69,8 @@ def modules(*where: str) -> list[Path]:
 
 def test_the_layers_hold_modules() -> None:
     """The scan below sees the modules it is about (a rename would make it pass vacuously)."""
-    assert len(modules("tasks")) >= 6 and all(p.exists() for p in modules(*LOWER))
-    assert (PACKAGE / "report.py").exists()
+    assert len(modules("tasks")) >= 5 and all(p.exists() for p in modules(*LOWER))
+    assert (PACKAGE / "report" / "tables.py").exists() and len(modules("stages")) >= 4
 
 
 def test_no_task_imports_another_task() -> None:
@@ -81,7 +82,28 @@ def test_no_task_imports_another_task() -> None:
 
 def test_report_imports_no_task() -> None:
     """The report reads the runs' own records (results rows), not the tasks that wrote them."""
-    assert reaches(imported(PACKAGE / "report.py"), "mrsr.tasks") == []
+    assert all(reaches(imported(p), "mrsr.tasks") == [] for p in modules("report"))
+
+
+# What builds, runs and dispatches the stages: a LightningModule never reaches up to it, nor to
+# the extractors' loaders (conf/stage/sr.yaml names them by _target_).
+ABOVE_STAGES = (
+    "mrsr.tasks",
+    "mrsr.run",
+    "mrsr.dispatch",
+    "mrsr.training",
+    "mrsr.building",
+    "mrsr.extractors",
+    "mrsr.report.tables",
+)
+
+
+def test_stages_import_nothing_above_them() -> None:
+    found = {
+        module_name(p): [n for target in ABOVE_STAGES for n in reaches(imported(p), target)]
+        for p in modules("stages")
+    }
+    assert not {k: v for k, v in found.items() if v}, "a stage module imports up the layers"
 
 
 def test_library_imports_no_task_nor_the_command_line() -> None:

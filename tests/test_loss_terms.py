@@ -20,7 +20,7 @@ from mrsr.losses.objective import (
 )
 from mrsr.losses.terms import LossTerm, TermInputs
 from mrsr.ops import upsample
-from mrsr.report import method_order
+from mrsr.report.tables import method_order
 from tests.test_sr import SMALL, TinyDisent, TinyViT
 
 

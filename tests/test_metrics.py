@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from mrsr import report
 from mrsr.data.degrade import degrade, normalise_volume
 from mrsr.metrics import (
     FOREGROUND,
@@ -27,6 +26,7 @@ from mrsr.metrics import (
     ssim_fg,
 )
 from mrsr.ops import upsample
+from mrsr.report import tables as report
 from tests.conftest import run_labels
 
 # ------------------------------------------------------------------ independent reference

@@ -14,10 +14,11 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from mrsr import generators, report
+from mrsr import generators
 from mrsr.checkpoint import sub_state_dict
 from mrsr.labels import unlabelled
 from mrsr.nets import n_params
+from mrsr.report import tables as report
 from tests.conftest import phantom, run_labels
 
 MODELS = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mrsr import report
 from mrsr.labels import L1_PHASE
+from mrsr.report import tables as report
 from mrsr.tasks.pipeline import extractor_key, needed_extractors, pipeline
 from tests.conftest import run_labels
 

@@ -187,7 +187,7 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     import os
     import stat
 
-    from mrsr.results import atomic_write_text
+    from mrsr.files import atomic_write_text
 
     umask = os.umask(0o022)
     try:

@@ -17,8 +17,8 @@ from hydra.core.global_hydra import GlobalHydra
 from mrsr import inference
 from mrsr.data.geometry import slicing_axis
 from mrsr.data.sources import demo_dir
+from mrsr.dispatch import quiet_third_party
 from mrsr.errors import ConfigError, DataError
-from mrsr.runner import quiet_third_party
 from mrsr.tasks import predict as predict_mod
 from tests.conftest import compose_cfg, phantom
 from tests.test_predict import save_sr_checkpoint

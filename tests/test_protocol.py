@@ -213,7 +213,7 @@ def test_pipeline_and_plain_l1_have_equal_generator_budgets(make_cfg) -> None:
 
 def test_every_table_row_states_its_budget() -> None:
     """From the row alone (the run's own record): a start from another generator is named."""
-    from mrsr.report import budget
+    from mrsr.report.tables import budget
 
     assert (
         budget({"updates": 350, "start_updates": 350, "start_loss": "l1_phase"})

@@ -294,7 +294,7 @@ def test_under_autocast_the_values_do_not_change(hr: torch.Tensor) -> None:
 
 
 def test_report_shows_realism_as_slice_means(tmp_path) -> None:
-    from mrsr import report
+    from mrsr.report import tables as report
     from tests.test_metrics import _job
 
     _job(tmp_path, "0", "gan", {"hf_power": -0.51234, "edge_f1": 0.91, "redeg": 0.0123})

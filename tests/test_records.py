@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mrsr.records import RecordError, load_record, load_records, render_table, write_record
+from mrsr.report.records import RecordError, load_record, load_records, render_table, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import pytest
 
 from mrsr import inference
 from mrsr.errors import ConfigError, DataError
-from mrsr.results import check_writable
+from mrsr.files import check_writable
 from mrsr.run import check_quoting
 from tests.conftest import phantom
 

@@ -19,7 +19,7 @@ from mrsr.data.acquisition import Degradation, as_degradation
 from mrsr.data.degrade import crop_to_multiple, normalise_volume
 from mrsr.data.readers import read_fastmri, read_nifti_canonical
 from mrsr.data.types import VolumeRef
-from mrsr.results import atomic_write_bytes
+from mrsr.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 3  # bump when preprocessing changes meaning (3: k-space LR on the image grid)

@@ -4,7 +4,7 @@
 the scale); the LR input is made from every slice along ``axis`` by an operator of
 :data:`mrsr.data.acquisition.MATRIX_OPERATORS` (:func:`degrade_volume`), written to a NIfTI
 and super-resolved by ``stage=predict`` (the task users run, taken from the command line's
-registry, :func:`mrsr.runner.get_task`). SR, the bicubic and the zero-filling up-sampling of
+registry, :func:`mrsr.dispatch.get_task`). SR, the bicubic and the zero-filling up-sampling of
 the LR are scored against the HR over the whole volume (:func:`mrsr.metrics.volume_scores`:
 peak = the HR volume's maximum), with the realism, structure and consistency slice means
 (:func:`realism_means`) on the volume's normalised scale.
@@ -102,7 +102,7 @@ def predict_volume(
     bundled model of ``scale`` without ``ckpt``): the SR volume and the task's seconds."""
     import nibabel as nib
 
-    from mrsr.runner import get_task
+    from mrsr.dispatch import get_task
 
     sr_path.unlink(missing_ok=True)
     cfg = OmegaConf.create(

@@ -53,7 +53,7 @@ from mrsr.losses.objective import SRObjective, needed_extractors
 from mrsr.metrics import SUMMARY, RealismMetrics, SRMetrics
 from mrsr.nets import n_params
 from mrsr.ops import upsample
-from mrsr.results import device_label
+from mrsr.report.results import device_label
 from mrsr.stages.base import StageModule, plain
 
 log = logging.getLogger("mrsr")

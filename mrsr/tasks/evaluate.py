@@ -15,7 +15,7 @@ from mrsr.generators import load_trained
 from mrsr.labels import unlabelled
 from mrsr.metrics import RealismMetrics, SRMetrics
 from mrsr.ops import upsample
-from mrsr.results import print_table, write_results
+from mrsr.report.results import print_table, write_results
 
 log = logging.getLogger("mrsr")
 

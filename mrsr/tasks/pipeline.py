@@ -46,9 +46,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mrsr.building import output_dir
 from mrsr.errors import ConfigError
+from mrsr.files import atomic_write_text
 from mrsr.labels import L1_PHASE, unlabelled
 from mrsr.losses.objective import l1_phase_terms, needed_extractors, pretrains_with_l1
-from mrsr.results import atomic_write_text
 from mrsr.training import FINISHED, train_stage
 
 log = logging.getLogger("mrsr")

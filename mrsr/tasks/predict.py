@@ -27,6 +27,7 @@ import mrsr
 from mrsr.data.degrade import normalise_with_range
 from mrsr.data.geometry import mm
 from mrsr.errors import ConfigError, MrsrError, user_error
+from mrsr.files import check_writable, remove_stale_temporaries
 from mrsr.generators import TrainedGenerator, model_for
 from mrsr.inference import (
     InputScan,
@@ -58,7 +59,7 @@ from mrsr.receipt import (
     sampled_indices,
     write_receipt,
 )
-from mrsr.results import check_writable, device_label, remove_stale_temporaries
+from mrsr.report.results import device_label
 from mrsr.study import Scan, Study, check_suffixes, plan, source_reference
 from mrsr.study import write_dataset_description as describe_derivatives
 

@@ -44,6 +44,7 @@ from mrsr.data.acquisition import Described
 from mrsr.data.resolution import describe as describe_cutoff
 from mrsr.data.resolution import spectral_cutoff
 from mrsr.errors import ConfigError
+from mrsr.files import atomic_write_text
 from mrsr.inference import (
     check_magnitude,
     check_output_dtype,
@@ -66,7 +67,7 @@ from mrsr.receipt import (
     noise_estimate,
     write_receipt,
 )
-from mrsr.results import atomic_write_text, device_label
+from mrsr.report.results import device_label
 from mrsr.study import Scan
 
 log = logging.getLogger("mrsr")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import mrsr
-from mrsr.results import atomic_write_text
+from mrsr.files import atomic_write_text
 
 SCHEMA = 1
 RECORD = "record.json"

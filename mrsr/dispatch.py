@@ -1,8 +1,10 @@
-"""How a command task runs: the registry of tasks, the error policy, logging and the wandb run.
+"""Which task a config runs and how it ends: the registry of tasks, the error policy, logging
+and the wandb run.
 
 :func:`run_task` runs the task of ``cfg.stage.name`` (:data:`TASKS`, import strings of the
-functions in :mod:`mrsr.tasks`): expected errors become one line on stderr and exit status 2; in
-a multirun sweep a failing job is marked ``FAILED`` and the sweep goes on.
+functions in :mod:`mrsr.tasks`, and of :func:`mrsr.training.train_stage` for the three training
+stages): expected errors become one line on stderr and exit status 2; in a multirun sweep a
+failing job is marked ``FAILED`` and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mrsr")
 
 TASKS = {
-    "vit": "mrsr.tasks.train:train",
-    "disent": "mrsr.tasks.train:train",
-    "sr": "mrsr.tasks.train:train",
+    "vit": "mrsr.training:train_stage",
+    "disent": "mrsr.training:train_stage",
+    "sr": "mrsr.training:train_stage",
     "eval": "mrsr.tasks.evaluate:evaluate",
     "predict": "mrsr.tasks.predict:predict",
     "pipeline": "mrsr.tasks.pipeline:pipeline",
@@ -86,7 +88,7 @@ def check_run_folders(cfg: DictConfig) -> None:
     can be written: refused in one line before any work, not with a traceback after it."""
     from omegaconf import OmegaConf
 
-    from mrsr.results import check_writable
+    from mrsr.files import check_writable
 
     folders = {"paths.output_dir": cfg.paths.output_dir}
     for name, node in (cfg.get("callbacks") or {}).items():

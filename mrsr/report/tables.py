@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
+from mrsr.files import atomic_write_text
 from mrsr.labels import L1_PHASE, config_orders
 from mrsr.metrics import REALISM
-from mrsr.results import atomic_write_text
 
 # Row order: the classical baselines, the comparison networks, then the SRResNet loss presets,
 # each by the ``order`` of its config; labels are the configs' own (``label:`` in conf/loss and
@@ -453,7 +453,7 @@ def make_figure(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> Path
         canvas += [np.asarray(head), np.concatenate([grid, pad], axis=1)]
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(canvas, axis=0)).save(buf, format="PNG")
-    from mrsr.results import atomic_write_bytes
+    from mrsr.files import atomic_write_bytes
 
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -520,7 +520,3 @@ def main(argv: list[str] | None = None) -> int:
     print(Path(written["table.md"]).read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
