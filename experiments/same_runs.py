@@ -2,7 +2,7 @@
 
     python experiments/same_runs.py --out <folder>  # runs, writes <folder>/fingerprints.json
     python experiments/same_runs.py --compare before.json after.json \
-        [--record records/<date>-<slug> --before-commit <sha>]  # the comparison as a record
+        [--record records/<date>-<slug> --commits BEFORE,AFTER]  # the comparison as a record
 
 Each run is a short seeded ``python -m mrsr.run`` on CPU (one thread): the pipeline with the
 paper's loss (vit, disent, the L1 phase and the GAN + feature phase), a comparison network,
@@ -114,10 +114,10 @@ def loss_presets() -> list[str]:
 
 
 def record_comparison(
-    folder: Path, before: dict[str, str], after: dict[str, str], before_commit: str | None
+    folder: Path, before: dict[str, str], after: dict[str, str], commits: tuple[str, str]
 ) -> None:
     """The comparison as a record: one row per run (its fingerprints, how many differ), and
-    both fingerprint files beside it."""
+    both fingerprint files beside it; ``commits``: where each set was made (``--out``)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, prints in (("before.json", before), ("after.json", after)):
         (folder / name).write_text(json.dumps(prints, indent=1) + "\n")
@@ -131,10 +131,21 @@ def record_comparison(
         folder,
         title="Bit for bit: fingerprints of seeded runs before and after a restructuring",
         protocol=__doc__.split("\n\n", 2)[2].strip().replace("\n", " ")
-        + f" Before: commit {before_commit or '?'}; after: this record's commit.",
+        + f" Fingerprints made with --out at commit {commits[0]} (before) and {commits[1]}"
+        " (after), compared from this record's copies.",
         metrics={"fingerprints": len(before.keys() | after.keys()), "differ": differ},
-        config={"before_commit": before_commit, "runs": sorted(runs)},
+        config={"before_commit": commits[0], "after_commit": commits[1], "runs": sorted(runs)},
         files=["before.json", "after.json"],
+        # the comparison as rerun from the record's own copies of the fingerprints
+        argv=[
+            "experiments/same_runs.py",
+            "--compare",
+            f"{folder}/before.json",
+            f"{folder}/after.json",
+            "--record",
+            str(folder),
+            f"--commits={commits[0]},{commits[1]}",
+        ],
         table={
             "caption": "Fingerprints per run (checkpoints and written NIfTIs), and how many differ",
             "columns": ["run", "fingerprints", "differ"],
@@ -148,7 +159,7 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--compare", nargs=2)
     ap.add_argument("--record", help="with --compare: write the comparison as a record here")
-    ap.add_argument("--before-commit", help="the commit the first fingerprints were made at")
+    ap.add_argument("--commits", help="with --record: BEFORE,AFTER, where each set was made")
     args = ap.parse_args()
     if args.compare:
         a, b = (json.loads(Path(p).read_text()) for p in args.compare)
@@ -158,7 +169,8 @@ def main() -> None:
             + "".join(f"\n  {k}" for k in differ)
         )
         if args.record:
-            record_comparison(Path(args.record), a, b, args.before_commit)
+            before_commit, after_commit = (args.commits or "?,?").split(",")
+            record_comparison(Path(args.record), a, b, (before_commit, after_commit))
         raise SystemExit(1 if differ else 0)
     out = Path(args.out).resolve()
     for name, overrides in RUNS.items():
