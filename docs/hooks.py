@@ -39,7 +39,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
 CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 MARKER = re.compile(r"^<!-- generated: ([\w-]+)(?: ([\w/-]+))? -->$", re.MULTILINE)
 KEY_LINE = re.compile(r"^(\s*)([\w@/.-]+):(?:\s|$)(.*)$")
-NOT_SIZE = {"_target_", "scale", "name", "label", "defaults"}
+NOT_SIZE = {"_target_", "scale", "name", "label", "order", "defaults"}
 
 
 def _cell(text: str) -> str:

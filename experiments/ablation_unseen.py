@@ -17,7 +17,7 @@ from pathlib import Path
 
 from _bench import write_result
 
-from mrsr.metrics.unseen import evaluate_unseen
+from mrsr.protocols.unseen import evaluate_unseen
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import torch
 from _bench import device_name, write_result
 
 from mrsr.data.acquisition import MATRIX_OPERATORS, OUTSIDE_TRAINING
-from mrsr.metrics.unseen import evaluate_unseen
+from mrsr.protocols.unseen import evaluate_unseen
 from mrsr.report.records import write_record
 
 VAL_SLAB = (0.55, 0.7)  # conf/data/demo.yaml's val_slab

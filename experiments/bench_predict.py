@@ -33,8 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _bench import device_name, load_avg, record_folder
-from torch.utils.flop_counter import FlopCounterMode
+from _bench import device_name, flops_per_image, load_avg, record_folder
 
 from mrsr.inference import cpu_has_bf16
 from mrsr.report.records import write_record
@@ -65,10 +64,7 @@ def flops_per_pixel(scale: int) -> float:
     """The bundled network's FLOPs per LR pixel (convolutions; a 64x64 input)."""
     from mrsr.generators import bundled_model, load_generator
 
-    net = load_generator(bundled_model(scale))
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        net(torch.rand(1, 1, 64, 64))
-    return counter.get_total_flops() / 64**2
+    return flops_per_image(load_generator(bundled_model(scale)), torch.rand(1, 1, 64, 64)) / 64**2
 
 
 def cropped(path: Path, crop: list[int] | None, folder: Path) -> tuple[Path, tuple[int, ...]]:

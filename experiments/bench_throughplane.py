@@ -3,7 +3,7 @@
 For each case (a 1 mm volume, the axis made thick, an optional centred crop or zero-pad, and the
 profile the thick slices are made with: Gaussian or boxcar, by the plain operator of
 ``throughplane_eval.py``, not the stage's own) and each setting (a list of overrides; the first
-is the one the others are compared with), ``mrsr.isotropic.evaluation.evaluate_simulated`` (as
+is the one the others are compared with), ``mrsr.protocols.throughplane.evaluate_simulated`` (as
 ``throughplane_eval.py`` runs it) runs the stage in a subprocess, as users run it, and scores it
 over the whole volume against the 1 mm truth. The time is split into the slice-profile
 estimate, training (the self-supervised pairs, the network's steps and its held-out score),
@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from _bench import device_name, load_avg, write_result
 
-from mrsr.isotropic.evaluation import evaluate_simulated
+from mrsr.errors import ConfigError
+from mrsr.protocols.throughplane import evaluate_simulated
 from mrsr.report.records import RECORD, write_record
 
 DEFAULT_SEED = 42  # conf/config.yaml
@@ -270,4 +271,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as err:  # a setting the simulation cannot make: one line
+        raise SystemExit(f"{Path(__file__).name}: {err}") from None

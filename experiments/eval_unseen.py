@@ -42,7 +42,7 @@ import numpy as np
 from _bench import write_result
 
 from mrsr.data.acquisition import MATRIX_OPERATORS
-from mrsr.metrics.unseen import evaluate_unseen
+from mrsr.protocols.unseen import evaluate_unseen
 
 DEFAULT_VOLUMES = ["mrsr/assets/demo/seg3d_T1.nii.gz"]
 

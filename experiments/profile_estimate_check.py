@@ -19,9 +19,9 @@ import numpy as np
 
 from mrsr.data.readers import read_nifti
 from mrsr.isotropic.estimate import estimate_profile
-from mrsr.isotropic.evaluation import DEFAULT_VOLUMES
 from mrsr.isotropic.restore import normalised_scan
 from mrsr.isotropic.simulate import plain_thick
+from mrsr.protocols.throughplane import DEFAULT_VOLUMES
 
 
 def check(spec: str, spacing: float) -> list[dict]:

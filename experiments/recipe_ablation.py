@@ -61,7 +61,7 @@ def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
     # a finished run is reused only for the same scale, budget and overrides (not by list position)
     key = hashlib.sha1(json.dumps([args.scale, args.steps, overrides]).encode()).hexdigest()[:8]
     run_dir = out / "runs" / f"{list(VARIANTS).index(name):02d}_{key}"
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    threads = {"OMP_NUM_THREADS": str(args.threads)}
     seconds = run_stage(
         [
             "stage=sr",
@@ -73,7 +73,7 @@ def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
         run_dir,
         extra=overrides,
         skip_if=run_dir / "FINISHED.json",  # a finished variant is not trained again
-        env=env,
+        env=threads,
         cwd=ROOT,
         capture_output=True,
     )
@@ -103,7 +103,7 @@ def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
                 *args.volumes,
             ],
             cwd=ROOT,
-            env=env,
+            env={**os.environ, **threads},
             check=True,
             capture_output=True,
         )

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _bench import write_result
 
-from mrsr.metrics.unseen import evaluate_unseen
+from mrsr.protocols.unseen import evaluate_unseen
 from mrsr.report import tables as report
 from mrsr.report.tables import budget, method_label, method_name, method_order
 

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from _bench import device_name, write_result
 
-from mrsr.isotropic.evaluation import DEFAULT_VOLUMES, evaluate_simulated, pad_to
+from mrsr.errors import ConfigError
 from mrsr.isotropic.simulate import SIMULATED
+from mrsr.protocols.throughplane import DEFAULT_VOLUMES, evaluate_simulated, pad_to
 from mrsr.viz import save_grid
 
 
@@ -148,4 +149,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as err:  # a setting the simulation cannot make: one line
+        raise SystemExit(f"{Path(__file__).name}: {err}") from None

@@ -3,10 +3,12 @@ options of a config group, and the config composed as ``python -m mrsr.run`` com
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -48,3 +50,21 @@ def compose(
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+@functools.cache
+def config_orders(group: str) -> dict[str, int]:
+    """The ``order`` of each option of config group ``group`` that has one (where a results
+    table puts its row), read from the files: an option without its own takes that of a
+    same-group option in its ``defaults``, as ``edsr_small`` takes ``edsr``'s."""
+    folder = conf_dir() / group
+    raw = {p.stem: yaml.safe_load(p.read_text()) or {} for p in folder.glob("*.yaml")}
+
+    def order(name: str) -> int | None:
+        node = raw.get(name) or {}
+        if "order" in node:
+            return int(node["order"])
+        parents = [d for d in node.get("defaults") or [] if isinstance(d, str) and d in raw]
+        return next((o for o in map(order, parents) if o is not None), None)
+
+    return {name: o for name in group_options(group) if (o := order(name)) is not None}

@@ -306,7 +306,7 @@ def test_nets_do_not_depend_on_data() -> None:
 @pytest.mark.parametrize("group", ["loss", "model"])
 def test_every_preset_and_network_names_itself_and_has_a_label(make_cfg, group: str) -> None:
     """Labels live in the config files (no mirrored registry); the report orders every one."""
-    from mrsr.labels import config_orders
+    from mrsr.config import config_orders
     from mrsr.run import group_options
 
     for option in group_options(group):

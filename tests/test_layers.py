@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mrsr"
-# Library code below the tasks: nothing here may import mrsr.tasks or mrsr.run.
+# Everything below the tasks (running layer and library): none may import mrsr.tasks or mrsr.run.
 LOWER = (
     "nets",
     "losses",
@@ -96,6 +96,27 @@ ABOVE_STAGES = (
     "mrsr.extractors",
     "mrsr.report.tables",
 )
+
+
+# The running layer and what sits above it; the library is every other module of the package.
+RUNNING = ("dispatch.py", "training.py", "building.py", "stage_process.py", "protocols")
+COMMANDS = ("run.py", "report/tables.py", "report/__main__.py")  # python -m mrsr.run | report
+NOT_LIBRARY = (*COMMANDS, "tasks", "stages", *RUNNING)
+
+
+def library_modules() -> list[Path]:
+    above = {p for p in modules(*NOT_LIBRARY)}
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if p not in above]
+
+
+def test_the_library_imports_no_stage_nor_the_running_layer() -> None:
+    """Below the stages: no LightningModule, nothing that builds, runs or dispatches them."""
+    targets = ["mrsr.stages", "mrsr.tasks", "mrsr.run", "mrsr.report.tables"]
+    targets += ["mrsr." + r.removesuffix(".py") for r in RUNNING]
+    paths = library_modules()
+    assert len(paths) > 40 and PACKAGE / "losses" / "terms.py" in paths
+    found = {module_name(p): [n for t in targets for n in reaches(imported(p), t)] for p in paths}
+    assert not {k: v for k, v in found.items() if v}, "library code imports up the layers"
 
 
 def test_stages_import_nothing_above_them() -> None:

@@ -15,7 +15,6 @@ restores every slice that cuts across the thick axis. ``stage=throughplane``
   slices;
 - :mod:`~mrsr.isotropic.restore`: applying the trained network to the scan, and the self-check;
 - :mod:`~mrsr.isotropic.simulate`: thick slices made independently of the stage's operators,
-  and the ideal low-pass bound (for measuring it);
-- :mod:`~mrsr.isotropic.evaluation`: the stage measured on a volume made thick (gain over the
-  cubic spline, time).
+  and the ideal low-pass bound (for measuring it; the measurement itself is
+  :mod:`mrsr.protocols.throughplane`).
 """

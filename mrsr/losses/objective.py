@@ -39,7 +39,7 @@ FLAT_KEYS = ("pixel", "adv", "vit", "str", "tex", "pixel_type", "target", "featu
 NEW_SPELLING = {
     "pixel_type": "loss.terms.pixel.kind={value}",
     "target": "loss.terms.<term>.target={value}",
-    "features": "loss.terms.<vit|str>.spatial=true",
+    "features": "loss.terms.<vit|str>.spatial={spatial}",
     "normalise": "loss.terms.<term>.relative=true",
 }
 
@@ -80,7 +80,9 @@ def build_terms(loss: Mapping[str, Any]) -> dict[str, LossTerm]:
 
 def flat_form(key: str, value: Any) -> str:
     """The one-line refusal of ``loss.<key>``, a key of the flat form of earlier versions."""
-    new = NEW_SPELLING.get(key, "loss.terms.{key}.weight={value}").format(key=key, value=value)
+    new = NEW_SPELLING.get(key, "loss.terms.{key}.weight={value}").format(
+        key=key, value=value, spatial=str(value == "spatial").lower()
+    )
     return f"loss.{key} is the flat form of earlier versions: terms are under loss.terms ({new})"
 
 
@@ -98,10 +100,10 @@ def pretrains_with_l1(loss: Mapping[str, Any]) -> bool:
 
 
 def l1_phase_terms(loss: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``terms`` of a two-phase run's L1 phase: the preset's pixel term alone (its kind),
-    weight 1, against HR."""
-    pixel = next((t for t in build_terms(loss).values() if isinstance(t, PixelTerm)), None)
-    kind = pixel.kind if pixel is not None else "l1"
+    """The ``terms`` of a two-phase run's L1 phase: a pixel term of the preset's ``pixel`` kind
+    (also when its weight is 0; else L1), weight 1, against HR."""
+    pixel = (loss.get("terms") or {}).get("pixel") or {}
+    kind = str(pixel.get("kind", "l1"))
     target = f"{PixelTerm.__module__}.{PixelTerm.__qualname__}"
     return {"pixel": {"_target_": target, "weight": 1.0, "target": "hr", "kind": kind}}
 
@@ -138,12 +140,13 @@ class SRObjective(nn.Module):
         self._host: tuple[list[float], bool] | None = None
         self._features: dict[str, FeatureLoss] = {}
         given = {"vit": vit_extractor, "disent": disent_extractor}
-        for name in {t.extractor for t in self.loss_terms.values() if t.extractor}:
-            users = ", ".join(k for k, t in self.loss_terms.items() if t.extractor == name)
-            if given.get(name) is None:
-                raise ConfigError(f"loss.terms.{users} need the {name} feature extractor")
+        for name in EXTRACTORS:
+            users = [f"loss.terms.{k}" for k, t in self.loss_terms.items() if t.extractor == name]
+            if not users:
+                continue
+            if given[name] is None:
+                raise ConfigError(f"{' and '.join(users)} need the {name} feature extractor")
             self._features[name] = FeatureLoss(given[name])
-        self._features = {k: self._features[k] for k in EXTRACTORS if k in self._features}
 
     @property
     def weights(self) -> dict[str, float]:

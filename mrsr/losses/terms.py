@@ -76,7 +76,7 @@ class TermInputs:
     degrade: Callable[[Tensor], Tensor]
     extractors: Mapping[str, FeatureLoss]
     adversarial: Callable[[Tensor], Tensor] | None = None
-    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     def _once(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -154,9 +154,14 @@ class PixelTerm(LossTerm):
     symbol = "L_pix"
 
     def __init__(
-        self, name: str, weight: float = 1.0, target: str = "hr", kind: str = "l1"
+        self,
+        name: str,
+        weight: float = 1.0,
+        target: str = "hr",
+        kind: str = "l1",
+        relative: bool = False,
     ) -> None:
-        super().__init__(name, weight, False, target)
+        super().__init__(name, weight, relative, target)
         if kind not in PIXEL_LOSSES:
             raise ConfigError(
                 f"loss.terms.{name}.kind={kind!r} is unknown: choose {' or '.join(PIXEL_LOSSES)}"

@@ -1,8 +1,7 @@
 """Image-quality metrics: distortion (:mod:`mrsr.metrics.distortion`, the evaluation protocol)
 and realism, structure and consistency (:mod:`mrsr.metrics.realism`); paired comparisons
-(:mod:`mrsr.metrics.statistics`); a model scored on volumes it never saw
-(:mod:`mrsr.metrics.unseen`); how strongly a frozen extractor's features respond to SR detail
-(:mod:`mrsr.metrics.detail_response`).
+(:mod:`mrsr.metrics.statistics`); how strongly a frozen extractor's features respond to SR
+detail (:mod:`mrsr.metrics.detail_response`).
 
 Everything that used to be imported from the single ``mrsr.metrics`` module is re-exported
 here, so ``from mrsr.metrics import SRMetrics, psnr, ...`` keeps working.

@@ -76,9 +76,9 @@ def output_names(extractor: nn.Module, n: int) -> list[str]:
 
 def feature_distances(loss: FeatureLoss, a: Tensor, b: Tensor) -> dict[str, float]:
     """The SR loss's distances between the features of ``a`` and ``b`` (batch means), per output:
-    a vector ``name`` by ``1 - cos``; a map ``name`` by ``1 - cos`` of the flattened map (what
-    ``loss.features=pooled`` uses for z_s) and ``name_spatial`` per location
-    (``features=spatial``)."""
+    a vector ``name`` by ``1 - cos``; a map ``name`` by ``1 - cos`` of the flattened map (what a
+    structure term with ``spatial: false`` uses for z_s) and ``name_spatial`` per location
+    (``spatial: true``)."""
     fa, fb = loss.features(a), loss.features(b)
     out: dict[str, float] = {}
     for name, u, v in zip(output_names(loss.extractor, len(fa)), fa, fb, strict=True):

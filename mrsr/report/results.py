@@ -15,18 +15,6 @@ from mrsr.files import atomic_write_text
 if TYPE_CHECKING:
     import torch
 
-METRIC_COLUMNS = (
-    "psnr",
-    "ssim",
-    "nmse",
-    "psnr_vol",
-    "ssim_vol",
-    "nmse_vol",
-    "psnr_vol_std",
-    "ssim_vol_std",
-    "nmse_vol_std",
-)
-
 
 def write_results(
     out_dir: str | Path, rows: Sequence[dict], name: str = "results"

@@ -27,8 +27,9 @@ from typing import Any
 
 import yaml
 
+from mrsr.config import config_orders
 from mrsr.files import atomic_write_text
-from mrsr.labels import L1_PHASE, config_orders
+from mrsr.labels import L1_PHASE
 from mrsr.metrics import REALISM
 
 # Row order: the classical baselines, the comparison networks, then the SRResNet loss presets,

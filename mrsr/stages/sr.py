@@ -134,7 +134,9 @@ class SRModule(StageModule):
         Extractors may also be given as modules. ``d_lr`` / ``d_betas`` (None: ``lr`` /
         ``betas``) and ``d_warmup`` are the discriminator's (module docstring). ``seed`` is the
         run's seed, for its results rows only."""
-        generator_cfg, loss_cfg = plain(generator), plain(loss)
+        # a network's table order is not the network: checkpoints stay loadable by 0.7 and earlier
+        generator_cfg = {k: v for k, v in plain(generator).items() if k != "order"}
+        loss_cfg = plain(loss)
         if int(d_warmup) < 0:
             raise ConfigError(f"sr.d_warmup={d_warmup} must be >= 0 (discriminator-only steps)")
         d_lr = float(lr) if d_lr is None else float(d_lr)

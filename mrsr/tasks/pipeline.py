@@ -21,8 +21,8 @@ with ``hydra.run.dir=<that folder>`` therefore continues where it stopped.
 Each stage runs with the config ``stage=<stage>`` would compose (:func:`stage_config`): its
 lengths and loader sizes come from its recipe group (``vit.max_steps``, ``sr.batch_size``, ...).
 
-The extractors (``vit``, ``disent``) are trained only when the loss preset uses them
-(``loss.vit > 0``; ``loss.str + loss.tex > 0``) and no checkpoint is given
+The extractors (``vit``, ``disent``) are trained only when a term of the loss preset reads them
+(a ViT term; a structure or texture term) and no checkpoint is given
 (``sr.vit_ckpt`` / ``sr.disent_ckpt``). With ``pipeline.extractors_dir`` set (and, in a
 multirun, by default ``<sweep dir>/extractors``) they are trained once per distinct
 data/extractor configuration into ``<extractors_dir>/<key>/{vit,disent}`` and reused by
@@ -48,7 +48,12 @@ from mrsr.building import output_dir
 from mrsr.errors import ConfigError
 from mrsr.files import atomic_write_text
 from mrsr.labels import L1_PHASE, unlabelled
-from mrsr.losses.objective import l1_phase_terms, needed_extractors, pretrains_with_l1
+from mrsr.losses.objective import (
+    EXTRACTORS,
+    l1_phase_terms,
+    needed_extractors,
+    pretrains_with_l1,
+)
 from mrsr.training import FINISHED, train_stage
 
 log = logging.getLogger("mrsr")
@@ -56,7 +61,6 @@ log = logging.getLogger("mrsr")
 STAGES = ("vit", "disent", "sr")
 PRETRAIN_FOLDER = "sr_l1"  # the L1 phase of a two-phase SR stage
 
-EXTRACTORS = ("vit", "disent")
 # Config keys that do not change what an extractor learns (left out of its folder key).
 _KEY_IGNORE = {"num_workers", "eval_batch_size", "max_cached_volumes", "on_bad_file", "cache_dir"}
 
@@ -189,7 +193,7 @@ def _resolved(cfg: DictConfig, key: str, default: str) -> str:
     return default if value is None else str(value)
 
 
-def run_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
+def run_pipeline_stage(cfg: DictConfig, stage: str, out: Path) -> dict[str, Any]:
     """Train ``stage`` into ``out`` unless it has finished there already."""
     done = read_finished(out)
     if done is not None:
@@ -281,19 +285,19 @@ def run_sr(
     if not two_phase(cfg):
         if cfg.sr.get("init_from"):
             log.info("sr.init_from=%s given: one phase from it, no L1 phase", cfg.sr.init_from)
-        return run_stage(cfg, "sr", root / "sr")
+        return run_pipeline_stage(cfg, "sr", root / "sr")
     first, rest = split_budget(cfg)
     pcfg = pretrain_cfg(cfg, first)
     out = (
         root / PRETRAIN_FOLDER if shared is None else shared / pretrain_key(pcfg) / PRETRAIN_FOLDER
     )
     with file_lock(out.parent):
-        records[PRETRAIN_FOLDER] = run_stage(pcfg, "sr", out)
+        records[PRETRAIN_FOLDER] = run_pipeline_stage(pcfg, "sr", out)
     start = records[PRETRAIN_FOLDER]["best"]
     with open_dict(cfg):
         cfg.sr.update({"init_from": start, **rest})
     log.info("fine-tuning from %s (%s)", start, rest)
-    return run_stage(cfg, "sr", root / "sr")
+    return run_pipeline_stage(cfg, "sr", root / "sr")
 
 
 def pipeline(cfg: DictConfig) -> dict[str, Any]:
@@ -326,7 +330,7 @@ def pipeline(cfg: DictConfig) -> dict[str, Any]:
             ecfg = extractor_cfg(cfg)
             out = root / stage if shared is None else shared / extractor_key(ecfg, stage) / stage
             with file_lock(out.parent):
-                records[stage] = run_stage(ecfg, stage, out)
+                records[stage] = run_pipeline_stage(ecfg, stage, out)
             with open_dict(cfg):
                 cfg.sr[f"{stage}_ckpt"] = records[stage]["best"]
         else:

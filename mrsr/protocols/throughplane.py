@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mrsr.data.readers import read_nifti
+from mrsr.errors import ConfigError
 from mrsr.inference import write_nifti_atomic
 from mrsr.isotropic.estimate import highband_ratio
 from mrsr.isotropic.geometry import grid_affine, resampled_grid, thick_geometry
@@ -80,7 +81,7 @@ def simulate_thick(
         grid = resampled_grid(ref.shape[axis], voxel, spacing)  # the stage's grid: the same
         return np.moveaxis(thick, 0, axis), grid_affine(affine, axis, grid)
     if profile not in PROFILES:
-        raise SystemExit(f"--true-profile {profile} needs --simulate plain")
+        raise ConfigError(f"true profile {profile!r} is not the stage's: simulate it plainly")
     sampling, grid = thick_sampling(
         ref.shape[axis], voxel, spacing, slice_profile(profile, spacing)
     )
@@ -129,7 +130,7 @@ def reference_volume(
     voxel = float(vol.zooms[axis])
     r = int(round(spacing / voxel))
     if not np.isclose(r * voxel, spacing):
-        raise SystemExit(
+        raise ConfigError(
             f"{path}: spacing {spacing} mm is not a multiple of the {voxel} mm voxels "
             f"along axis {axis}"
         )
