@@ -320,13 +320,13 @@ def loss_table(conf: Path = CONF) -> str:
     order the objective sums them."""
     from omegaconf import OmegaConf
 
-    from mrsr.config import compose
+    from mrsr.config import compose_option
     from mrsr.losses.objective import build_terms
 
     default = _defaults(conf).get("loss", ("", ""))[0]
     rows = ["| preset | label | terms (weight, term, options) |", "|---|---|---|"]
     for option in options("loss", conf):
-        loss = OmegaConf.to_container(compose([f"loss={option.name}"]).loss, resolve=True)
+        loss = OmegaConf.to_container(compose_option("loss", option.name), resolve=True)
         terms = " + ".join(t.describe() for t in build_terms(loss).values())  # type: ignore[arg-type]
         name = f"`{option.name}`" + (" (default)" if option.path.stem == default else "")
         rows.append(f"| {name} | {_text(str(loss['label']))} | {_cell(terms)} |")  # type: ignore[index]

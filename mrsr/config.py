@@ -52,6 +52,15 @@ def compose(
     return cfg
 
 
+def compose_option(group: str, option: str) -> DictConfig:
+    """Option ``option`` of config group ``group`` as a run composes it (its defaults list
+    followed), without the rest of the config: for tables of a group's options, in a third of
+    a full composition's time. Options that interpolate other groups need :func:`compose`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+        return hydra_compose(config_name=None, overrides=[f"+{group}={option}"])[group]
+
+
 @functools.cache
 def config_orders(group: str) -> dict[str, int]:
     """The ``order`` of each option of config group ``group`` that has one (where a results

@@ -132,3 +132,12 @@ def test_report_rows_follow_the_configs_order(make_cfg) -> None:
     for group in ("loss", "model"):  # the composed config carries the same order
         name = next(iter(config_orders(group)))
         assert make_cfg(f"{group}={name}")[group].order == config_orders(group)[name]
+
+
+def test_a_preset_composed_alone_is_the_preset_a_run_composes(make_cfg) -> None:
+    """What the docs' loss table reads (:func:`mrsr.config.compose_option`)."""
+    from mrsr.config import compose_option
+
+    for name in ("gan_feat", "paper_dc", "tex_vit"):
+        alone = OmegaConf.to_container(compose_option("loss", name), resolve=True)
+        assert alone == loss_of(make_cfg, f"loss={name}")
