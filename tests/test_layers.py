@@ -226,3 +226,17 @@ def test_the_experiment_scan_sees_imports_inside_functions() -> None:
     )
     found = scripts_imported(EXPERIMENTS / "probe.py", text)
     assert found == ["eval_unseen", "throughplane_eval"]
+
+
+def test_every_subpackage_is_in_the_wheel() -> None:
+    """``pyproject.toml`` lists the packages explicitly: a new subpackage must be listed, or an
+    installed (non-editable) mrsr lacks it."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    found = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml's packages: {sorted(found - listed)}"
