@@ -24,7 +24,7 @@ from pathlib import Path
 from _bench import write_result
 
 from mrsr.protocols.unseen import evaluate_unseen
-from mrsr.report import tables as report
+from mrsr.report import tables
 from mrsr.report.tables import budget, method_label, method_name, method_order
 
 
@@ -32,7 +32,7 @@ def jobs(sweep: Path) -> list[dict]:
     """Finished SR runs below ``sweep`` (the L1 phases of two-phase runs left out): checkpoint,
     method, seed, scale and budget, as their own results rows say (``mrsr.report``'s naming)."""
     out = []
-    for run in report.collect(sweep):
+    for run in tables.collect(sweep):
         finished = run.folder / "FINISHED.json"
         if not finished.is_file():
             continue

@@ -26,7 +26,7 @@ from mrsr.metrics import (
     ssim_fg,
 )
 from mrsr.ops import upsample
-from mrsr.report import tables as report
+from mrsr.report import tables
 from tests.conftest import run_labels
 
 # ------------------------------------------------------------------ independent reference
@@ -305,14 +305,14 @@ NEW = {
 
 def test_report_old_results_keep_the_old_table(tmp_path: Path) -> None:
     _job(tmp_path, "0", "l1", {})
-    rows = report.table_rows(report.collect(tmp_path))
-    md = report.to_markdown(rows)
+    rows = tables.table_rows(tables.collect(tmp_path))
+    md = tables.to_markdown(rows)
     assert "HFEN" not in md and "fg" not in md
     assert (
         "| SRResNet, L1 (baseline) | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 |"
         in md
     )
-    header = report.to_csv(rows).splitlines()[0]
+    header = tables.to_csv(rows).splitlines()[0]
     assert header == (
         "dataset,degradation,method,scale,psnr,psnr_std,ssim,ssim_std,nmse,nmse_std,"
         "n_seeds,budget,run"
@@ -322,8 +322,8 @@ def test_report_old_results_keep_the_old_table(tmp_path: Path) -> None:
 def test_report_shows_new_metrics_and_a_dash_for_old_runs(tmp_path: Path) -> None:
     _job(tmp_path, "0", "l1", {})
     _job(tmp_path, "1", "paper", NEW)
-    rows = report.table_rows(report.collect(tmp_path))
-    md = report.to_markdown(rows)
+    rows = tables.table_rows(tables.collect(tmp_path))
+    md = tables.to_markdown(rows)
     assert "| x2 HFEN | x2 PSNR-fg | x2 SSIM-fg |" in md
     assert (
         "| full method: L_adv + L_ViT + L_str + L_tex | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 "
@@ -334,7 +334,7 @@ def test_report_shows_new_metrics_and_a_dash_for_old_runs(tmp_path: Path) -> Non
         "| SRResNet, L1 (baseline) | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 "
         "| — | — | — |" in md
     )
-    lines = report.to_csv(rows).splitlines()
+    lines = tables.to_csv(rows).splitlines()
     assert lines[0].endswith(
         "nmse_std,hfen,hfen_std,psnr_fg,psnr_fg_std,ssim_fg,ssim_fg_std,n_seeds,budget,run"
     )

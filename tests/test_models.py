@@ -18,7 +18,7 @@ from mrsr import generators
 from mrsr.checkpoint import sub_state_dict
 from mrsr.labels import unlabelled
 from mrsr.nets import n_params
-from mrsr.report import tables as report
+from mrsr.report import tables
 from tests.conftest import phantom, run_labels
 
 MODELS = ("srcnn", "vdsr", "edsr", "rdn", "rcan", "swinir")
@@ -209,7 +209,7 @@ def test_report_has_a_row_per_network_with_size_time_and_budget(tmp_path: Path) 
     ):
         for scale in (2, 4):
             _job(tmp_path, f"{i}_{scale}", model, preset, scale, psnr - scale)
-    rows = report.table_rows(report.collect(tmp_path))
+    rows = tables.table_rows(tables.collect(tmp_path))
     assert list(dict.fromkeys(r["method"] for r in rows)) == [
         "bicubic",
         "srcnn_small",
@@ -218,7 +218,7 @@ def test_report_has_a_row_per_network_with_size_time_and_budget(tmp_path: Path) 
         "l1",
         "paper",
     ]
-    md = report.to_markdown(rows)
+    md = tables.to_markdown(rows)
     assert "| method | params | ms / slice | SR budget | seeds | x2 PSNR | x4 PSNR |" in md
     assert (
         "| SRCNN (Dong 2016), CPU size | 0.002 M / 0.004 M | 5.0 / 10.0 "
@@ -226,7 +226,7 @@ def test_report_has_a_row_per_network_with_size_time_and_budget(tmp_path: Path) 
     )
     assert "| EDSR (Lim 2017), loss=paired |" in md and "| SRResNet, L1 (baseline) |" in md
     assert "on cpu (1 threads), 32-true" in md
-    header = report.to_csv(rows).splitlines()[0]
+    header = tables.to_csv(rows).splitlines()[0]
     assert header.endswith("psnr,psnr_std,params,ms_per_slice,device,n_seeds,budget,run")
 
 
@@ -264,14 +264,14 @@ def test_report_keeps_old_results_and_never_averages_times_over_devices(
     _job(tmp_path, "a", "edsr_small", "l1", 2, 25.0, seed=1, device="cpu (1 threads)")
     _job(tmp_path, "b", "edsr_small", "l1", 2, 26.0, seed=2, device="cuda (NVIDIA H200)")
     _job(tmp_path, "c", "swinir_small", "l1", 2, 27.0, seed=1, device="cuda (NVIDIA H200)")
-    rows = {r["method"]: r for r in report.table_rows(report.collect(tmp_path))}
+    rows = {r["method"]: r for r in tables.table_rows(tables.collect(tmp_path))}
     assert "params" not in rows["l1"] and "ms_per_slice" not in rows["l1"]
     assert rows["edsr_small"]["n_seeds"] == 2 and "ms_per_slice" not in rows["edsr_small"]
     assert rows["edsr_small"]["device"] == "several devices"
-    md = report.to_markdown(list(rows.values()))
+    md = tables.to_markdown(list(rows.values()))
     assert "| SRResNet, L1 (baseline) | — | — | 300 updates (one phase) | 1 |" in md
     assert "| SwinIR (Liang 2021), CPU size | 0.002 M | 5.0 (cuda (NVIDIA H200), 32-true) |" in md
     # two SRResNet sizes with one preset and seed share a row: the report says which run it kept
     _job(tmp_path, "d", "srresnet", "l1", 2, 30.0, cost=False)
-    report.table_rows(report.collect(tmp_path))
+    tables.table_rows(tables.collect(tmp_path))
     assert "replaces" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mrsr.labels import L1_PHASE
-from mrsr.report import tables as report
+from mrsr.report import tables
 from mrsr.tasks.pipeline import extractor_key, needed_extractors, pipeline
 from tests.conftest import run_labels
 
@@ -67,7 +67,7 @@ def test_multirun_sweep_gives_one_folder_per_job_and_the_table_matches(tmp_path:
     for job in finished:
         assert (job / "FINISHED.json").is_file() and not (job / "FAILED").exists()
 
-    rows = report.table_rows(report.collect(sweep))
+    rows = tables.table_rows(tables.collect(sweep))
     assert {(r["method"], r["scale"]) for r in rows} == {
         ("bicubic", 2),
         ("bicubic", 4),
@@ -87,7 +87,7 @@ def test_multirun_sweep_gives_one_folder_per_job_and_the_table_matches(tmp_path:
                 assert got[f"{m}_std"] == pytest.approx(res[f"{m}_vol_std"], rel=1e-12)
 
     out = tmp_path / "report"
-    assert report.main([str(sweep), "--out", str(out), "--no-figure"]) == 0
+    assert tables.main([str(sweep), "--out", str(out), "--no-figure"]) == 0
     md = (out / "table.md").read_text()
     x2 = json.loads((sweep / "0" / "results.json").read_text())[0]
     assert f"{x2['psnr_vol']:.2f} ± {x2['psnr_vol_std']:.2f}" in md
@@ -99,10 +99,10 @@ def test_multirun_sweep_gives_one_folder_per_job_and_the_table_matches(tmp_path:
 def test_collector_rejects_a_folder_without_finished_runs(tmp_path: Path, capsys) -> None:
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "FAILED").write_text("boom")
-    assert report.main([str(tmp_path)]) == 2
+    assert tables.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"mrsr.report: {tmp_path}: no finished runs (no results.json below it)"
-    assert report.main([str(tmp_path / "missing")]) == 2
+    assert tables.main([str(tmp_path / "missing")]) == 2
 
 
 def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None
     job("0", "tex_str", 2, 30.0)
     job("1", "paper", 2, 31.0)
     job("2", "l1", 4, 28.0)
-    rows = report.table_rows(report.collect(tmp_path))
+    rows = tables.table_rows(tables.collect(tmp_path))
     assert [(r["method"], r["scale"]) for r in rows] == [
         ("bicubic", 2),
         ("bicubic", 4),
@@ -141,7 +141,7 @@ def test_report_orders_presets_and_keeps_one_bicubic_row(tmp_path: Path) -> None
         ("tex_str", 2),
     ]
     assert next(r for r in rows if r["method"] == "paper")["psnr"] == 30.0  # the volume mean
-    md = report.to_markdown(rows)
+    md = tables.to_markdown(rows)
     assert (
         "| ablation: L_tex + L_str | — | 1 | 29.00 ± 0.50 | 0.8000 ± 0.0100 | 0.0200 ± 0.0010 "
         "| — | — | — |" in md
@@ -212,9 +212,9 @@ def test_interrupted_pipeline_resumes_without_retraining_vit(make_cfg, caplog) -
     rows = {p: json.loads((root / p / "results.json").read_text())[0] for p in ("sr_l1", "sr")}
     assert rows["sr_l1"]["loss"] == L1_PHASE and rows["sr"]["loss"] == "vit"
     assert rows["sr"]["loss_label"] == "ablation: L_ViT" and rows["sr"]["model"] == "srresnet_small"
-    assert [r.preset for r in report.collect(root)] == ["vit"]
-    assert report.budget(rows["sr"]) == "20 updates (10 L1 + 10 fine-tuning)"
-    assert report.budget(rows["sr_l1"]) == "10 updates (one phase)"
+    assert [r.preset for r in tables.collect(root)] == ["vit"]
+    assert tables.budget(rows["sr"]) == "20 updates (10 L1 + 10 fine-tuning)"
+    assert tables.budget(rows["sr_l1"]) == "10 updates (one phase)"
 
 
 def test_report_gives_mean_and_std_over_seeds(tmp_path: Path) -> None:
@@ -237,11 +237,11 @@ def test_report_gives_mean_and_std_over_seeds(tmp_path: Path) -> None:
     for i, (seed, psnr) in enumerate([(42, 30.0), (43, 31.0), (44, 32.0)]):
         job(f"l1_{i}", "l1", seed, psnr)
     job("paper_0", "paper", 42, 25.0)
-    rows = {r["method"]: r for r in report.table_rows(report.collect(tmp_path))}
+    rows = {r["method"]: r for r in tables.table_rows(tables.collect(tmp_path))}
     assert rows["l1"]["n_seeds"] == 3 and rows["l1"]["psnr"] == pytest.approx(31.0)
     assert rows["l1"]["psnr_std"] == pytest.approx(1.0)  # sample std over the seeds
     assert rows["paper"]["n_seeds"] == 1 and rows["bicubic"]["psnr"] == 20.0
-    md = report.to_markdown(list(rows.values()))
+    md = tables.to_markdown(list(rows.values()))
     assert "mean ± std over the seeds of each row" in md and "| 3 | 31.00 ± 1.00 |" in md
 
 
@@ -251,5 +251,5 @@ def test_report_leaves_out_the_l1_phase(tmp_path: Path) -> None:
     phase.mkdir(parents=True)
     base = {"dataset": "demo", "scale": 2, "degradation": "bicubic", "loss": L1_PHASE}
     (phase / "results.json").write_text(json.dumps([{"method": "sr", **base, "psnr_vol": 1.0}]))
-    with pytest.raises(report.ReportError, match="no finished runs"):
-        report.collect(tmp_path)
+    with pytest.raises(tables.ReportError, match="no finished runs"):
+        tables.collect(tmp_path)

@@ -294,11 +294,11 @@ def test_under_autocast_the_values_do_not_change(hr: torch.Tensor) -> None:
 
 
 def test_report_shows_realism_as_slice_means(tmp_path) -> None:
-    from mrsr.report import tables as report
+    from mrsr.report import tables
     from tests.test_metrics import _job
 
     _job(tmp_path, "0", "gan", {"hf_power": -0.51234, "edge_f1": 0.91, "redeg": 0.0123})
-    md = report.to_markdown(report.table_rows(report.collect(tmp_path)))
+    md = tables.to_markdown(tables.table_rows(tables.collect(tmp_path)))
     assert "| x2 HF power (log10, 0 best) | x2 re-degradation | x2 edge F1 |" in md
     assert "| -0.512 | 0.0123 | 0.9100 |" in md  # slice means: no "± std over volumes"
     assert "slice means over the test slices with foreground" in md
