@@ -796,12 +796,14 @@ def test_the_receipt_says_when_the_in_plane_slices_are_an_interpolation(
     zf = np.moveaxis(zerofill_upsample(low.float(), 2)[:, 0].clamp_min(0).numpy(), 0, 2)
     path = write_volume(tmp_path / "zf.nii.gz", zf, np.diag([1.0, 1.0, 4.0, 1.0]))
     out = tmp_path / "zf_iso.nii.gz"
-    throughplane(
+    record = throughplane(
         make_cfg(
             "stage=throughplane", f"input={path}", f"output={out}", "trainer.max_steps=2", *TINY
         )
     )
     receipt = json.loads((tmp_path / "zf_iso.json").read_text())
+    # the run's record says what the receipt says (the input is checked before training)
+    assert record["warnings"] == receipt["warnings"]
     assert receipt["checks"]["resolution"]["interpolated"] is True
     assert max(receipt["checks"]["resolution"]["inplane_cutoff_fraction_of_nyquist"]) < 0.6
     said = [w for w in receipt["warnings"] if "in-plane slices look interpolated" in w]

@@ -153,7 +153,7 @@ def training_profiles(
         return [profile]
     if rule == "plausible":
         return fit.plausible()
-    return [fit.profile] + ([fit.other] if fit.other is not None else [])
+    return fit.families()
 
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
@@ -200,17 +200,12 @@ def _check_settings(cfg: DictConfig) -> None:
 
 
 def scan_checks(
-    receipt: Receipt,
-    norm: np.ndarray,
-    data: np.ndarray,
-    lo: float,
-    hi: float,
-    warnings: list[str],
-) -> None:
-    """The receipt's checks of the scan that apply to through-plane SR (:mod:`mrsr.receipt`):
-    its noise (reported: the network learns the scan's own), its intensities and the in-plane
-    resolution (an in-plane interpolation teaches the network an interpolation); failures and
-    the run's ``warnings`` become the receipt's warnings."""
+    norm: np.ndarray, data: np.ndarray, lo: float, hi: float
+) -> tuple[dict[str, Any], list[str]]:
+    """The receipt's checks of the scan that apply to through-plane SR (:mod:`mrsr.receipt`),
+    and what they warn of: its noise (reported: the network learns the scan's own), its
+    intensities and the in-plane resolution (an in-plane interpolation teaches the network an
+    interpolation). Made from the input alone, before any training."""
     facts, said = intensity_findings(data, lo, hi)
     cutoffs = spectral_cutoff(norm)  # in-plane slices (it reads a sample of them)
     interpolated = any(c.interpolated for c in cutoffs)
@@ -219,19 +214,15 @@ def scan_checks(
             f"the in-plane slices look interpolated ({describe_cutoff(cutoffs, norm.shape[1:])})"
             ": the network learns to restore an interpolation"
         )
-    for w in said:  # the run's own warnings are logged where they arise
-        log.warning(w)
-    receipt.warn(*said, *warnings)
-    receipt.add(
-        checks={
-            "noise": noise_estimate(norm),
-            "intensities": facts,
-            "resolution": {
-                "inplane_cutoff_fraction_of_nyquist": [round(c.fraction, 4) for c in cutoffs],
-                "interpolated": interpolated,
-            },
-        }
-    )
+    checks = {
+        "noise": noise_estimate(norm),
+        "intensities": facts,
+        "resolution": {
+            "inplane_cutoff_fraction_of_nyquist": [round(c.fraction, 4) for c in cutoffs],
+            "interpolated": interpolated,
+        },
+    }
+    return checks, said
 
 
 def write_scan_receipt(
@@ -319,6 +310,9 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     percentile = float(tp.percentile)
     norm, lo, hi = normalised_scan(vol.data, geom.axis, percentile)  # (thick, a, b)
+    checks, input_warnings = scan_checks(norm, vol.data, lo, hi)
+    for w in input_warnings:  # said before minutes of training
+        log.warning(w)
     t_est = time.perf_counter()
     profile, fit = choose_profile(tp, geom, norm)
     t_est = time.perf_counter() - t_est
@@ -344,7 +338,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         out_grid.n,
         out_grid.slope * geom.spacing,
     )
-    warnings: list[str] = []
+    warnings: list[str] = list(input_warnings)  # the record's and the receipt's
     if fit is not None:
         log.info("slice profile estimated from the scan: %s", fit.describe())
         if fit.ambiguous:
@@ -478,7 +472,8 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2) + "\n")
-        scan_checks(receipt, norm, vol.data, lo, hi, warnings)
+        receipt.warn(*warnings)
+        receipt.add(checks=checks)
         write_scan_receipt(receipt, record, cfg, vol, result, fingerprint)
     if held:
         log.info(
@@ -495,7 +490,7 @@ def throughplane(cfg: DictConfig) -> dict[str, Any]:
         check["highband_ratio_cubic"],
         HIGHBAND_LIMIT,
     )
-    for w in warnings:
+    for w in warnings[len(input_warnings) :]:  # the input's were said before training
         log.warning(w)
     log.info(
         "%s -> %s %s in %.0f s (training %.0f s, applying %.0f s on %s)",
