@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _bench import record_folder, write_result
+from _bench import load_avg, record_folder, write_result
 
 from mrsr.data.datamodule import DemoDataModule, FastMRIDataModule, IXIDataModule, MRDataModule
 from mrsr.data.phantoms import head_phantom
@@ -133,7 +133,7 @@ def main() -> None:
     }
 
     rows: list[dict] = []
-    load_before = os.getloadavg()
+    load_before = load_avg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         if "demo" in args.modules:
@@ -167,7 +167,7 @@ def main() -> None:
         "scale": args.scale,
         "degradation": "bicubic",
         "cpu_count": os.cpu_count(),
-        "load_avg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "load_avg_1min_before_after": [load_before, load_avg()],
         "torch": torch.__version__,
         "python": platform.python_version(),
         "rows": rows,

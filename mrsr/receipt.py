@@ -1,9 +1,11 @@
-"""The receipt written beside every predict output: what made it and how far to trust it.
+"""The receipt written beside every predict and through-plane output: what made it and how far
+to trust it.
 
 A receipt is a JSON sidecar (BIDS style: the output's name with ``.json``). It says which
 package version and model (with the checkpoint's sha256) made the output, the operator the
 model was trained on, the scale, slicing axis and why, the input's voxel sizes and type, and
-three checks of the input against what the model knows, each in plain words when it fails:
+three checks of the input against what the model knows, each in plain words when it fails
+(through-plane SR, which trains on the scan itself, reports the noise and checks the rest):
 
 - **noise**: the input's noise level (:func:`noise_estimate`, a fraction of its robust range, the
   unit of the training operators' ``noise``) against the largest the model was trained on;
@@ -165,7 +167,8 @@ def consistency_error(
 
 @dataclass
 class Receipt:
-    """The receipt being filled in by one predict of one scan."""
+    """The receipt being filled in for one output (of ``stage=predict`` or
+    ``stage=throughplane``)."""
 
     fields: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)

@@ -60,6 +60,10 @@ class ProfileFit:
         widths = [w for kind, w, _ in self.candidates if kind == self.profile.kind]
         return len(widths) > 1 and self.profile.width in (min(widths), max(widths))
 
+    def families(self) -> list[SliceProfile]:
+        """The estimate and the best fit of the other family (where one was fitted)."""
+        return [self.profile] + ([self.other] if self.other is not None else [])
+
     def plausible(self, tolerance: float = AMBIGUOUS) -> list[SliceProfile]:
         """The profiles the scan cannot tell from the estimate: the estimate, the best of the
         other family, and the candidates whose misfit is within ``tolerance`` x the best
@@ -69,7 +73,7 @@ class ProfileFit:
             for kind, width, misfit in sorted(self.candidates, key=lambda t: t[2])
             if misfit <= tolerance * self.residual
         ]
-        chosen = [self.profile] + ([self.other] if self.other is not None else [])
+        chosen = self.families()
         return (chosen + [p for p in near if p not in chosen])[:MAX_PLAUSIBLE]
 
     def record(self) -> dict:

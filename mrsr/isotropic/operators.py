@@ -42,6 +42,13 @@ def thick_sampling(
     return sampling_matrix(n, voxel, thick, profile), thick
 
 
+def fine_sampling(fine: Grid, n_thick: int, voxel: float, profile: SliceProfile) -> np.ndarray:
+    """The (n_thick, fine.n) matrix that acquires ``n_thick`` thick slices from the voxels of
+    ``fine`` (a working grid in thick index, :func:`resampled_grid`): each slice's profile,
+    centred where the grid puts it, integrated over the voxels."""
+    return sampling_matrix(fine.n, voxel, inverse(fine, n_thick), profile)
+
+
 def thick_axis_operator(
     h: int, voxel: float, spacing: float, profile: SliceProfile
 ) -> tuple[slice, np.ndarray]:
@@ -56,9 +63,8 @@ def thick_axis_operator(
     n_thick = int(np.floor(h * voxel / spacing + 1e-9))
     fine = resampled_grid(n_thick, spacing, voxel)  # the inference grid, in thick index
     start = (h - fine.n) // 2
-    thick = inverse(fine, n_thick)  # thick centres in fine index
     up = spline_matrix(n_thick, fine.positions)
-    return slice(start, start + fine.n), up @ sampling_matrix(fine.n, voxel, thick, profile)
+    return slice(start, start + fine.n), up @ fine_sampling(fine, n_thick, voxel, profile)
 
 
 def _bspline3(x: np.ndarray) -> np.ndarray:

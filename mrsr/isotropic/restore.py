@@ -13,8 +13,8 @@ import torch
 from mrsr.data.degrade import normalise_with_range
 from mrsr.inference import super_resolve_volume
 from mrsr.isotropic.estimate import highband_ratio
-from mrsr.isotropic.geometry import Grid, ThickGeometry, inverse
-from mrsr.isotropic.operators import along, cubic_along, sampling_matrix
+from mrsr.isotropic.geometry import Grid, ThickGeometry
+from mrsr.isotropic.operators import along, cubic_along, fine_sampling
 from mrsr.isotropic.profile import SliceProfile
 
 HIGHBAND_LIMIT = 2.0  # output power across / in-plane above the thick Nyquist beyond which we warn
@@ -134,8 +134,7 @@ def thick_consistency(
     """``||S(fine) - norm|| / ||norm||``: the working-grid result ``fine`` (thick axis first,
     normalised) made into the scan's thick slices again by ``profile`` (``S``), against the scan
     ``norm``. An output that agrees with what was acquired reads low."""
-    thick = inverse(geom.fine_grid(), geom.n_thick)  # the scan's slice centres, in fine index
-    again = along(fine, sampling_matrix(fine.shape[0], geom.voxel, thick, profile), 0)
+    again = along(fine, fine_sampling(geom.fine_grid(), geom.n_thick, geom.voxel, profile), 0)
     ref = np.asarray(norm, dtype=np.float64)
     return float(np.linalg.norm(again - ref) / max(np.linalg.norm(ref), 1e-30))
 
