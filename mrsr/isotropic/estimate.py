@@ -225,7 +225,8 @@ def highband_ratio(
     for k in (1, 2):
         blur = sampling_matrix(vol.shape[k], voxel, Grid(vol.shape[k], 0.0, 1.0), profile)
         lines = along(vol, blur, k).reshape(vol.shape[0], -1)
-        cols = _foreground(along(ref, blur, k).reshape(vol.shape[0], -1), length, rng)
+        src = lines if select is None else along(ref, blur, k).reshape(vol.shape[0], -1)
+        cols = _foreground(src, length, rng)
         scan_lines = np.moveaxis(scan, k, 0).reshape(scan.shape[k], -1)
         scan_cols = _foreground(scan_lines, length, rng)
         if cols.size and scan_cols.size:
